@@ -1,0 +1,66 @@
+"""The ``dawsol`` command: one subcommand per pipeline stage.
+
+Each subcommand lives in ``dawsol/commands/<name>.py`` with ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy libraries
+(torch, mlflow) inside ``run`` so that ``dawsol --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from dawsol import __version__
+from dawsol.errors import DawsolError
+
+# name -> module, in the order `dawsol --help` lists them.
+COMMANDS: dict[str, str] = {
+    "cells": "dawsol.commands.cells",
+    "resolve": "dawsol.commands.resolve",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dawsol",
+        description="DA-WSOL (CVPR 2022) reproducibility pipeline: prepare data, train and evaluate cells, report.",
+    )
+    parser.add_argument("--version", action="version", version=f"dawsol {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+    common.add_argument("--profile", default=None, help="named overlay from params.yaml 'profiles'")
+    common.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, parents=[common], help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except DawsolError as exc:
+        print(f"dawsol: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dawsol: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

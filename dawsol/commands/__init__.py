@@ -1,0 +1,1 @@
+"""Subcommands of the ``dawsol`` CLI (see dawsol.cli)."""

@@ -1,0 +1,372 @@
+"""params.yaml -> validated params -> one frozen settings object per cell.
+
+A cell is ``<dataset>/<backbone>/<wsol>-<da>/seed<k>``. Its settings merge, later wins:
+``defaults < datasets.<dataset> < backbones.<backbone> < pairs."<dataset>/<backbone>" <
+cells."<cell>"``. Method-specific blocks (``wsol.<method>``, ``da.<method>``) are kept only
+for the cell's own methods, so a change to one method's hyperparameters changes only the
+resolved settings of that method's cells.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from dawsol.errors import DawsolError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+DEFAULT_PARAMS = Path("params.yaml")
+WSOL_METHODS = ("cam", "has", "cutmix", "adl")
+BACKBONES = ("resnet18", "resnet50", "inception_v3", "vgg16")
+DA_COMMON_KEYS = (
+    "start_epoch",
+    "sample_num_source",
+    "sample_num_target",
+    "kmeans_max_iter",
+    "anchor_update",
+    "use_tsa",
+    "use_ld",
+    "use_lu",
+)
+_CELL_RE = re.compile(
+    r"^(?P<dataset>[a-z][a-z0-9_]*)/(?P<backbone>[a-z][a-z0-9_]*)/"
+    r"(?P<wsol>[a-z][a-z0-9_]*)-(?P<da>[a-z][a-z0-9_]*)/seed(?P<seed>[0-9]+)$"
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid; every output path of a cell derives from its name."""
+
+    dataset: str
+    backbone: str
+    wsol: str
+    da: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The canonical ``<dataset>/<backbone>/<wsol>-<da>/seed<k>`` form."""
+        return f"{self.dataset}/{self.backbone}/{self.wsol}-{self.da}/seed{self.seed}"
+
+    @property
+    def method(self) -> str:
+        """``<wsol>-<da>``, the method column of the tables."""
+        return f"{self.wsol}-{self.da}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_cell(name: str) -> Cell:
+    """Parse a cell name; raise DawsolError on a malformed one."""
+    match = _CELL_RE.match(name.strip().strip("/"))
+    if match is None:
+        raise DawsolError(
+            f"malformed cell {name!r}: expected <dataset>/<backbone>/<wsol>-<da>/seed<k>, "
+            "e.g. synthetic/resnet18/cam-mmd/seed0"
+        )
+    groups = match.groupdict()
+    return Cell(
+        dataset=groups["dataset"],
+        backbone=groups["backbone"],
+        wsol=groups["wsol"],
+        da=groups["da"],
+        seed=int(groups["seed"]),
+    )
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    root: str
+    num_classes: int
+    image_size: int
+    resize_size: int
+    num_val_sample_per_class: int
+    num_workers: int
+    mask_root: str | None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    backbone: str
+    pretrained: str
+    large_feature_map: bool
+    width: float
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_classifier_ratio: float
+    lr_decay_frequency: int
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    eval_every: int
+    device: str
+    bf16: bool
+    channels_last: bool
+
+
+@dataclass(frozen=True)
+class WSOLSettings:
+    method: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class DASettings:
+    method: str
+    loss: str
+    lambda1: float
+    lambda2: float
+    grl_schedule: str
+    start_epoch: int
+    sample_num_source: int
+    sample_num_target: int
+    kmeans_max_iter: int
+    anchor_update: str
+    use_tsa: bool
+    use_ld: bool
+    use_lu: bool
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    cam_curve_interval: float
+    iou_thresholds: tuple[int, ...]
+    batch_size: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one cell needs, resolved from params.yaml."""
+
+    cell: Cell
+    data: DataSettings
+    model: ModelSettings
+    train: TrainSettings
+    wsol: WSOLSettings
+    da: DASettings | None
+    eval: EvalSettings
+
+    @property
+    def seed(self) -> int:
+        return self.cell.seed
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The prepared dataset: ``<data.root>/<dataset>``."""
+        return Path(self.data.root) / self.cell.dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable nested dict of every resolved setting."""
+        return {
+            "cell": self.cell.name,
+            "data": asdict(self.data),
+            "model": asdict(self.model),
+            "train": asdict(self.train),
+            "wsol": {"method": self.wsol.method, **dict(self.wsol.options)},
+            "da": None if self.da is None else asdict(self.da),
+            "eval": {**asdict(self.eval), "iou_thresholds": list(self.eval.iou_thresholds)},
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values (``train.lr``), e.g. for MLflow params."""
+        return dict(_flatten(self.to_dict()))
+
+    def digest(self) -> str:
+        """A short hash of the resolved settings: equal digests, equal training."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, rest replaces)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _error_location(error: Any) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        unexpected = re.findall(r"'([^']+)' (?:was|were) unexpected", error.message)
+        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1]) if not unexpected else []
+        keys = unexpected or extra
+        if keys:
+            return ".".join([*parts, keys[0]]) + ": unknown key"
+    if error.validator == "propertyNames":
+        return ".".join(parts) + f": invalid name {error.instance!r}"
+    where = ".".join(parts) or "(top level)"
+    return f"{where}: {error.message}"
+
+
+def validate_params(params: Any, source: str | Path) -> None:
+    """Validate a params tree against the schema; raise DawsolError naming key and file."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        leaf = min(errors, key=lambda e: -len(list(e.absolute_path)))
+        best = leaf
+        for err in errors:
+            if err.validator == "additionalProperties":
+                best = err
+                break
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise DawsolError(f"{source}: {_error_location(best)}{more}")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
+    """Read, validate and (optionally) apply a named profile overlay to params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise DawsolError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DawsolError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    validate_params(params, path)
+    if profile:
+        profiles = params.get("profiles", {})
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise DawsolError(f"{path}: unknown profile {profile!r} (known: {known})")
+        params = deep_merge(params, profiles[profile])
+        validate_params(params, f"{path} (profile {profile})")
+    return params
+
+
+def _require(tree: Mapping[str, Any], key: str, where: str, source: str | Path) -> Any:
+    if key not in tree:
+        raise DawsolError(f"{source}: {where}.{key} is missing (set it under defaults)")
+    return tree[key]
+
+
+def _build(cls: type, tree: Mapping[str, Any], where: str, source: str | Path, **extra: Any) -> Any:
+    names = [f for f in cls.__dataclass_fields__ if f not in extra]
+    values = {name: _require(tree, name, where, source) for name in names}
+    return cls(**values, **extra)
+
+
+def check_cell(cell: Cell, params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> None:
+    """Raise DawsolError if any part of the cell is not defined in params."""
+    defaults_da = params["defaults"].get("da", {})
+    if cell.dataset not in params["datasets"]:
+        known = ", ".join(sorted(params["datasets"]))
+        raise DawsolError(f"unknown dataset {cell.dataset!r} in cell {cell.name} (known in {source}: {known})")
+    if cell.backbone not in params["backbones"]:
+        known = ", ".join(sorted(params["backbones"]))
+        raise DawsolError(f"unknown backbone {cell.backbone!r} in cell {cell.name} (known in {source}: {known})")
+    if cell.wsol not in WSOL_METHODS:
+        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(WSOL_METHODS)})")
+    if cell.da != "none":
+        methods = {k for k, v in defaults_da.items() if isinstance(v, Mapping)}
+        if cell.da not in methods:
+            known = ", ".join(["none", *sorted(methods)])
+            raise DawsolError(f"unknown DA method {cell.da!r} in cell {cell.name} (known in {source}: {known})")
+
+
+def resolve(
+    cell: Cell | str,
+    params: Mapping[str, Any] | None = None,
+    source: str | Path = DEFAULT_PARAMS,
+) -> Settings:
+    """Resolve one cell into its frozen Settings (loading ``source`` if params is None)."""
+    if params is None:
+        params = load_params(source)
+    if isinstance(cell, str):
+        cell = parse_cell(cell)
+    check_cell(cell, params, source)
+    tree: dict[str, Any] = copy.deepcopy(params["defaults"])
+    for layer in (
+        params["datasets"].get(cell.dataset) or {},
+        params["backbones"].get(cell.backbone) or {},
+        params.get("pairs", {}).get(f"{cell.dataset}/{cell.backbone}") or {},
+        params.get("cells", {}).get(cell.name) or {},
+    ):
+        tree = deep_merge(tree, layer)
+
+    wsol_tree = tree.get("wsol", {})
+    wsol = WSOLSettings(method=cell.wsol, options=MappingProxyType(dict(wsol_tree.get(cell.wsol, {}))))
+
+    da: DASettings | None = None
+    if cell.da != "none":
+        da_tree = tree.get("da", {})
+        common = {k: da_tree[k] for k in DA_COMMON_KEYS if k in da_tree}
+        method = deep_merge(common, da_tree[cell.da])
+        method.setdefault("grl_schedule", "official")
+        if "loss" not in method:
+            raise DawsolError(f"{source}: da.{cell.da}.loss is missing (mmd or dann)")
+        da = _build(DASettings, method, f"da.{cell.da}", source, method=cell.da)
+
+    eval_tree = dict(_require(tree, "eval", "defaults", source))
+    eval_tree["iou_thresholds"] = tuple(_require(eval_tree, "iou_thresholds", "eval", source))
+    return Settings(
+        cell=cell,
+        data=_build(DataSettings, _require(tree, "data", "defaults", source), "data", source),
+        model=_build(
+            ModelSettings, _require(tree, "model", "defaults", source), "model", source, backbone=cell.backbone
+        ),
+        train=_build(TrainSettings, _require(tree, "train", "defaults", source), "train", source),
+        wsol=wsol,
+        da=da,
+        eval=_build(EvalSettings, eval_tree, "eval", source),
+    )
+
+
+def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[Cell]:
+    """The cells of ``params['grid']``: the product of its lists, less the excluded globs."""
+    grid = params["grid"]
+    excluded = grid.get("exclude", [])
+    cells = []
+    for dataset in grid["datasets"]:
+        for backbone in grid["backbones"]:
+            for wsol in grid["wsol"]:
+                for da in grid["da"]:
+                    for seed in grid["seeds"]:
+                        cell = Cell(dataset, backbone, wsol, da, seed)
+                        if any(fnmatch.fnmatchcase(cell.name, pattern) for pattern in excluded):
+                            continue
+                        check_cell(cell, params, source)
+                        cells.append(cell)
+    return cells

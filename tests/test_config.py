@@ -1,0 +1,193 @@
+"""Settings resolution: merge order, method pruning, grid, and every error case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dawsol.config import Cell, deep_merge, grid_cells, load_params, parse_cell, resolve
+from dawsol.errors import DawsolError
+
+
+def _write(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _edit(params_copy: Path, mutate) -> Path:
+    params = yaml.safe_load(params_copy.read_text())
+    mutate(params)
+    return _write(params_copy, params)
+
+
+def test_parse_cell_round_trip():
+    cell = parse_cell("synthetic/resnet18/cam-mmd/seed3")
+    assert cell == Cell("synthetic", "resnet18", "cam", "mmd", 3)
+    assert cell.name == "synthetic/resnet18/cam-mmd/seed3"
+    assert cell.method == "cam-mmd"
+
+
+@pytest.mark.parametrize("bad", ["synthetic/resnet18/cam/seed0", "synthetic/resnet18/cam-mmd", "a/b/c-d/seedx", ""])
+def test_parse_cell_rejects_malformed(bad):
+    with pytest.raises(DawsolError, match="malformed cell"):
+        parse_cell(bad)
+
+
+def test_merge_order_defaults_dataset_backbone_pair_cell(params_copy):
+    cell = "synthetic/resnet18/cam-mmd/seed0"
+
+    def mutate(p):
+        p["defaults"]["train"]["lr"] = 1.0
+        p["defaults"]["train"]["weight_decay"] = 1.0
+        p["defaults"]["train"]["momentum"] = 0.1
+        p["defaults"]["train"]["eval_every"] = 9
+        p["datasets"]["synthetic"]["train"] = {"lr": 2.0, "weight_decay": 2.0, "momentum": 0.2}
+        p["backbones"]["resnet18"]["train"] = {"weight_decay": 3.0, "momentum": 0.3}
+        p["pairs"] = {"synthetic/resnet18": {"train": {"momentum": 0.4, "batch_size": 7}}}
+        p["cells"] = {cell: {"train": {"batch_size": 5}}}
+
+    path = _edit(params_copy, mutate)
+    settings = resolve(cell, load_params(path), path)
+    assert settings.train.eval_every == 9  # defaults only
+    assert settings.train.lr == 2.0  # dataset beats defaults
+    assert settings.train.weight_decay == 3.0  # backbone beats dataset
+    assert settings.train.momentum == 0.4  # pair beats backbone
+    assert settings.train.batch_size == 5  # cell beats pair
+    other = resolve("synthetic/resnet18/cam-mmd/seed1", load_params(path), path)
+    assert other.train.batch_size == 7  # the cell override is for seed0 only
+
+
+def test_method_blocks_are_pruned(params_copy):
+    params = load_params(params_copy)
+    baseline = resolve("synthetic/resnet18/cam-none/seed0", params, params_copy)
+    mmd = resolve("synthetic/resnet18/cam-mmd/seed0", params, params_copy)
+    dann = resolve("synthetic/resnet18/cam-dann/seed0", params, params_copy)
+    has = resolve("synthetic/resnet18/has-none/seed0", params, params_copy)
+    assert baseline.da is None
+    assert mmd.da.loss == "mmd" and dann.da.loss == "dann"
+    assert dict(has.wsol.options) == {"grid_size": 16, "drop_rate": 0.5}
+    assert dict(baseline.wsol.options) == {}
+
+    def bump_mmd(p):
+        p["defaults"]["da"]["mmd"]["lambda1"] = 0.9
+
+    path = _edit(params_copy, bump_mmd)
+    changed = load_params(path)
+    assert resolve("synthetic/resnet18/cam-mmd/seed0", changed, path).digest() != mmd.digest()
+    assert resolve("synthetic/resnet18/cam-dann/seed0", changed, path).digest() == dann.digest()
+    assert resolve("synthetic/resnet18/cam-none/seed0", changed, path).digest() == baseline.digest()
+
+
+def test_da_method_block_overrides_common_keys(params_copy):
+    def mutate(p):
+        p["defaults"]["da"]["mmd_notsa"] = {"loss": "mmd", "lambda1": 0.3, "lambda2": 0.0, "use_tsa": False}
+
+    path = _edit(params_copy, mutate)
+    settings = resolve("synthetic/resnet18/cam-mmd_notsa/seed0", load_params(path), path)
+    assert settings.da.use_tsa is False and settings.da.lambda2 == 0.0
+    assert settings.da.start_epoch == 1  # the dataset's common da value still applies
+
+
+def test_pair_settings_match_official_scripts(params_copy):
+    params = load_params(params_copy)
+    cub_inc = resolve("cub/inception_v3/cam-mmd/seed4", params, params_copy)
+    assert (cub_inc.train.lr, cub_inc.train.weight_decay, cub_inc.da.start_epoch) == (0.002, 0.0005, 5)
+    assert (cub_inc.da.lambda1, cub_inc.da.lambda2) == (1.4, 4.0)
+    oi_res = resolve("openimages/resnet50/cam-mmd/seed4", params, params_copy)
+    assert oi_res.model.large_feature_map is False
+    assert (oi_res.train.epochs, oi_res.train.lr_decay_frequency) == (10, 3)
+
+
+def test_settings_are_frozen(params_copy):
+    settings = resolve("synthetic/resnet18/cam-mmd/seed0", load_params(params_copy), params_copy)
+    with pytest.raises(AttributeError):
+        settings.train.lr = 5.0  # type: ignore[misc]
+    flat = settings.flat()
+    assert flat["train.lr"] == settings.train.lr and flat["cell"] == settings.cell.name
+
+
+def test_grid_cells_and_exclusions(params_copy):
+    def mutate(p):
+        p["grid"]["exclude"] = ["*/cam-dann/*", "*/seed2"]
+
+    path = _edit(params_copy, mutate)
+    names = [c.name for c in grid_cells(load_params(path), path)]
+    assert names == [
+        "synthetic/resnet18/cam-none/seed0",
+        "synthetic/resnet18/cam-none/seed1",
+        "synthetic/resnet18/cam-mmd/seed0",
+        "synthetic/resnet18/cam-mmd/seed1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["defaults"]["train"].update(lrr=0.1), r"defaults\.train\.lrr: unknown key"),
+        (lambda p: p["defaults"]["train"].update(epochs="ten"), r"defaults\.train\.epochs: 'ten' is not of type"),
+        (lambda p: p["datasets"]["synthetic"]["data"].update(image_size=-4), r"datasets\.synthetic\.data\.image_size"),
+        (lambda p: p.update(extra_section={}), r"extra_section: unknown key"),
+        (lambda p: p["grid"].update(wsol=["cam", "spgx"]), r"grid\.wsol\.1"),
+        (lambda p: p["defaults"]["da"]["mmd"].update(loss="wasserstein"), r"defaults\.da\.mmd\.loss"),
+        (lambda p: p["backbones"].update(alexnet={}), r"backbones: 'alexnet' is not one of"),
+        (lambda p: p["defaults"]["train"].pop("momentum"), r"train\.momentum is missing"),
+    ],
+)
+def test_bad_params_name_key_and_file(params_copy, mutate, expected):
+    path = _edit(params_copy, mutate)
+    with pytest.raises(DawsolError, match=expected) as info:
+        resolve("synthetic/resnet18/cam-mmd/seed0", load_params(path), path)
+    assert "\n" not in str(info.value)
+    if "missing" not in expected:
+        assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("mnist/resnet18/cam-mmd/seed0", "unknown dataset 'mnist'"),
+        ("synthetic/resnet101/cam-mmd/seed0", "unknown backbone 'resnet101'"),
+        ("synthetic/resnet18/spg-mmd/seed0", "unknown WSOL method 'spg'"),
+        ("synthetic/resnet18/cam-coral/seed0", "unknown DA method 'coral'"),
+    ],
+)
+def test_unknown_cell_parts(params_copy, cell, expected):
+    with pytest.raises(DawsolError, match=expected):
+        resolve(cell, load_params(params_copy), params_copy)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(DawsolError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("defaults: [unclosed\n")
+    with pytest.raises(DawsolError, match="not valid YAML"):
+        load_params(broken)
+
+
+def test_profiles_overlay(params_copy):
+    def mutate(p):
+        p["profiles"] = {
+            "quick": {
+                "grid": {
+                    "datasets": ["synthetic"],
+                    "backbones": ["resnet18"],
+                    "wsol": ["cam"],
+                    "da": ["none"],
+                    "seeds": [0],
+                }
+            }
+        }
+
+    path = _edit(params_copy, mutate)
+    assert len(grid_cells(load_params(path, "quick"), path)) == 1
+    with pytest.raises(DawsolError, match="unknown profile 'nope'"):
+        load_params(path, "nope")
+
+
+def test_deep_merge_does_not_mutate():
+    base = {"a": {"b": 1, "c": 2}}
+    merged = deep_merge(base, {"a": {"b": 5}})
+    assert merged == {"a": {"b": 5, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
