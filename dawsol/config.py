@@ -355,7 +355,7 @@ def resolve(
 
 
 def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[Cell]:
-    """The cells of ``params['grid']``: the product of its lists, less the excluded globs."""
+    """The cells of ``params['grid']``: the product of its lists, less the excluded globs, plus ``extra``."""
     grid = params["grid"]
     excluded = grid.get("exclude", [])
     cells = []
@@ -369,4 +369,9 @@ def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -
                             continue
                         check_cell(cell, params, source)
                         cells.append(cell)
+    for name in grid.get("extra", []):
+        cell = parse_cell(name)
+        check_cell(cell, params, source)
+        if cell not in cells:
+            cells.append(cell)
     return cells

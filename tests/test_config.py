@@ -191,3 +191,24 @@ def test_deep_merge_does_not_mutate():
     base = {"a": {"b": 1, "c": 2}}
     merged = deep_merge(base, {"a": {"b": 5}})
     assert merged == {"a": {"b": 5, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
+
+
+def test_paper_profile_grid(params_copy):
+    params = load_params(params_copy, "paper")
+    cells = [c.name for c in grid_cells(params, params_copy)]
+    assert len(cells) == len(set(cells)) == 48
+    main = [c for c in cells if "/cam-" in c and c.split("/")[2].split("-")[1] in ("none", "mmd", "dann")]
+    assert len(main) == 27  # 3 datasets x 3 backbones x none/MMD/DANN
+    assert "cub/resnet50/adl-dann/seed4" in cells and "ilsvrc/resnet50/adl-dann/seed4" not in cells
+    assert "cub/resnet50/cam-lu_only/seed4" in cells
+    ilsvrc = resolve("ilsvrc/resnet50/cam-mmd/seed4", params, params_copy)
+    assert (ilsvrc.train.lr, ilsvrc.da.lambda2, ilsvrc.model.pretrained) == (0.00001, 3.0, "imagenet")
+
+
+def test_grid_extra_must_name_known_cells(params_copy):
+    def mutate(p):
+        p["grid"]["extra"] = ["synthetic/resnet18/cam-nosuch/seed0"]
+
+    path = _edit(params_copy, mutate)
+    with pytest.raises(DawsolError, match="unknown DA method 'nosuch'"):
+        grid_cells(load_params(path), path)
