@@ -1,0 +1,1 @@
+"""Datasets: the wsolevaluation metadata format, ground truth, loaders, the synthetic benchmark, sources."""

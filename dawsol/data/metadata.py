@@ -1,0 +1,339 @@
+"""The wsolevaluation metadata format: read, write and validate ``metadata/<split>/``.
+
+Files per split (plain text, comma-separated, no header, no final newline):
+
+- ``image_ids.txt``: ``<image_id>`` per line; sets the evaluation order.
+- ``image_ids_proxy.txt`` (optional): the proxy training subset (ILSVRC train).
+- ``class_labels.txt``: ``<image_id>,<label>`` with 0-based labels.
+- ``image_sizes.txt``: ``<image_id>,<width>,<height>``; empty for OpenImages.
+- ``localization.txt``: box lines ``<image_id>,x0,y0,x1,y1`` (inclusive corners, original
+  pixels, several lines per image) or mask lines ``<image_id>,<mask_png>,<ignore_png>``
+  (one line per instance; only an image's first line names the ignore PNG).
+- ``mask_localization.txt`` (dawsol's extension): mask lines for a split that also has box
+  lines (the synthetic benchmark, CUB test with its segmentations), so that box metrics and
+  PxAP / pIoU both apply. A split without boxes keeps its mask lines in ``localization.txt``,
+  exactly as wsolevaluation ships OpenImages.
+
+Image ids are paths relative to the dataset folder; mask paths are relative to the mask root
+(the dataset folder unless ``data.mask_root`` says otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dawsol.atomic import atomic_write_text
+from dawsol.errors import DawsolError
+
+SPLITS = ("train", "val", "test")
+IMAGE_IDS = "image_ids.txt"
+PROXY_IDS = "image_ids_proxy.txt"
+CLASS_LABELS = "class_labels.txt"
+IMAGE_SIZES = "image_sizes.txt"
+LOCALIZATION = "localization.txt"
+MASK_LOCALIZATION = "mask_localization.txt"
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class SplitMetadata:
+    """One split's metadata; every mapping is keyed by image id."""
+
+    image_ids: list[str]
+    labels: dict[str, int]
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height)
+    boxes: dict[str, list[Box]] = field(default_factory=dict)  # (x0, y0, x1, y1) inclusive
+    masks: dict[str, list[str]] = field(default_factory=dict)
+    ignore_masks: dict[str, str | None] = field(default_factory=dict)
+    proxy_ids: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: where (file, 1-based line or None) and what."""
+
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a metadata file as wsolevaluation reads them (a final newline is tolerated)."""
+    text = path.read_text(encoding="utf-8")
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def _ints(fields: list[str]) -> list[int] | None:
+    try:
+        return [int(f) for f in fields]
+    except ValueError:
+        return None
+
+
+class _Parser:
+    """Parses one split folder, collecting format problems instead of stopping at the first."""
+
+    def __init__(self, split_dir: Path) -> None:
+        self.split_dir = split_dir
+        self.problems: list[Problem] = []
+        # (file, line) of each record, so that validation can point at it
+        self.label_lines: dict[str, int] = {}
+        self.size_lines: dict[str, int] = {}
+        self.id_lines: dict[str, int] = {}
+        self.box_lines: list[tuple[str, int, str, Box]] = []  # (file, line, image_id, box)
+        self.mask_lines: list[tuple[str, int, str, str, str]] = []  # (file, line, id, mask, ignore)
+        self.duplicate_ids: list[tuple[int, str, int]] = []  # (line, id, first line)
+        self.duplicate_labels: list[tuple[int, str]] = []
+        self.duplicate_sizes: list[tuple[int, str]] = []
+        self.proxy_lines: list[tuple[int, str]] = []
+
+    def _problem(self, name: str, line: int | None, message: str) -> None:
+        self.problems.append(Problem(str(self.split_dir / name), line, message))
+
+    def parse(self) -> SplitMetadata:
+        meta = SplitMetadata(image_ids=[], labels={})
+        ids_path = self.split_dir / IMAGE_IDS
+        if not ids_path.is_file():
+            self._problem(IMAGE_IDS, None, "missing file")
+        else:
+            for n, line in enumerate(_lines(ids_path), 1):
+                if not line:
+                    self._problem(IMAGE_IDS, n, "empty line")
+                elif line in self.id_lines:
+                    self.duplicate_ids.append((n, line, self.id_lines[line]))
+                else:
+                    self.id_lines[line] = n
+                    meta.image_ids.append(line)
+        self._parse_labels(meta)
+        self._parse_sizes(meta)
+        for name in (LOCALIZATION, MASK_LOCALIZATION):
+            if (self.split_dir / name).is_file():
+                self._parse_localization(name, meta)
+        proxy_path = self.split_dir / PROXY_IDS
+        if proxy_path.is_file():
+            meta.proxy_ids = []
+            for n, line in enumerate(_lines(proxy_path), 1):
+                self.proxy_lines.append((n, line))
+                meta.proxy_ids.append(line)
+        return meta
+
+    def _parse_labels(self, meta: SplitMetadata) -> None:
+        path = self.split_dir / CLASS_LABELS
+        if not path.is_file():
+            self._problem(CLASS_LABELS, None, "missing file")
+            return
+        for n, line in enumerate(_lines(path), 1):
+            fields = line.split(",")
+            values = _ints(fields[1:]) if len(fields) == 2 else None
+            if values is None:
+                self._problem(CLASS_LABELS, n, f"expected '<image_id>,<int label>', got {line!r}")
+            elif fields[0] in meta.labels:
+                self.duplicate_labels.append((n, fields[0]))
+            else:
+                meta.labels[fields[0]] = values[0]
+                self.label_lines[fields[0]] = n
+
+    def _parse_sizes(self, meta: SplitMetadata) -> None:
+        path = self.split_dir / IMAGE_SIZES
+        if not path.is_file():
+            return
+        for n, line in enumerate(_lines(path), 1):
+            fields = line.split(",")
+            values = _ints(fields[1:]) if len(fields) == 3 else None
+            if values is None:
+                self._problem(IMAGE_SIZES, n, f"expected '<image_id>,<width>,<height>', got {line!r}")
+            elif fields[0] in meta.sizes:
+                self.duplicate_sizes.append((n, fields[0]))
+            elif values[0] <= 0 or values[1] <= 0:
+                self._problem(IMAGE_SIZES, n, f"non-positive size {values[0]}x{values[1]} for {fields[0]}")
+            else:
+                meta.sizes[fields[0]] = (values[0], values[1])
+                self.size_lines[fields[0]] = n
+
+    def _parse_localization(self, name: str, meta: SplitMetadata) -> None:
+        kinds: set[str] = set()
+        for n, line in enumerate(_lines(self.split_dir / name), 1):
+            fields = line.split(",")
+            image_id = fields[0]
+            values = _ints(fields[1:]) if len(fields) == 5 else None
+            if values is not None and name == LOCALIZATION:
+                kinds.add("box")
+                box: Box = (values[0], values[1], values[2], values[3])
+                meta.boxes.setdefault(image_id, []).append(box)
+                self.box_lines.append((name, n, image_id, box))
+            elif len(fields) == 3 and fields[1]:
+                kinds.add("mask")
+                mask, ignore = fields[1], fields[2]
+                self.mask_lines.append((name, n, image_id, mask, ignore))
+                if image_id in meta.masks:
+                    meta.masks[image_id].append(mask)
+                    if ignore:
+                        self._problem(
+                            name, n, f"ignore mask on a later line of {image_id} (only the first may have one)"
+                        )
+                else:
+                    meta.masks[image_id] = [mask]
+                    meta.ignore_masks[image_id] = ignore or None
+            else:
+                expected = "<image_id>,x0,y0,x1,y1 or " if name == LOCALIZATION else ""
+                self._problem(name, n, f"expected '{expected}<image_id>,<mask>,<ignore>', got {line!r}")
+        if len(kinds) > 1:
+            self._problem(name, None, f"mixes box and mask lines (put masks in {MASK_LOCALIZATION})")
+
+
+def read_split(split_dir: str | Path) -> SplitMetadata:
+    """Read ``metadata/<split>/``; raise DawsolError naming file and line on a format error."""
+    parser = _Parser(Path(split_dir))
+    meta = parser.parse()
+    if parser.problems:
+        more = f" (and {len(parser.problems) - 1} more; run `dawsol validate`)" if len(parser.problems) > 1 else ""
+        raise DawsolError(f"{parser.problems[0]}{more}")
+    return meta
+
+
+def _join(lines: list[str]) -> str:
+    return "\n".join(lines)
+
+
+def _mask_lines(meta: SplitMetadata) -> list[str]:
+    lines = []
+    for image_id in meta.image_ids:
+        for k, mask in enumerate(meta.masks.get(image_id, [])):
+            ignore = (meta.ignore_masks.get(image_id) or "") if k == 0 else ""
+            lines.append(f"{image_id},{mask},{ignore}")
+    return lines
+
+
+def write_split(split_dir: str | Path, meta: SplitMetadata) -> None:
+    """Write ``meta`` in the wsolevaluation format (each file atomically, no final newline).
+
+    Box lines go to ``localization.txt``; mask lines go there too when the split has no
+    boxes, else to ``mask_localization.txt``.
+    """
+    split_dir = Path(split_dir)
+    ids = meta.image_ids
+    atomic_write_text(split_dir / IMAGE_IDS, _join(ids))
+    atomic_write_text(split_dir / CLASS_LABELS, _join([f"{i},{meta.labels[i]}" for i in ids]))
+    atomic_write_text(
+        split_dir / IMAGE_SIZES, _join([f"{i},{meta.sizes[i][0]},{meta.sizes[i][1]}" for i in ids if i in meta.sizes])
+    )
+    box_lines = [f"{i},{x0},{y0},{x1},{y1}" for i in ids for x0, y0, x1, y1 in meta.boxes.get(i, [])]
+    mask_lines = _mask_lines(meta)
+    if box_lines:
+        atomic_write_text(split_dir / LOCALIZATION, _join(box_lines))
+    else:
+        atomic_write_text(split_dir / LOCALIZATION, _join(mask_lines))
+    if box_lines and mask_lines:
+        atomic_write_text(split_dir / MASK_LOCALIZATION, _join(mask_lines))
+    else:
+        (split_dir / MASK_LOCALIZATION).unlink(missing_ok=True)
+    if meta.proxy_ids is not None:
+        atomic_write_text(split_dir / PROXY_IDS, _join(meta.proxy_ids))
+    else:
+        (split_dir / PROXY_IDS).unlink(missing_ok=True)
+
+
+def _check_split(
+    split: str, split_dir: Path, dataset_dir: Path, mask_root: Path, num_classes: int | None
+) -> list[Problem]:
+    parser = _Parser(split_dir)
+    meta = parser.parse()
+    problems = parser.problems
+
+    def add(name: str, line: int | None, message: str) -> None:
+        problems.append(Problem(str(split_dir / name), line, message))
+
+    known = parser.id_lines
+    for n, image_id, first in parser.duplicate_ids:
+        add(IMAGE_IDS, n, f"duplicate image id {image_id} (first on line {first})")
+    for image_id, n in known.items():
+        if not (dataset_dir / image_id).is_file():
+            add(IMAGE_IDS, n, f"image file missing: {dataset_dir / image_id}")
+        if (split_dir / CLASS_LABELS).is_file() and image_id not in meta.labels:
+            add(IMAGE_IDS, n, f"{image_id} has no label in {CLASS_LABELS}")
+
+    for n, image_id in parser.duplicate_labels:
+        add(CLASS_LABELS, n, f"duplicate image id {image_id}")
+    for image_id, label in meta.labels.items():
+        n = parser.label_lines[image_id]
+        if image_id not in known:
+            add(CLASS_LABELS, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            add(CLASS_LABELS, n, f"label {label} of {image_id} out of range ({bound})")
+
+    for n, image_id in parser.duplicate_sizes:
+        add(IMAGE_SIZES, n, f"duplicate image id {image_id}")
+    for image_id in meta.sizes:
+        if image_id not in known:
+            add(IMAGE_SIZES, parser.size_lines[image_id], f"unknown image id {image_id} (not in {IMAGE_IDS})")
+
+    for name, n, image_id, (x0, y0, x1, y1) in parser.box_lines:
+        if image_id not in known:
+            add(name, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
+        if x1 < x0 or y1 < y0:
+            add(name, n, f"box ({x0},{y0},{x1},{y1}) of {image_id} has x1 < x0 or y1 < y0")
+        if min(x0, y0) < 0:
+            add(name, n, f"box ({x0},{y0},{x1},{y1}) of {image_id} has a negative coordinate")
+        if image_id in meta.sizes:
+            w, h = meta.sizes[image_id]
+            if x1 >= w or y1 >= h:
+                add(name, n, f"box ({x0},{y0},{x1},{y1}) of {image_id} lies outside the {w}x{h} image")
+        else:
+            add(name, n, f"box of {image_id} but no size for it in {IMAGE_SIZES}")
+
+    for name, n, image_id, mask, ignore in parser.mask_lines:
+        if image_id not in known:
+            add(name, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
+        for path in (mask, ignore):
+            if path and not (mask_root / path).is_file():
+                add(name, n, f"mask file missing: {mask_root / path}")
+
+    if split in ("val", "test"):
+        for image_id, n in known.items():
+            if image_id not in meta.boxes and image_id not in meta.masks:
+                add(IMAGE_IDS, n, f"{image_id} has no box or mask ({split} images need localization labels)")
+
+    seen: set[str] = set()
+    for n, image_id in parser.proxy_lines:
+        if image_id not in known:
+            add(PROXY_IDS, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
+        if image_id in seen:
+            add(PROXY_IDS, n, f"duplicate image id {image_id}")
+        seen.add(image_id)
+    return problems
+
+
+def validate_dataset(
+    dataset_dir: str | Path, mask_root: str | Path | None = None, num_classes: int | None = None
+) -> list[Problem]:
+    """Every problem of a prepared dataset, with file and line; an empty list means valid.
+
+    Checks each split of ``metadata/{train,val,test}``: malformed lines, unknown or duplicate
+    image ids, labels outside ``0..num_classes-1`` (only ``< 0`` when not given), boxes with
+    x1 < x0 / y1 < y0 or outside the image, val/test images without localization labels, and
+    missing image or mask files (masks relative to ``mask_root``, default the dataset folder).
+    """
+    dataset_dir = Path(dataset_dir)
+    root = Path(mask_root) if mask_root is not None else dataset_dir
+    if not dataset_dir.is_dir():
+        return [Problem(str(dataset_dir), None, "dataset folder not found (run `dawsol prepare <dataset>`)")]
+    problems: list[Problem] = []
+    for split in SPLITS:
+        split_dir = dataset_dir / "metadata" / split
+        if not split_dir.is_dir():
+            problems.append(Problem(str(split_dir), None, "split folder missing"))
+            continue
+        problems.extend(_check_split(split, split_dir, dataset_dir, root, num_classes))
+    return problems
