@@ -20,6 +20,7 @@ from dawsol.errors import DawsolError
 COMMANDS: dict[str, str] = {
     "cells": "dawsol.commands.cells",
     "resolve": "dawsol.commands.resolve",
+    "validate": "dawsol.commands.validate",
 }
 
 
