@@ -6,36 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
+from data_fixtures import make_dataset
 
 from dawsol.data.metadata import SplitMetadata, read_split, validate_dataset, write_split
 from dawsol.errors import DawsolError
-
-
-def _png(path: Path, width: int, height: int, value: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((height, width, 3), value, np.uint8))
-
-
-def make_dataset(root: Path) -> Path:
-    """A tiny valid dataset: 2 classes, boxes on every split, masks on val/test."""
-    for split in ("train", "val", "test"):
-        ids = [f"{split}/c{c}/{k}.png" for c in range(2) for k in range(2)]
-        meta = SplitMetadata(image_ids=ids, labels={i: int(i.split("/")[1][1]) for i in ids})
-        for i in ids:
-            _png(root / i, 20, 10)
-            meta.sizes[i] = (20, 10)
-            meta.boxes[i] = [(1, 2, 5, 6), (0, 0, 19, 9)]
-            if split != "train":
-                stem = i[: -len(".png")]
-                meta.masks[i] = [f"{stem}_m0.png", f"{stem}_m1.png"]
-                meta.ignore_masks[i] = f"{stem}_ignore.png"
-                for name in (*meta.masks[i], meta.ignore_masks[i]):
-                    _png(root / name, 20, 10)
-        write_split(root / "metadata" / split, meta)
-    return root
 
 
 @pytest.fixture

@@ -1,0 +1,185 @@
+"""torch Datasets and the protocol's transforms for training and evaluation.
+
+Train: ``Resize((resize, resize))`` (aspect not kept) -> ``RandomCrop(image_size)`` ->
+``RandomHorizontalFlip`` -> ImageNet normalisation; the randomness comes from torch's RNG,
+so a seeded torch (and seeded DataLoader workers) gives the same batches.
+Eval: ``Resize((image_size, image_size))`` -> normalisation; ground-truth boxes and masks are
+brought to the same ``image_size`` x ``image_size`` grid (see ``dawsol.data.groundtruth``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from dawsol.data.groundtruth import load_mask, rescale_boxes
+from dawsol.data.metadata import SplitMetadata, read_split
+from dawsol.errors import DawsolError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int, resize_size: int) -> transforms.Compose:
+    """The protocol's training transform."""
+    return transforms.Compose(
+        [
+            transforms.Resize((resize_size, resize_size)),
+            transforms.RandomCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(image_size: int) -> transforms.Compose:
+    """The protocol's evaluation transform (no crop: the whole image, squashed)."""
+    return transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def load_image(dataset_dir: Path, image_id: str) -> Image.Image:
+    """The RGB image ``dataset_dir / image_id``; DawsolError naming id and path if unreadable."""
+    path = Path(dataset_dir) / image_id
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        reason = "missing" if not path.exists() else f"unreadable ({exc})"
+        raise DawsolError(f"image {image_id}: {path} is {reason}; re-run `dawsol prepare`") from None
+
+
+def read_dataset_split(dataset_dir: str | Path, split: str) -> SplitMetadata:
+    """``read_split`` of ``<dataset_dir>/metadata/<split>``, with a clear error if absent."""
+    split_dir = Path(dataset_dir) / "metadata" / split
+    if not split_dir.is_dir():
+        raise DawsolError(f"{split_dir}: no such split; run `dawsol prepare <dataset>` first")
+    return read_split(split_dir)
+
+
+def sample_per_class(image_ids: Sequence[str], labels: Mapping[str, int], k: int, seed: int) -> list[str]:
+    """``k`` ids per class drawn without replacement (wsolevaluation's ``num_val_sample_per_class``).
+
+    ``k == 0`` keeps every id. Classes are visited in ascending label order and each draw is
+    ``np.random.choice(indices, k, replace=False)`` from a RandomState seeded with ``seed``.
+    """
+    if k == 0:
+        return list(image_ids)
+    rng = np.random.RandomState(seed)
+    ids = np.array(image_ids)
+    ids_labels = np.array([labels[i] for i in image_ids])
+    sampled: list[str] = []
+    for label in np.unique(ids_labels):
+        indices = np.where(ids_labels == label)[0]
+        if len(indices) < k:
+            raise DawsolError(
+                f"data.num_val_sample_per_class={k} but class {label} has only {len(indices)} images; "
+                f"lower it to at most {len(indices)} (or 0 for all)"
+            )
+        sampled += ids[rng.choice(indices, k, replace=False)].tolist()
+    return sampled
+
+
+class TrainDataset(Dataset):
+    """Weakly supervised training items ``(image [3,S,S] float tensor, label int)``."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str = "train",
+        *,
+        image_size: int,
+        resize_size: int,
+        proxy: bool = False,
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        meta = read_dataset_split(self.dataset_dir, split)
+        if proxy and meta.proxy_ids is None:
+            raise DawsolError(f"{self.dataset_dir}/metadata/{split}: no image_ids_proxy.txt for proxy training")
+        self.image_ids: list[str] = list(meta.proxy_ids if proxy else meta.image_ids)
+        self.labels: list[int] = [meta.labels[i] for i in self.image_ids]
+        self.transform = train_transform(image_size, resize_size)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_image(self.dataset_dir, self.image_ids[index])
+        return self.transform(image), self.labels[index]
+
+
+class EvalDataset(Dataset):
+    """Evaluation items: dicts with ``image``, ``label``, ``image_id``, ``boxes`` and ``mask``.
+
+    ``boxes`` is a K x 4 int64 array at ``image_size`` (0 x 4 without boxes), ``mask`` an
+    ``image_size`` x ``image_size`` uint8 array (1/0/255) or None. Masks resolve against
+    ``mask_root`` (default: the dataset folder). ``image_ids`` restricts and orders the items
+    (e.g. ``sample_per_class``); by default every id of the split in file order.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str,
+        image_size: int,
+        mask_root: str | Path | None = None,
+        *,
+        image_ids: Sequence[str] | None = None,
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.mask_root = Path(mask_root) if mask_root is not None else self.dataset_dir
+        self.meta = read_dataset_split(self.dataset_dir, split)
+        self.image_ids: list[str] = list(self.meta.image_ids if image_ids is None else image_ids)
+        unknown = [i for i in self.image_ids if i not in self.meta.labels]
+        if unknown:
+            raise DawsolError(f"{self.dataset_dir}/metadata/{split}: no label for {unknown[0]}")
+        self.image_size = image_size
+        self.transform = eval_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.image_ids[index]
+        image = load_image(self.dataset_dir, image_id)
+        boxes = self.meta.boxes.get(image_id, [])
+        size = self.meta.sizes.get(image_id, image.size)
+        mask = None
+        if image_id in self.meta.masks:
+            ignore = self.meta.ignore_masks.get(image_id)
+            mask = load_mask(
+                [self.mask_root / p for p in self.meta.masks[image_id]],
+                self.mask_root / ignore if ignore else None,
+                self.image_size,
+            )
+        return {
+            "image": self.transform(image),
+            "label": self.meta.labels[image_id],
+            "image_id": image_id,
+            "boxes": rescale_boxes(boxes, size, self.image_size),
+            "mask": mask,
+        }
+
+
+def collate_eval(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch EvalDataset items: ``image`` stacked, ``label`` a long tensor, the rest lists."""
+    return {
+        "image": torch.stack([item["image"] for item in batch]),
+        "label": torch.tensor([item["label"] for item in batch], dtype=torch.long),
+        "image_id": [item["image_id"] for item in batch],
+        "boxes": [item["boxes"] for item in batch],
+        "mask": [item["mask"] for item in batch],
+    }
