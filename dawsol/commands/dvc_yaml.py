@@ -1,0 +1,30 @@
+"""``dawsol dvc-yaml``: generate (or check) dvc.yaml from the grid of params.yaml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dawsol.atomic import atomic_write_text
+from dawsol.config import load_params
+from dawsol.errors import DawsolError
+from dawsol.pipeline import DVC_YAML, render_dvc_yaml
+
+HELP = "write dvc.yaml (the DVC stages over the grid) from params.yaml, or check that it is current"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=str(DVC_YAML), help="the file to write or check (default: dvc.yaml)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the generated one")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.profile)
+    text = render_dvc_yaml(params, args.params, args.profile)
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            raise DawsolError(f"{out} is out of date with {args.params}: run `dawsol dvc-yaml` and commit it")
+        return 0
+    atomic_write_text(out, text)
+    return 0

@@ -1,0 +1,28 @@
+"""``dawsol settings``: write every grid cell's resolved settings, DVC's per-cell re-run trigger."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dawsol.atomic import atomic_write_text
+from dawsol.config import grid_cells, load_params, resolve
+from dawsol.pipeline import RUNS_DIR, settings_output
+
+HELP = "write runs/<cell>/resolved.json (the resolved settings) for every cell of the grid"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", default=str(RUNS_DIR), help="folder of the per-cell files (default: runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.profile)
+    for cell in grid_cells(params, args.params):
+        tree = resolve(cell, params, args.params).to_dict()
+        path = Path(args.out_dir) / settings_output(cell).relative_to(RUNS_DIR)
+        text = json.dumps(tree, indent=2, sort_keys=True) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
+    return 0

@@ -1,0 +1,99 @@
+"""``dawsol report``: tables, figures and plot data from the cells' results, and an MLflow summary run.
+
+Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
+train_log.jsonl`` and the prepared test split) and written to the paths
+``dawsol.pipeline.report_outputs`` declares for Snakemake and DVC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dawsol.atomic import atomic_write_text
+from dawsol.config import Cell, grid_cells, resolve
+from dawsol.pipeline import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, datasets, method_key
+from dawsol.report.tables import BACKBONE_NAMES, Table, aggregate, load_metrics, method_label, write_tables
+
+log = logging.getLogger(__name__)
+
+
+def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Table]:
+    """Write every dataset's tables, figures and DVC plot data; return the tables by dataset."""
+    from dawsol.report import figures
+
+    cells = grid_cells(params, source)
+    frame = load_metrics(cells, CELLS_DIR)
+    tables = {}
+    for dataset in datasets(params, source):
+        own = [c for c in cells if c.dataset == dataset]
+        table = aggregate(frame, dataset)
+        write_tables(table, TABLES_DIR)
+        tables[dataset] = table
+        labels = _labels(own)
+
+        curves = figures.mean_curves(figures.read_curves(own, CELLS_DIR))
+        for (backbone, method), curve in curves.items():
+            key = method_key(Cell(dataset, backbone, *method.split("-", 1), 0))
+            atomic_write_text(PLOTS_DIR / dataset / f"{key}.csv", curve.to_csv(index=False, float_format="%.6g"))
+        figures.plot_box_curves(curves, labels, FIGURES_DIR / f"{dataset}_boxacc.png")
+        figures.plot_pixel_pr(curves, labels, FIGURES_DIR / f"{dataset}_pxpr.png")
+        figures.plot_training(figures.read_train_logs(own, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png")
+
+        first = _first_seed(own)
+        settings = resolve(first[0], params, source)
+        mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None
+        figures.plot_cams(
+            first,
+            [labels[(c.backbone, c.method)] for c in first],
+            CELLS_DIR,
+            settings.dataset_dir,
+            mask_root,
+            FIGURES_DIR / f"{dataset}_cams.png",
+        )
+        log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
+    return tables
+
+
+def _labels(cells: list[Cell]) -> dict[tuple[str, str], str]:
+    several = len({c.backbone for c in cells}) > 1
+    return {
+        (c.backbone, c.method): f"{method_label(c)} ({BACKBONE_NAMES.get(c.backbone, c.backbone)})"
+        if several
+        else method_label(c)
+        for c in cells
+    }
+
+
+def _first_seed(cells: list[Cell]) -> list[Cell]:
+    """The lowest-seed cell of each (backbone, method), in grid order."""
+    first: dict[tuple[str, str], Cell] = {}
+    for cell in cells:
+        key = (cell.backbone, cell.method)
+        if key not in first or cell.seed < first[key].seed:
+            first[key] = cell
+    return list(first.values())
+
+
+def log_summary(tables: Mapping[str, Table]) -> str:
+    """One MLflow run ``report`` carrying the tables, figures and each row's mean metrics; return its id."""
+    from dawsol import tracking
+
+    client, experiment_id = tracking.init_store()
+    run = tracking.with_retry(client.create_run, experiment_id, run_name="report", tags={"dawsol.summary": "true"})
+    run_id = run.info.run_id
+    metrics = {}
+    for dataset, table in tables.items():
+        for record in table.stats.to_dict("records"):
+            for metric in table.metrics:
+                name = f"{dataset}.{record['backbone']}.{record['method']}.{metric}"
+                metrics[name] = {"mean": record[f"{metric}_mean"], "std": record[f"{metric}_std"]}
+        files = sorted(TABLES_DIR.glob(f"{dataset}.*")) + sorted(FIGURES_DIR.glob(f"{dataset}_*.png"))
+        for path in files:
+            tracking.with_retry(client.log_artifact, run_id, str(path), path.parent.name)
+    summary = tracking.CellRun(client, run_id)
+    summary.log_metrics(metrics)
+    summary.finish()
+    return run_id

@@ -1,0 +1,194 @@
+"""The results tables: one row per (backbone, method), mean +- std over seeds, best in bold.
+
+Built with pandas from the cells' ``metrics.json`` (test split) and written as LaTeX
+(booktabs), CSV (numbers), Markdown and HTML (for ``snakemake --report``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from dawsol.atomic import atomic_write_text
+from dawsol.config import Cell
+from dawsol.errors import DawsolError
+
+METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
+WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL"}
+DA_NAMES = {
+    "none": "",
+    "mmd": "DA-WSOL-MMD",
+    "dann": "DA-WSOL-DANN",
+    "mmd_notsa": "DA-WSOL-MMD w/o TSA, w/o $L_u$",
+    "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
+    "lu_only": "$L_u$ only",
+}
+BACKBONE_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "inception_v3": "InceptionV3", "vgg16": "VGG16"}
+DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
+
+
+def method_label(cell: Cell) -> str:
+    """The row label of a cell's method, e.g. ``CAM + DA-WSOL-MMD`` (LaTeX math for subscripts)."""
+    wsol = WSOL_NAMES.get(cell.wsol, cell.wsol)
+    da = DA_NAMES.get(cell.da, cell.da.replace("_", " "))
+    return f"{wsol} + {da}" if da else wsol
+
+
+def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
+    """One row per cell: dataset, backbone, method, label, seed and the split's metrics."""
+    rows = []
+    for cell in cells:
+        path = cells_dir / cell.name / "metrics.json"
+        try:
+            data = json.loads(path.read_text())
+            metrics = data["splits"][split]
+        except FileNotFoundError:
+            raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DawsolError(
+                f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
+            ) from None
+        row = {
+            "dataset": cell.dataset,
+            "backbone": cell.backbone,
+            "method": cell.method,
+            "label": method_label(cell),
+            "seed": cell.seed,
+        }
+        row.update({name: _number(metrics.get(name)) for name in METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+@dataclass(frozen=True)
+class Table:
+    """One dataset's aggregated table: ``stats`` has ``<metric>_mean`` / ``<metric>_std`` columns."""
+
+    dataset: str
+    metrics: tuple[str, ...]
+    stats: pd.DataFrame
+    num_seeds: int
+
+    def best(self) -> pd.DataFrame:
+        """True where a row holds the best displayed mean of its metric within its backbone."""
+        rounded = self.stats[[f"{m}_mean" for m in self.metrics]].round(1)
+        rounded.columns = list(self.metrics)
+        best = rounded.groupby(self.stats["backbone"]).transform("max")
+        return rounded.eq(best) & rounded.notna()
+
+    def display(self, bold: str) -> pd.DataFrame:
+        """Strings ``mean ± std`` with the best wrapped by the ``bold`` format (``**{}**``)."""
+        best = self.best()
+        out = pd.DataFrame(
+            {
+                "Backbone": [BACKBONE_NAMES.get(b, b) for b in self.stats["backbone"]],
+                "Method": list(self.stats["label"]),
+            }
+        )
+        for metric in self.metrics:
+            texts = []
+            for i, (mean, std) in enumerate(
+                zip(self.stats[f"{metric}_mean"], self.stats[f"{metric}_std"], strict=True)
+            ):
+                text = _mean_std(mean, std)
+                texts.append(bold.format(text) if best[metric].iloc[i] else text)
+            out[metric] = texts
+        return out
+
+    def caption(self) -> str:
+        name = DATASET_NAMES.get(self.dataset, self.dataset)
+        seeds = f"mean ± std over {self.num_seeds} seeds" if self.num_seeds > 1 else "one seed"
+        return f"{name}, test split: {seeds} (%); best per column and backbone in bold."
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def aggregate(frame: pd.DataFrame, dataset: str) -> Table:
+    """Mean and (sample) std over seeds per (backbone, method), in the grid's row order."""
+    rows = frame[frame["dataset"] == dataset]
+    if rows.empty:
+        raise DawsolError(f"no cell of dataset {dataset!r} in the grid: nothing to tabulate")
+    metrics = tuple(m for m in METRICS if rows[m].notna().any())
+    keys = ["backbone", "method", "label"]
+    grouped = rows.groupby(keys, sort=False)[list(metrics)]
+    stats = grouped.agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats.insert(0, "seeds", grouped.size())
+    stats = stats.reset_index()
+    return Table(dataset, metrics, stats, int(stats["seeds"].max()))
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    shown = table.display(bold="\\textbf{{{}}}").map(lambda s: s.replace("±", "$\\pm$").replace("–", "--"))
+    shown["Method"] = [_latex_label(label) for label in shown["Method"]]
+    styler = shown.style.hide(axis="index")
+    return styler.to_latex(
+        column_format="ll" + "c" * len(table.metrics),
+        hrules=True,
+        position_float="centering",
+        caption=_latex_escape(table.caption()).replace("±", "$\\pm$"),
+        label=f"tab:{table.dataset}",
+        environment="table",
+    )
+
+
+def _latex_label(label: str) -> str:
+    """Escape a label outside its ``$...$`` math parts."""
+    parts = label.split("$")
+    return "$".join(_latex_escape(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
+def _latex_escape(text: str) -> str:
+    for char in ("\\", "&", "%", "#", "_", "{", "}"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub-flavoured Markdown table with the caption below it."""
+    shown = table.display(bold="**{}**")
+    shown["Method"] = [label.replace("$L_u$", "L_u") for label in shown["Method"]]
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "| " + " | ".join(["---", "---", *(["---:"] * len(table.metrics))]) + " |"
+    body = ["| " + " | ".join(row) + " |" for row in shown.astype(str).itertuples(index=False)]
+    return "\n".join([header, rule, *body, "", f"*{table.caption()}*", ""])
+
+
+def to_csv(table: Table) -> str:
+    """The numbers: one row per (backbone, method), ``<metric>_mean`` and ``<metric>_std`` columns."""
+    columns = ["backbone", "method", "label", "seeds"]
+    columns += [f"{m}_{s}" for m in table.metrics for s in ("mean", "std")]
+    return table.stats[columns].to_csv(index=False, float_format="%.4f")
+
+
+def to_html(table: Table) -> str:
+    """A standalone HTML table (for the Snakemake report)."""
+    shown = table.display(bold="<b>{}</b>")
+    shown["Method"] = [label.replace("$L_u$", "L<sub>u</sub>") for label in shown["Method"]]
+    body = shown.to_html(index=False, escape=False, border=0, classes="dawsol")
+    return f"<html><body><p>{table.caption()}</p>\n{body}\n</body></html>\n"
+
+
+def write_tables(table: Table, out_dir: Path) -> list[Path]:
+    """Write ``<dataset>.{tex,csv,md,html}`` under ``out_dir``; return the paths."""
+    renderers = {"tex": to_latex, "csv": to_csv, "md": to_markdown, "html": to_html}
+    paths = []
+    for ext, render in renderers.items():
+        path = out_dir / f"{table.dataset}.{ext}"
+        atomic_write_text(path, render(table))
+        paths.append(path)
+    return paths

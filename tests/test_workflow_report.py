@@ -1,0 +1,120 @@
+"""`dawsol report` on result files written like the cells' real ones (tables, figures, MLflow)."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from workflow_fixtures import METRIC_NAMES, cell_value, write_cell, write_dataset
+
+from dawsol.cli import main
+from dawsol.config import grid_cells, load_params
+
+
+@pytest.fixture
+def fake_results(tmp_path: Path, params_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default grid's 9 cells with known metrics, in a temporary project folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_dataset(tmp_path / "data" / "synthetic")
+    for cell in grid_cells(load_params(params_copy), params_copy):
+        write_cell(tmp_path, cell)
+    return tmp_path
+
+
+def _expected(da: str, metric: str) -> str:
+    from dawsol.config import Cell
+
+    values = [cell_value(Cell("synthetic", "resnet18", "cam", da, s), metric) for s in (0, 1, 2)]
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def test_report_tables_mean_std_and_bold_best(fake_results: Path) -> None:
+    assert main(["report", "--no-tracking"]) == 0
+    md = (fake_results / "results/tables/synthetic.md").read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ResNet18")}
+    assert set(rows) == {"CAM", "CAM + DA-WSOL-MMD", "CAM + DA-WSOL-DANN"}
+    for metric in METRIC_NAMES:
+        assert metric in md
+    # MMD is best (+10) in every column: bold; CAM and DANN are not.
+    assert rows["CAM + DA-WSOL-MMD"].count("**") == 2 * len(METRIC_NAMES)
+    assert "**" not in rows["CAM"] and "**" not in rows["CAM + DA-WSOL-DANN"]
+    assert f"**{_expected('mmd', 'PxAP')}**" in rows["CAM + DA-WSOL-MMD"]
+    assert _expected("none", "MaxBoxAccV2") in rows["CAM"]
+
+    csv = pd.read_csv(fake_results / "results/tables/synthetic.csv")
+    cam = csv[csv["method"] == "cam-none"].iloc[0]
+    assert cam["seeds"] == 3
+    assert cam["PxAP_mean"] == pytest.approx(41.0 + 2.0)
+    assert cam["PxAP_std"] == pytest.approx(1.0)
+
+    tex = (fake_results / "results/tables/synthetic.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\textbf{" + _expected("mmd", "GT-known Loc").replace("±", "$\\pm$") + "}" in tex
+
+    for kind in ("cams", "boxacc", "pxpr", "training"):
+        assert (fake_results / f"results/figures/synthetic_{kind}.png").stat().st_size > 1000
+    plot = pd.read_csv(fake_results / "results/plots/synthetic/resnet18_cam-mmd.csv")
+    assert len(plot) == 12 and {"threshold", "BoxAcc_50", "precision", "recall"} <= set(plot.columns)
+
+
+def test_report_missing_cell_is_one_line_error(fake_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (fake_results / "results/cells/synthetic/resnet18/cam-dann/seed1/metrics.json").unlink()
+    assert main(["report", "--no-tracking"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cam-dann/seed1/metrics.json" in err and "dawsol evaluate synthetic/resnet18/cam-dann/seed1" in err
+
+
+def test_report_only_supported_columns(fake_results: Path, params_copy: Path) -> None:
+    """A dataset without masks has no PxAP / pIoU columns."""
+    import json
+
+    for path in (fake_results / "results/cells").rglob("metrics.json"):
+        data = json.loads(path.read_text())
+        data["splits"]["test"].update({"PxAP": None, "pIoU": None})
+        path.write_text(json.dumps(data))
+    assert main(["report", "--no-tracking"]) == 0
+    csv = pd.read_csv(fake_results / "results/tables/synthetic.csv")
+    assert "PxAP_mean" not in csv.columns and "MaxBoxAccV2_mean" in csv.columns
+
+
+def test_report_summary_run_in_mlflow(fake_results: Path) -> None:
+    from mlflow import MlflowClient
+
+    assert main(["report"]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{fake_results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dawsol")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.metrics["synthetic.resnet18.cam-mmd.PxAP.mean"] == pytest.approx(40.0 + 10.0 + 1.0 + 0.5 * 4)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
+    assert "tables/synthetic.tex" in artifacts
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert "figures/synthetic_cams.png" in figures
+
+
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None, reason="pdflatex not installed (apt-get install texlive-latex-recommended)"
+)
+def test_latex_table_compiles(fake_results: Path) -> None:
+    assert main(["report", "--no-tracking"]) == 0
+    doc = fake_results / "doc.tex"
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        "\\input{results/tables/synthetic.tex}\n\\end{document}\n"
+    )
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=fake_results,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (fake_results / "doc.pdf").stat().st_size > 1000
