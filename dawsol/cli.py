@@ -21,6 +21,13 @@ COMMANDS: dict[str, str] = {
     "cells": "dawsol.commands.cells",
     "resolve": "dawsol.commands.resolve",
     "validate": "dawsol.commands.validate",
+    "settings": "dawsol.commands.settings",
+    "dvc-yaml": "dawsol.commands.dvc_yaml",
+    "report": "dawsol.commands.report",
+    "train": "dawsol.commands.train",
+    "evaluate": "dawsol.commands.evaluate",
+    "localize": "dawsol.commands.localize",
+    "tracking": "dawsol.commands.tracking",
 }
 
 
