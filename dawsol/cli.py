@@ -24,10 +24,6 @@ COMMANDS: dict[str, str] = {
     "settings": "dawsol.commands.settings",
     "dvc-yaml": "dawsol.commands.dvc_yaml",
     "report": "dawsol.commands.report",
-    "train": "dawsol.commands.train",
-    "evaluate": "dawsol.commands.evaluate",
-    "localize": "dawsol.commands.localize",
-    "tracking": "dawsol.commands.tracking",
 }
 
 
