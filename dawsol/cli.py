@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "settings": "dawsol.commands.settings",
     "dvc-yaml": "dawsol.commands.dvc_yaml",
     "report": "dawsol.commands.report",
+    "tracking": "dawsol.commands.tracking",
 }
 
 

@@ -1,0 +1,26 @@
+"""``dawsol tracking init|ui``: create the MLflow store once, or browse it."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "MLflow store: 'init' creates it (once, before parallel cells), 'ui' serves it on 127.0.0.1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["init", "ui"], help="init: create the store; ui: run mlflow ui")
+    parser.add_argument("--host", default="127.0.0.1", help="ui: address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="ui: port (default: 5000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from dawsol import tracking
+
+    if args.action == "init":
+        _, experiment_id = tracking.init_store()
+        print(f"MLflow store {tracking.tracking_uri()}: experiment {tracking.experiment_name()!r} ({experiment_id})")
+        return 0
+    tracking.init_store()
+    return subprocess.call(tracking.serve_command(args.host, args.port))
