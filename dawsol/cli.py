@@ -20,6 +20,7 @@ from dawsol.errors import DawsolError
 COMMANDS: dict[str, str] = {
     "cells": "dawsol.commands.cells",
     "resolve": "dawsol.commands.resolve",
+    "prepare": "dawsol.commands.prepare",
     "validate": "dawsol.commands.validate",
     "settings": "dawsol.commands.settings",
     "dvc-yaml": "dawsol.commands.dvc_yaml",

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dawsol.config import deep_merge, load_params
+from dawsol.commands.prepare import data_settings
+from dawsol.config import load_params
 from dawsol.errors import DawsolError
 
 HELP = "check a prepared dataset (metadata format, ids, labels, boxes, image and mask files)"
@@ -38,8 +39,7 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
     name = args.dataset_dir.resolve().name
     if name not in params["datasets"]:
         return {}
-    dataset = params["datasets"][name] or {}
-    return deep_merge(params["defaults"].get("data", {}), dataset.get("data", {}))
+    return data_settings(params, name)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,52 @@
+"""``dawsol prepare <dataset>``: build or download a dataset into ``<data.root>/<dataset>``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dawsol.config import deep_merge, load_params
+from dawsol.errors import DawsolError
+
+HELP = "prepare a dataset: generate the synthetic benchmark, or download / verify / lay out cub, ilsvrc, openimages"
+DATASETS = ("synthetic",)
+log = logging.getLogger(__name__)
+
+
+def data_settings(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """``defaults.data`` merged with ``datasets.<dataset>.data`` ({} parts where absent)."""
+    block = params.get("datasets", {}).get(dataset) or {}
+    return deep_merge(params["defaults"].get("data", {}), block.get("data", {}))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=DATASETS, help="which dataset")
+    parser.add_argument("--grid", type=Path, default=None, help="synthetic: also write a sample grid PNG here")
+
+
+def _prepare_synthetic(args: argparse.Namespace, params: Mapping[str, Any], dataset_dir: Path) -> None:
+    from dawsol.data.synthetic import SyntheticConfig, prepare_synthetic, sample_grid
+
+    config = SyntheticConfig.from_params(params["synthetic"])
+    expected = data_settings(params, "synthetic").get("num_classes")
+    if expected != config.num_classes:
+        raise DawsolError(
+            f"{args.params}: synthetic.num_classes={config.num_classes} but "
+            f"datasets.synthetic.data.num_classes={expected}; make them equal"
+        )
+    made = prepare_synthetic(config, dataset_dir)
+    print(f"{dataset_dir}: {'generated' if made else 'up to date'} (settings digest {config.digest()})")
+    if args.grid is not None:
+        sample_grid(dataset_dir, args.grid)
+        print(f"sample grid: {args.grid}")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.profile)
+    dataset_dir = Path(data_settings(params, args.dataset)["root"]) / args.dataset
+    if args.dataset == "synthetic":
+        _prepare_synthetic(args, params, dataset_dir)
+    return 0
