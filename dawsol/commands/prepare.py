@@ -12,7 +12,7 @@ from dawsol.config import deep_merge, load_params
 from dawsol.errors import DawsolError
 
 HELP = "prepare a dataset: generate the synthetic benchmark, or download / verify / lay out cub, ilsvrc, openimages"
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "cub", "ilsvrc", "openimages")
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +25,14 @@ def data_settings(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=DATASETS, help="which dataset")
     parser.add_argument("--grid", type=Path, default=None, help="synthetic: also write a sample grid PNG here")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        action="append",
+        default=[],
+        help="an already-downloaded archive, by its original file name (repeatable); "
+        "else <data.root>/downloads/<name> is used or downloaded",
+    )
 
 
 def _prepare_synthetic(args: argparse.Namespace, params: Mapping[str, Any], dataset_dir: Path) -> None:
@@ -49,4 +57,10 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = Path(data_settings(params, args.dataset)["root"]) / args.dataset
     if args.dataset == "synthetic":
         _prepare_synthetic(args, params, dataset_dir)
+        return 0
+    from dawsol.data.sources import prepare_dataset
+
+    data = data_settings(params, args.dataset)
+    made = prepare_dataset(args.dataset, Path(data["root"]), args.archive, num_classes=data.get("num_classes"))
+    print(f"{dataset_dir}: {'prepared' if made else 'up to date'}")
     return 0

@@ -1,0 +1,285 @@
+"""Real-dataset preparation against a local HTTP server: resume, checksums, layout, safe extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dawsol.data.metadata import SplitMetadata, read_split, validate_dataset, write_split
+from dawsol.data.sources import LAYOUTS, METADATA_COMMIT, Remote, download, prepare_dataset, safe_extract
+from dawsol.errors import DawsolError
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support; can cut the next responses off half way."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        if (header := self.headers.get("Range")) and server.ranges:
+            start = int(header.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.cut > 0:
+            server.cut -= 1
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, Path, str]]:
+    served = tmp_path / "served"
+    served.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(served)))
+    httpd.requests, httpd.cut, httpd.ranges = [], 0, True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _jpeg(width: int = 12, height: int = 10) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
+    assert ok
+    return encoded.tobytes()
+
+
+def _png_mask() -> bytes:
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:6, 3:9] = 200
+    ok, encoded = cv2.imencode(".png", mask)
+    assert ok
+    return encoded.tobytes()
+
+
+def _tar(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> None:
+    with tarfile.open(path, mode) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+CLASSES = ("001.Alpha", "002.Beta")
+SPLIT_IDS = {
+    "train": [f"{c}/{c[4:]}_{k}.jpg" for c in CLASSES for k in range(2)],
+    "val": [f"{c}/{k}000.jpg" for c in CLASSES for k in range(1)],
+    "test": [f"{c}/{c[4:]}_t{k}.jpg" for c in CLASSES for k in range(2)],
+}
+
+
+def make_fake_cub(served: Path, base_url: str, images_prefix: str = "CUB_200_2011/images") -> dict:
+    """A tiny CUB: archives, metadata files and the tables that point at them."""
+    _tar(
+        served / "CUB_200_2011.tgz", {f"{images_prefix}/{i}": _jpeg() for s in ("train", "test") for i in SPLIT_IDS[s]}
+    )
+    _tar(served / "CUBV2.tar", {i: _jpeg() for i in SPLIT_IDS["val"]}, mode="w")
+    _tar(served / "segmentations.tgz", {f"segmentations/{i[:-4]}.png": _png_mask() for i in SPLIT_IDS["test"]})
+    metadata_files = {}
+    for split, ids in SPLIT_IDS.items():
+        meta = SplitMetadata(image_ids=ids, labels={i: CLASSES.index(i.split("/")[0]) for i in ids})
+        meta.sizes = {i: (12, 10) for i in ids}
+        meta.boxes = {i: [(1, 1, 8, 7)] for i in ids}
+        folder = served / "meta" / METADATA_COMMIT / "metadata" / "CUB" / split
+        write_split(folder, meta)
+        for f in sorted(folder.iterdir()):
+            metadata_files[f"CUB/{split}/{f.name}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+
+    def md5(name: str) -> str:
+        return "md5:" + hashlib.md5((served / name).read_bytes()).hexdigest()
+
+    sources = {
+        "CUB_200_2011.tgz": Remote("CUB_200_2011.tgz", f"{base_url}/CUB_200_2011.tgz", md5("CUB_200_2011.tgz")),
+        "CUBV2.tar": Remote("CUBV2.tar", f"{base_url}/CUBV2.tar", size=(served / "CUBV2.tar").stat().st_size),
+        "segmentations.tgz": Remote("segmentations.tgz", manual="put {name} in {downloads}"),
+    }
+    return {
+        "sources": sources,
+        "layouts": LAYOUTS,
+        "metadata_files": {"cub": metadata_files},
+        "metadata_url": f"{base_url}/meta/{{commit}}/metadata/{{path}}",
+        "num_classes": 2,
+    }
+
+
+def test_cub_end_to_end_then_a_rerun_only_verifies(server, tmp_path: Path) -> None:
+    httpd, served, url = server
+    tables = make_fake_cub(served, url)
+    root = tmp_path / "data"
+    masks = tmp_path / "elsewhere" / "segmentations.tgz"
+    masks.parent.mkdir()
+    (served / "segmentations.tgz").rename(masks)
+    assert prepare_dataset("cub", root, [masks], **tables)
+    cub = root / "cub"
+    assert validate_dataset(cub, num_classes=2) == []
+    assert (cub / "001.Alpha/Alpha_0.jpg").is_file() and (cub / "002.Beta/0000.jpg").is_file()
+    test = read_split(cub / "metadata/test")
+    assert test.masks["001.Alpha/Alpha_t0.jpg"] == ["masks/001.Alpha/Alpha_t0.png"]
+    assert test.boxes["001.Alpha/Alpha_t0.jpg"] == [(1, 1, 8, 7)]
+    assert (root / "downloads/CUB_200_2011.tgz").is_file()
+    assert not list(root.glob(".cub.build-*"))
+    requests = len(httpd.requests)
+    assert not prepare_dataset("cub", root, **tables)
+    assert len(httpd.requests) == requests  # verified, nothing fetched
+
+
+def test_prepare_without_optional_masks(server, tmp_path: Path) -> None:
+    _, served, url = server
+    assert prepare_dataset("cub", tmp_path / "data", **make_fake_cub(served, url))
+    assert not (tmp_path / "data/cub/metadata/test/mask_localization.txt").exists()
+
+
+def test_an_interrupted_transfer_resumes_with_range(server, tmp_path: Path) -> None:
+    httpd, served, url = server
+    payload = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    (served / "blob.bin").write_bytes(payload)
+    httpd.cut = 1
+    download(f"{url}/blob.bin", tmp_path / "blob.bin")
+    assert (tmp_path / "blob.bin").read_bytes() == payload
+    assert httpd.requests[-1][1] == f"bytes={len(payload) // 2}-"
+    # interrupted across runs: the .part stays, and the next run asks only for the rest
+    httpd.cut = 1
+    with pytest.raises(DawsolError, match=r"download failed .* re-run to resume"):
+        download(f"{url}/blob.bin", tmp_path / "again.bin", retries=0)
+    assert (tmp_path / "again.bin.part").stat().st_size == len(payload) // 2
+    download(f"{url}/blob.bin", tmp_path / "again.bin")
+    assert (tmp_path / "again.bin").read_bytes() == payload and not (tmp_path / "again.bin.part").exists()
+    # a server without Range support restarts the file
+    httpd.ranges, httpd.cut = False, 1
+    download(f"{url}/blob.bin", tmp_path / "third.bin")
+    assert (tmp_path / "third.bin").read_bytes() == payload
+
+
+def test_an_interrupted_prepare_completes_on_rerun(server, tmp_path: Path) -> None:
+    httpd, served, url = server
+    tables = make_fake_cub(served, url)
+    httpd.cut = 100  # every response is cut: the first run fails with parts left behind
+    with pytest.raises(DawsolError, match="re-run to resume"):
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    assert not (tmp_path / "data/cub").exists()
+    httpd.cut = 0
+    assert prepare_dataset("cub", tmp_path / "data", **tables)
+    assert validate_dataset(tmp_path / "data/cub", num_classes=2) == []
+
+
+def test_a_corrupt_archive_names_file_and_both_checksums(server, tmp_path: Path) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    good = tables["sources"]["CUB_200_2011.tgz"].checksum.split(":")[1]
+    downloads = tmp_path / "data/downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "CUB_200_2011.tgz").write_bytes(b"garbage")
+    actual = hashlib.md5(b"garbage").hexdigest()
+    with pytest.raises(DawsolError) as info:
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    message = str(info.value)
+    assert "CUB_200_2011.tgz" in message and good in message and actual in message and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
+
+
+def test_a_wrong_layout_leaves_nothing_behind(server, tmp_path: Path) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url, images_prefix="CUB/pictures")
+    with pytest.raises(DawsolError, match=r"no folder 'CUB_200_2011/images' inside"):
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    tables = make_fake_cub(served, url)
+    _tar(served / "CUBV2.tar", {"001.Alpha/other.jpg": _jpeg()}, mode="w")  # not the ids the metadata lists
+    tables["sources"]["CUBV2.tar"] = Remote("CUBV2.tar", f"{url}/CUBV2.tar")
+    with pytest.raises(DawsolError, match=r"do not have the expected layout .*image file missing"):
+        prepare_dataset("cub", tmp_path / "data2", **tables)
+    for root in (tmp_path / "data", tmp_path / "data2"):
+        assert sorted(p.name for p in root.iterdir()) == ["downloads"]
+
+
+def test_manual_archives_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(DawsolError, match=r"ILSVRC2012_img_train.tar is missing: .*image-net.org.*--archive"):
+        prepare_dataset("ilsvrc", tmp_path / "data")
+    with pytest.raises(DawsolError, match="unknown archive name"):
+        prepare_dataset("ilsvrc", tmp_path / "data", [tmp_path / "imagenet.tar"])
+
+
+def _evil_tar(path: Path, kind: str) -> None:
+    with tarfile.open(path, "w") as tf:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tf.addfile(ok, io.BytesIO(b"ok"))
+        if kind == "symlink":
+            info = tarfile.TarInfo("inside/link")
+            info.type, info.linkname = tarfile.SYMTYPE, "../../outside"
+            tf.addfile(info)
+        elif kind == "hardlink":
+            info = tarfile.TarInfo("hard")
+            info.type, info.linkname = tarfile.LNKTYPE, "../outside.txt"
+            tf.addfile(info)
+        else:
+            info = tarfile.TarInfo({"absolute": "/tmp/dawsol-evil.txt", "dotdot": "a/../../evil.txt"}[kind])
+            info.size = 4
+            tf.addfile(info, io.BytesIO(b"evil"))
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink", "hardlink"])
+def test_members_escaping_the_folder_are_refused(tmp_path: Path, kind: str) -> None:
+    archive = tmp_path / "evil.tar"
+    _evil_tar(archive, kind)
+    dest = tmp_path / "box" / "dest"
+    with pytest.raises(DawsolError, match=r"evil\.tar: refusing member"):
+        safe_extract(archive, dest)
+    assert list(dest.iterdir()) == []  # checked before anything is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box", "evil.tar"]
+    assert not Path("/tmp/dawsol-evil.txt").exists()
+
+
+def test_zip_members_escaping_the_folder_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "ok")
+        zf.writestr("../evil.txt", "evil")
+    with pytest.raises(DawsolError, match=r"refusing member '\.\./evil\.txt'"):
+        safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
+    archive = tmp_path / "ok.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("a/file.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+        link = tarfile.TarInfo("b/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "../a/file.txt"
+        tf.addfile(link)
+    safe_extract(archive, tmp_path / "dest")
+    assert (tmp_path / "dest/b/link").read_text() == "hi"
