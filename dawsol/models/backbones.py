@@ -1,0 +1,218 @@
+"""Feature trunks with the WSOL benchmark's CAM modifications, built on torchvision's definitions.
+
+Each trunk maps images to pixel features ``[B, D, h, w]`` (post-ReLU) and names the layers it
+adds to the pretrained network (``new_layers``), which train at the classifier's learning rate
+where the official code does so. Pretrained weights load into torchvision's unmodified network
+first, so the state-dict keys stay torchvision's (e.g. ``layer3.0.conv1.weight``).
+
+| backbone | D | 224 px | 224 px, large map | modifications |
+|---|---|---|---|---|
+| vgg16 | 1024 | 14x14 | 28x28 | no pool5 (and no pool4 with the large map), conv6 512->1024 + ReLU |
+| resnet50 | 2048 | 14x14 | 28x28 | layer4 stride 1, layer3 stride 1 with the large map |
+| resnet18 | 512*width | 28x28 | 56x56 | as resnet50, and layer2 stride 1 (small inputs: 16x16 at 64 px) |
+| inception_v3 | 1024 | 14x14 | 28x28 | SPG-style: stem pools 3x3/2 pad 1, Mixed_6a stride 1, SPG_A3_1b/2b |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.inception import InceptionB
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from dawsol.models.pretrained import load_pretrained
+from dawsol.wsol.adl import ADL
+
+
+class Trunk(nn.Module):
+    """A feature extractor: ``forward(images) -> features [B, D, h, w]``."""
+
+    feature_dim: int
+    new_layers: tuple[str, ...] = ()
+
+    def new_layer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the layers added to the pretrained network."""
+        for name, param in self.named_parameters():
+            if name.split(".")[0] in self.new_layers:
+                yield name, param
+
+
+def _stride_one(layer: nn.Sequential) -> None:
+    """Set every stride-2 convolution of a ResNet stage's first block (conv and shortcut) to stride 1."""
+    for module in layer[0].modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (1, 1)
+
+
+def _scaled_resnet18(width: float) -> ResNet:
+    """torchvision's ResNet-18 with every channel count scaled by ``width`` (1.0 is torchvision's)."""
+    net = torchvision.models.resnet18()
+    if width == 1.0:
+        return net
+    channels = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+    net.inplanes = channels[0]
+    net.conv1 = nn.Conv2d(3, channels[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(channels[0])
+    net.layer1 = net._make_layer(BasicBlock, channels[0], 2)
+    net.layer2 = net._make_layer(BasicBlock, channels[1], 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, channels[2], 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, channels[3], 2, stride=2)
+    net.fc = nn.Linear(channels[3], 1000)
+    for module in net.modules():  # torchvision's initialisation, for the rebuilt layers
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return net
+
+
+class ResNetTrunk(Trunk):
+    """ResNet up to layer4; ADL after layer3[0], layer4[0] and layer4's last block."""
+
+    def __init__(self, net: ResNet, stride_one: tuple[str, ...], adl: ADL | None = None) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        for name in stride_one:
+            _stride_one(getattr(self, name))
+        self.feature_dim = net.fc.in_features
+        self.adl_after = {("layer3", 0), ("layer4", 0), ("layer4", len(self.layer4) - 1)} if adl is not None else set()
+        self.adl = adl
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(self, stage)):
+                x = block(x)
+                if (stage, index) in self.adl_after:
+                    x = self.adl(x)
+        return x
+
+
+# torchvision's vgg16 ``features`` indices: pool3, the ReLU after conv4_3, pool4, the ReLU after conv5_3, pool5
+_VGG_POOL3, _VGG_CONV4_3, _VGG_POOL4, _VGG_CONV5_3, _VGG_POOL5 = 16, 22, 23, 29, 30
+
+
+class VGGTrunk(Trunk):
+    """VGG16 conv layers without pool5 (and pool4 with the large map), then conv6 512->1024 + ReLU.
+
+    Removed pools become ``Identity`` so the pretrained ``features.<i>`` keys keep their indices.
+    ADL after pool3, after conv4_3 and after conv5_3.
+    """
+
+    new_layers = ("conv6",)
+
+    def __init__(self, features: nn.Sequential, large_feature_map: bool, adl: ADL | None = None) -> None:
+        super().__init__()
+        features[_VGG_POOL5] = nn.Identity()
+        if large_feature_map:
+            features[_VGG_POOL4] = nn.Identity()
+        self.features = features
+        self.conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=1)
+        nn.init.kaiming_normal_(self.conv6.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv6.bias)
+        self.feature_dim = 1024
+        self.adl_after = {_VGG_POOL3, _VGG_CONV4_3, _VGG_CONV5_3} if adl is not None else set()
+        self.adl = adl
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.adl_after:
+                x = self.adl(x)
+        return F.relu(self.conv6(x))
+
+
+class _InceptionBStride1(InceptionB):
+    """torchvision's InceptionB (Mixed_6a) at stride 1 with padding 1, as the SPG trunk has it."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(in_channels)
+        for conv in (self.branch3x3.conv, self.branch3x3dbl_3.conv):
+            conv.stride, conv.padding = (1, 1), (1, 1)
+
+    def _forward(self, x: Tensor) -> list[Tensor]:
+        branch3x3 = self.branch3x3(x)
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return [branch3x3, branch3x3dbl, branch_pool]
+
+
+class InceptionTrunk(Trunk):
+    """InceptionV3 to Mixed_6e (SPG-style), then SPG_A3_1b (768->1024) and SPG_A3_2b (1024->1024).
+
+    Dropout 0.5 precedes each new layer and follows the last one in training, so the pixel
+    features are post-dropout as in the official code. The max-pool after Mixed_5d is skipped
+    with the large map. ADL after Mixed_5d, after Mixed_6e and after SPG_A3_2b.
+    """
+
+    new_layers = ("SPG_A3_1b", "SPG_A3_2b")
+
+    def __init__(self, net: torchvision.models.Inception3, large_feature_map: bool, adl: ADL | None = None) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = net.Conv2d_1a_3x3
+        self.Conv2d_1a_3x3.conv.padding = (1, 1)
+        self.Conv2d_2a_3x3, self.Conv2d_2b_3x3 = net.Conv2d_2a_3x3, net.Conv2d_2b_3x3
+        self.Conv2d_3b_1x1, self.Conv2d_4a_3x3 = net.Conv2d_3b_1x1, net.Conv2d_4a_3x3
+        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = net.Mixed_5b, net.Mixed_5c, net.Mixed_5d
+        self.Mixed_6a = _InceptionBStride1(288)
+        self.Mixed_6a.load_state_dict(net.Mixed_6a.state_dict())
+        self.Mixed_6b, self.Mixed_6c = net.Mixed_6b, net.Mixed_6c
+        self.Mixed_6d, self.Mixed_6e = net.Mixed_6d, net.Mixed_6e
+        self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+        self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+        for layer in (self.SPG_A3_1b, self.SPG_A3_2b):
+            nn.init.kaiming_normal_(layer[0].weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer[0].bias)
+        self.large_feature_map = large_feature_map
+        self.feature_dim = 1024
+        self.adl = adl
+
+    def _adl(self, x: Tensor) -> Tensor:
+        return self.adl(x) if self.adl is not None else x
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(images)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        x = self._adl(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))
+        if not self.large_feature_map:
+            x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
+        x = self.Mixed_6a(x)
+        x = self._adl(self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x)))))
+        x = self.SPG_A3_1b(F.dropout(x, 0.5, self.training))
+        x = self.SPG_A3_2b(F.dropout(x, 0.5, self.training))
+        return self._adl(F.dropout(x, 0.5, self.training))
+
+
+def build_trunk(backbone: str, pretrained: str, large_feature_map: bool, width: float, adl: ADL | None = None) -> Trunk:
+    """The WSOL trunk of ``backbone`` with ``pretrained`` weights loaded (see ``dawsol.models.pretrained``)."""
+    if backbone in ("resnet18", "resnet50"):
+        net = _scaled_resnet18(width) if backbone == "resnet18" else torchvision.models.resnet50()
+        load_pretrained(net, backbone, pretrained)
+        stride_one = ("layer4", "layer3") if large_feature_map else ("layer4",)
+        if backbone == "resnet18":
+            stride_one += ("layer2",)
+        return ResNetTrunk(net, stride_one, adl)
+    if backbone == "vgg16":
+        net = nn.Module()
+        net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+        for module in net.features.modules():  # "he" initialisation, as torchvision's VGG
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        load_pretrained(net, backbone, pretrained)
+        return VGGTrunk(net.features, large_feature_map, adl)
+    if backbone == "inception_v3":
+        with torch.no_grad():
+            net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
+        load_pretrained(net, backbone, pretrained)
+        return InceptionTrunk(net, large_feature_map, adl)
+    raise ValueError(f"unknown backbone {backbone!r}")

@@ -1,0 +1,109 @@
+"""Pretrained backbone weights: torchvision's ImageNet weights or a local state dict.
+
+``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (torchvision's weights API,
+cached under ``$TORCH_HOME/hub/checkpoints``) or a path to a state dict in torchvision's
+layout for that backbone (e.g. the ImageNet file downloaded by hand).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dawsol.errors import DawsolError
+
+# backbone -> (torchvision weights enum name, key prefixes of heads the WSOL trunk drops)
+IMAGENET_WEIGHTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resnet18": ("ResNet18_Weights", ("fc.",)),
+    "resnet50": ("ResNet50_Weights", ("fc.",)),
+    "inception_v3": ("Inception_V3_Weights", ("fc.", "AuxLogits.", "Mixed_7")),
+    "vgg16": ("VGG16_Weights", ("classifier.",)),
+}
+
+
+def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet (IMAGENET1K_V1) state dict for ``backbone``, downloaded once.
+
+    Offline and uncached, raise DawsolError naming the file and where to put it.
+    """
+    import torchvision
+
+    enum_name, _ = IMAGENET_WEIGHTS[backbone]
+    weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    was_cached = cached.is_file()
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        if was_cached:
+            raise DawsolError(
+                f"cached ImageNet weights {cached} for {backbone} are unreadable ({exc}); "
+                "delete the file and run again to re-download it"
+            ) from None
+        raise DawsolError(
+            f"cannot download ImageNet weights for {backbone} from {weights.url} ({exc}); "
+            f"offline, put that file at {cached} (set TORCH_HOME to change the cache folder) "
+            "or set model.pretrained to a local state dict"
+        ) from None
+    return dict(state)
+
+
+def load_state_dict_file(path: Path) -> dict[str, Tensor]:
+    """A state dict from ``path`` (plain, or under a ``state_dict``/``model`` key; ``module.`` stripped)."""
+    if not path.is_file():
+        raise DawsolError(
+            f"model.pretrained: {path} does not exist (use none, imagenet or the path of a state dict file)"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DawsolError(f"model.pretrained: {path} is not a readable torch state dict ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise DawsolError(f"model.pretrained: {path} does not hold a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def load_into(net: nn.Module, state: Mapping[str, Tensor], backbone: str, source: str) -> None:
+    """Load ``state`` into torchvision's ``net``; heads the trunk drops may be absent or extra.
+
+    Any other missing or unexpected key, or a shape mismatch, raises DawsolError naming ``source``.
+    """
+    dropped = IMAGENET_WEIGHTS[backbone][1]
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state and not k.startswith(dropped)]
+    unexpected = [k for k in state if k not in expected and not k.startswith(dropped)]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    if wrong_shape:
+        key = wrong_shape[0]
+        problems.append(
+            f"{len(wrong_shape)} shape mismatch(es), e.g. {key}: "
+            f"{tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+        )
+    if problems:
+        raise DawsolError(
+            f"model.pretrained: {source} is not a {backbone} state dict in torchvision's layout "
+            f"({'; '.join(problems)}); check model.pretrained and model.width"
+        )
+    net.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def load_pretrained(net: nn.Module, backbone: str, pretrained: str) -> None:
+    """Apply ``model.pretrained`` (``none``, ``imagenet`` or a path) to torchvision's ``net``."""
+    if pretrained == "none":
+        return
+    if pretrained == "imagenet":
+        load_into(net, imagenet_state_dict(backbone), backbone, f"ImageNet weights for {backbone}")
+        return
+    path = Path(pretrained)
+    load_into(net, load_state_dict_file(path), backbone, str(path))
