@@ -1,0 +1,151 @@
+"""The DA-WSOL terms of ``L = L_c + lambda1 L_d + lambda2 L_u``: assigner, sampling, L_d and L_u.
+
+The training loop decides when the terms are active (0-based epoch ``> da.start_epoch``), weighs
+them with ``lambda1`` and ``lambda2`` and, under CutMix, calls ``DALoss`` once per label set and
+mixes the terms by the area ratio, as the official code does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dawsol.config import DASettings
+from dawsol.da.dann import DomainDiscriminator, grl_coefficient
+from dawsol.da.mmd import batched_linear_mk_mmd
+from dawsol.da.tsa import FAKE_TARGET, TRUE_TARGET, UNIVERSUM, TargetSampleAssigner
+from dawsol.da.universum import universum_loss
+from dawsol.errors import DawsolError
+
+
+class DAOutput(NamedTuple):
+    """The DA terms of one batch and the assigner's sets."""
+
+    loss_d: Tensor  # scalar
+    loss_u: Tensor  # scalar
+    assignment: Tensor  # [B, h, w] int8: 0 universum, 1 fake target, 2 true target
+    num_qualified: int  # images that contributed to L_d
+
+
+class SampledSets(NamedTuple):
+    """Per image: the source set ``[z, fake-target samples]``, the true-target samples, and whether it qualifies."""
+
+    source: Tensor  # [B, n_s, D]
+    target: Tensor  # [B, n_t, D]
+    qualified: Tensor  # [B] bool
+
+
+def _random_members(members: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
+    """Indices ``[B, count]`` of ``count`` distinct random members per row (a uniform random subset).
+
+    Rows with fewer members are padded with non-members; the caller masks them out.
+    """
+    device = generator.device if generator is not None else members.device
+    keys = torch.rand(members.shape, generator=generator, device=device).to(members.device)
+    return torch.where(members, keys, -1.0).topk(count, dim=1, sorted=False).indices
+
+
+def sample_sets(
+    pixels: Tensor,
+    pooled: Tensor,
+    assignment: Tensor,
+    num_source: int,
+    num_target: int,
+    generator: torch.Generator | None = None,
+) -> SampledSets:
+    """The official 32/32 sampling, batched: ``S_b = {z_b} + (n_s - 1) fake-target pixels``, ``T_b = n_t
+    true-target pixels``, without replacement; an image qualifies when it has that many of each.
+
+    ``pixels [B, N, D]`` and ``pooled [B, D]`` keep their gradient; sampling uses ``generator``
+    (or the global torch RNG).
+    """
+    num_pixels, dim = pixels.shape[1:]
+    if num_source - 1 > num_pixels or num_target > num_pixels:
+        raise DawsolError(
+            f"da.sample_num_source ({num_source}) / da.sample_num_target ({num_target}) exceed the "
+            f"{num_pixels} pixels of the feature map; lower them in params.yaml or use a larger input or feature map"
+        )
+    fake, true = assignment == FAKE_TARGET, assignment == TRUE_TARGET
+    qualified = (fake.sum(1) >= num_source - 1) & (true.sum(1) >= num_target)
+    fake_index = _random_members(fake, num_source - 1, generator)
+    true_index = _random_members(true, num_target, generator)
+    fake_samples = pixels.gather(1, fake_index[..., None].expand(-1, -1, dim))
+    source = torch.cat([pooled[:, None, :], fake_samples], dim=1)
+    target = pixels.gather(1, true_index[..., None].expand(-1, -1, dim))
+    return SampledSets(source, target, qualified)
+
+
+class DALoss(nn.Module):
+    """L_d (MMD or DANN) and L_u from the Target Sample Assigner, for the settings of one DA method.
+
+    The state dict holds the assigner's anchors and counts and, for DANN, the discriminator.
+    Ablations: ``use_tsa: false`` skips the assigner (every pixel is a true-target sample, the
+    source set is z repeated, the universum is empty); ``use_ld`` / ``use_lu`` switch a term off
+    (it is then 0).
+    """
+
+    def __init__(self, da: DASettings, num_classes: int, feature_dim: int) -> None:
+        super().__init__()
+        if da.loss not in ("mmd", "dann"):
+            raise DawsolError(f"da.{da.method}.loss is {da.loss!r}; use mmd or dann")
+        if da.loss == "mmd" and da.use_ld and da.sample_num_source != da.sample_num_target:
+            raise DawsolError(
+                f"da.{da.method}: the linear-time MMD pairs source and target samples, so "
+                f"sample_num_source ({da.sample_num_source}) must equal sample_num_target ({da.sample_num_target})"
+            )
+        self.settings = da
+        self.assigner = TargetSampleAssigner(num_classes, feature_dim, da.kmeans_max_iter, da.anchor_update)
+        self.discriminator = DomainDiscriminator(feature_dim) if da.loss == "dann" else None
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The discriminator's group at rate ``lr`` (the caller passes ``lr * lr_classifier_ratio``),
+        never decayed; empty for MMD."""
+        if self.discriminator is None:
+            return []
+        return [{"name": "discriminator", "params": list(self.discriminator.parameters()), "lr": lr, "decay": False}]
+
+    def forward(
+        self,
+        features: Tensor,
+        pooled: Tensor,
+        labels: Tensor,
+        progress: float,
+        generator: torch.Generator | None = None,
+    ) -> DAOutput:
+        """The DA terms for pixel features ``[B, D, h, w]``, image features ``[B, D]`` and ``labels [B]``.
+
+        ``progress`` in [0, 1] drives the DANN reversal schedule. The anchors are updated in
+        training mode only. Gradients flow through
+        ``pooled`` and the sampled pixel features (and, for L_u, the universum pixels); the
+        k-means itself is detached.
+        """
+        da = self.settings
+        batch, _, height, width = features.shape
+        flat = features.flatten(2)  # [B, D, N]
+        pixels = flat.transpose(1, 2)  # [B, N, D]
+        if da.use_tsa:
+            assignment = self.assigner(pixels, pooled, labels, update=self.training)
+            source_count = da.sample_num_source
+        else:
+            assignment = torch.full(pixels.shape[:2], TRUE_TARGET, dtype=torch.int64, device=features.device)
+            source_count = 1
+        sets = sample_sets(pixels, pooled, assignment, source_count, da.sample_num_target, generator)
+        source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
+        weights = sets.qualified.to(features.dtype)
+        zero = features.new_zeros(())
+        loss_d = zero
+        if da.use_ld:
+            if self.discriminator is None:
+                per_image = batched_linear_mk_mmd(source, sets.target)
+                loss_d = torch.where(sets.qualified, per_image, 0.0).sum() / weights.sum().clamp_min(1.0)
+            else:
+                loss_d = self.discriminator(source, sets.target, weights, grl_coefficient(progress, da.grl_schedule))
+        loss_u = universum_loss(flat, assignment == UNIVERSUM) if da.use_lu else zero
+        return DAOutput(
+            loss_d=loss_d,
+            loss_u=loss_u,
+            assignment=assignment.to(torch.int8).view(batch, height, width),
+            num_qualified=int(sets.qualified.sum().item()),
+        )

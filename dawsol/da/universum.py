@@ -1,0 +1,15 @@
+"""Universum regularization L_u, the official form: the mean of the universum pixel features."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def universum_loss(features: Tensor, universum: Tensor) -> Tensor:
+    """Mean over every universum pixel of the batch and every channel; 0 for an empty universum.
+
+    ``features [B, D, N]`` (post-ReLU, so this is their L1 norm over D), ``universum [B, N]`` bool.
+    """
+    mask = universum.to(features.dtype)
+    total = (features.sum(1) * mask).sum()
+    return total / (mask.sum() * features.shape[1]).clamp_min(1.0)
