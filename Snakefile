@@ -1,21 +1,37 @@
-# dawsol: the main job. `snakemake --cores all` runs the grid of params.yaml end to end.
+# dawsol: the main job. `snakemake --cores all` runs the grid of params.yaml end to end:
+# prepare (per dataset) -> train (per cell) -> evaluate (per cell) -> report.
 # Every rule calls the `dawsol` CLI; no stage logic lives here (see docs/architecture.md).
+# `--config profile=NAME` selects a named overlay of params.yaml (e.g. the paper's grid).
 from snakemake.utils import validate
 
+
 configfile: "params.yaml"
+
+
+PROFILE = config.pop("profile", None)
 validate(config, "workflow/schemas/params.schema.yaml")
 
+
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+onstart:
+    # One MLflow store for every cell, created before parallel jobs write to it.
+    shell("dawsol tracking init -q")
+
+
+localrules:
+    all,
+
 
 rule all:
+    default_target: True
     input:
-        expand("results/cells/{cell}/settings.yaml", cell=CELLS),
-
-rule resolve:
-    output:
-        "results/cells/{dataset}/{backbone}/{method}/seed{seed}/settings.yaml",
-    log:
-        "logs/resolve/{dataset}/{backbone}/{method}/seed{seed}.log",
-    shell:
-        "dawsol resolve {wildcards.dataset}/{wildcards.backbone}/{wildcards.method}/seed{wildcards.seed}"
-        " --params {PARAMS} > {output} 2> {log}"
+        REPORT_FILES,

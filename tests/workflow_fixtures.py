@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -85,3 +89,52 @@ def write_cell(root: Path, cell: Cell, epochs: int = 3) -> None:
             }
         )
     (run_dir / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+
+
+BIN = Path(sys.executable).parent
+COPIED = (
+    "Snakefile",
+    "params.yaml",
+    "dvc.yaml",
+    ".gitignore",
+    ".dvcignore",
+    "workflow",
+    ".dvc/config",
+    ".dvc/.gitignore",
+)
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """The files the workflows read, copied into ``target`` (the dawsol package is installed)."""
+    for name in COPIED:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, target / name)
+        elif path.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / name)
+    return target
+
+
+def run_tool(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a tool of the virtual environment (snakemake, dvc, dawsol) in ``cwd``; fail with its output."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def dry_run_jobs(output: str) -> dict[str, int]:
+    """The job-stats table of a Snakemake dry run: rule -> count."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:"))
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

@@ -1,7 +1,58 @@
-# Shared helpers for the rules: the grid's cells come from dawsol.config, never re-derived here.
-from dawsol.config import grid_cells, load_params
+# Shared helpers for the rules: the grid's cells, paths and commands come from dawsol
+# (dawsol.config and dawsol.pipeline), never re-derived here.
+from dawsol import pipeline
+from dawsol.config import grid_cells, load_params, parse_cell, resolve
 
 PARAMS = "params.yaml"
-PROFILE = config.get("profile")
 PARAMS_TREE = load_params(PARAMS, PROFILE)
-CELLS = [cell.name for cell in grid_cells(PARAMS_TREE, PARAMS)]
+CELLS = grid_cells(PARAMS_TREE, PARAMS)
+DATASETS = pipeline.datasets(PARAMS_TREE, PARAMS)
+DATA_DIRS = {d: pipeline.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
+REPORT_OUTPUTS = pipeline.report_outputs(PARAMS_TREE, PARAMS)
+REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
+
+
+wildcard_constraints:
+    cell=r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+",
+
+
+def dawsol(command, *args):
+    """The CLI call of a stage, with --params / --profile as this run was given them."""
+    return pipeline.cli(command, *args, source=PARAMS, profile=PROFILE)
+
+
+def cell_data(wildcards):
+    """The prepared dataset folder a cell reads."""
+    return DATA_DIRS[parse_cell(wildcards.cell).dataset]
+
+
+def cell_digest(wildcards):
+    """The cell's resolved-settings digest: a params re-run trigger for that cell only."""
+    return resolve(wildcards.cell, PARAMS_TREE, PARAMS).digest()
+
+
+def as_pattern(paths):
+    """dawsol.pipeline's per-cell paths with the {cell} wildcard."""
+    return {name: path.as_posix() for name, path in paths.items()}
+
+
+def report_targets():
+    """The report's outputs, tables and figures marked for the Snakemake HTML report."""
+    captions = {"cams": "cams.rst", "boxacc": "boxacc.rst", "pxpr": "pxpr.rst", "training": "training.rst"}
+    outputs = []
+    for path in REPORT_FILES:
+        name = path.rsplit("/", 1)[-1]
+        stem, ext = name.rsplit(".", 1)
+        if path.startswith("results/tables/") and ext == "html":
+            outputs.append(report(path, caption="../report/table.rst", category="Tables", subcategory=stem))
+        elif path.startswith("results/figures/"):
+            dataset, kind = stem.rsplit("_", 1)
+            outputs.append(report(path, caption=f"../report/{captions[kind]}", category="Figures", subcategory=dataset))
+        else:
+            outputs.append(path)
+    return outputs
+
+
+# Environment of every job: torch and BLAS use exactly the job's threads, so parallel jobs do
+# not oversubscribe the CPU.
+THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "

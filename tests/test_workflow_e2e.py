@@ -1,0 +1,100 @@
+"""Tiny real end-to-end runs of both front doors in a temporary copy of the project (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_fixtures import copy_project, dry_run_jobs, run_tool
+
+
+@pytest.fixture
+def project(tmp_path: Path, project_root: Path) -> Path:
+    return copy_project(project_root, tmp_path / "project")
+
+
+TINY_CELLS = ("synthetic/resnet18/cam-none/seed0", "synthetic/resnet18/cam-mmd/seed0")
+
+
+def make_tiny(project: Path) -> None:
+    """Shrink the default grid to CAM and DA-WSOL-MMD, one seed, 2 epochs on a few images."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["synthetic"].update(train_per_class=6, val_per_class=2, test_per_class=3)
+    params["datasets"]["synthetic"]["train"].update(epochs=2, batch_size=16, eval_every=2)
+    params["datasets"]["synthetic"]["da"]["start_epoch"] = 0
+    params["defaults"]["eval"]["cam_curve_interval"] = 0.01
+    params["grid"].update(da=["none", "mmd"], seeds=[0])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_mmd_lambda1(project: Path, value: float) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["defaults"]["da"]["mmd"]["lambda1"] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def check_results(project: Path) -> None:
+    for cell in TINY_CELLS:
+        metrics = json.loads((project / "results/cells" / cell / "metrics.json").read_text())
+        assert metrics["cell"] == cell and metrics["splits"]["test"]["PxAP"] is not None
+        assert (project / "runs" / cell / "checkpoint.pt").is_file()
+    table = (project / "results/tables/synthetic.md").read_text()
+    assert "| ResNet18 | CAM |" in table and "| ResNet18 | CAM + DA-WSOL-MMD |" in table
+    for kind in ("cams", "boxacc", "pxpr", "training"):
+        assert (project / f"results/figures/synthetic_{kind}.png").is_file()
+
+
+@pytest.mark.slow
+def test_snakemake_tiny_end_to_end(project: Path) -> None:
+    make_tiny(project)
+    run_tool(["snakemake", "--cores", "2"], project, timeout=600)
+    check_results(project)
+    for rule in ("prepare/synthetic", f"train/{TINY_CELLS[0]}", f"evaluate/{TINY_CELLS[1]}"):
+        assert (project / "logs" / f"{rule}.log").is_file() and (project / "benchmarks/rules" / f"{rule}.tsv").is_file()
+    assert (project / "mlflow.db").is_file()
+
+    assert "Nothing to be done" in run_tool(["snakemake", "-n", "--cores", "2"], project).stdout
+    set_mmd_lambda1(project, 0.5)
+    rerun = run_tool(["snakemake", "-n", "--cores", "2"], project).stdout
+    assert dry_run_jobs(rerun) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert f"cell={TINY_CELLS[1]}" in rerun and f"cell={TINY_CELLS[0]}" not in rerun
+
+    run_tool(["snakemake", "--report", "results/report.html"], project)
+    html = (project / "results/report.html").read_text(errors="replace")
+    assert "synthetic_cams.png" in html and "synthetic.html" in html
+
+
+@pytest.mark.slow
+def test_dvc_tiny_repro(project: Path) -> None:
+    make_tiny(project)
+    git = ["git", "-c", "user.name=dawsol", "-c", "user.email=dawsol@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    run_tool(["dawsol", "dvc-yaml"], project)
+    first = run_tool(["dvc", "repro"], project, timeout=600).stdout
+    assert first.count("Running stage") == 1 + 1 + 2 * len(TINY_CELLS) + 1
+    check_results(project)
+    # Prepared data and checkpoints are DVC outs (cached), not git files: the root .gitignore covers them.
+    status = subprocess.run([*git, "status", "--porcelain"], cwd=project, capture_output=True, text=True).stdout
+    assert "runs/" not in status and "data/" not in status
+    assert (project / ".dvc/cache").is_dir()
+
+    second = run_tool(["dvc", "repro"], project).stdout
+    assert "Running stage" not in second and "didn't change, skipping" in second
+
+    metrics = run_tool(["dvc", "metrics", "show", "--json"], project).stdout
+    assert all(cell in metrics for cell in TINY_CELLS)
+    run_tool(["dvc", "plots", "show", "--json"], project)
+
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "tiny"], cwd=project, check=True)
+    variant = run_tool(["dvc", "exp", "run", "-S", "defaults.da.mmd.lambda1=0.5"], project, timeout=600).stdout
+    ran = {line.split("'")[1] for line in variant.splitlines() if line.startswith("Running stage")}
+    assert ran == {
+        "settings",
+        "train@synthetic-resnet18-cam-mmd-seed0",
+        "evaluate@synthetic-resnet18-cam-mmd-seed0",
+        "report",
+    }

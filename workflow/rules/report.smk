@@ -1,0 +1,27 @@
+# report: tables, figures and DVC plot data over every cell; the tables and figures go into
+# `snakemake --report results/report.html` with the captions in workflow/report/.
+
+
+rule report:
+    input:
+        data=list(DATA_DIRS.values()),
+        cells=[
+            path.as_posix()
+            for cell in CELLS
+            for path in [*pipeline.evaluate_outputs(cell).values(), pipeline.train_outputs(cell)["train_log"]]
+        ],
+    output:
+        report_targets(),
+    params:
+        command=dawsol("report"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/rules/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    shell:
+        THREADS_ENV + "{params.command} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# train: one job per cell; re-runs when the cell's resolved settings (digest) change.
+rule train:
+    input:
+        data=cell_data,
+    output:
+        **as_pattern(pipeline.train_outputs("{cell}")),
+    params:
+        settings=cell_digest,
+        command=lambda wildcards: dawsol("train", wildcards.cell),
+    log:
+        "logs/train/{cell}.log",
+    benchmark:
+        "benchmarks/rules/train/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    shell:
+        THREADS_ENV + "{params.command} > {log} 2>&1"
