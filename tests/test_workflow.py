@@ -111,3 +111,17 @@ def test_dvc_yaml_check_detects_a_grid_change(project: Path) -> None:
         for c in ("cam-none", "cam-mmd", "cam-dann")
         for p in train_outputs(f"synthetic/resnet18/{c}/seed0").values()
     }
+
+
+def test_settings_change_only_the_cells_they_concern(project: Path) -> None:
+    """`dawsol settings` (DVC's per-cell trigger): a lambda1 change for MMD rewrites only MMD cells' files."""
+    run_tool(["dawsol", "settings"], project)
+    files = sorted((project / "runs").rglob("resolved.json"))
+    assert len(files) == 9
+    before = {f: f.read_text() for f in files}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["defaults"]["da"]["mmd"]["lambda1"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_tool(["dawsol", "settings"], project)
+    changed = {f.relative_to(project / "runs").parts[2] for f in files if f.read_text() != before[f]}
+    assert changed == {"cam-mmd"}
