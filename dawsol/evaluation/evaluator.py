@@ -1,0 +1,277 @@
+"""The standalone evaluator behind ``dawsol metrics``: a split's metrics from CAM files, or a baseline.
+
+Each image is independent: images are evaluated in chunks, in this process or in a pool of
+worker processes, each chunk into its own accumulators, which are then merged (counts and
+histograms, so the result is exactly that of one pass). Only one CAM per worker is in memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from dawsol.data.groundtruth import FOREGROUND, load_mask, rescale_boxes
+from dawsol.data.metadata import IMAGE_SIZES, LOCALIZATION, MASK_LOCALIZATION, read_split
+from dawsol.errors import DawsolError
+from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
+from dawsol.evaluation.boxes import check_boxes
+from dawsol.evaluation.output import DEFAULT_IOU_THRESHOLDS
+from dawsol.evaluation.scoremap import prepare_scoremap
+
+BASELINES = ("center", "oracle")
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """What one image's evaluation needs: its CAM file and its ground truth at the evaluation size."""
+
+    image_id: str
+    cam_path: Path | None  # None for a baseline
+    boxes: np.ndarray | None  # K x 4 at size x size, None without box labels
+    mask_paths: tuple[Path, ...] | None  # None without mask labels
+    ignore_path: Path | None
+    correct_class: bool | None  # predicted class == label; None without predictions
+
+
+@dataclass(frozen=True)
+class SplitTasks:
+    """A split's image tasks and which labels it has (``mask_file`` names its mask lines)."""
+
+    tasks: list[ImageTask]
+    with_boxes: bool
+    with_masks: bool
+    mask_file: Path
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The settings every chunk of one split shares."""
+
+    size: int
+    cam_curve_interval: float
+    iou_thresholds: tuple[int, ...]
+    with_boxes: bool
+    with_masks: bool
+    baseline: str | None
+
+
+def center_scoremap(size: int) -> np.ndarray:
+    """The center baseline: an isotropic Gaussian (sigma = size / 4) centred in the image, normalised.
+
+    Thresholding it gives centred squares of every size, so it scores the best centred box.
+    """
+    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    squared = coords[None, :] ** 2 + coords[:, None] ** 2
+    return prepare_scoremap(np.exp(-squared / (2 * (size / 4) ** 2)), size)
+
+
+def box_oracle_scoremap(boxes: np.ndarray, size: int) -> np.ndarray:
+    """The box oracle: GT box k of K filled with 1 - k / K, earlier boxes on top (inclusive corners).
+
+    Above the second level only the first box remains, so some CAM threshold recovers it exactly
+    (up to the protocol's one-pixel-wider predicted boxes) even where boxes overlap.
+    """
+    scoremap = np.zeros((size, size), dtype=np.float64)
+    for k, (x0, y0, x1, y1) in reversed(list(enumerate(boxes.tolist()))):
+        scoremap[y0 : y1 + 1, x0 : x1 + 1] = 1.0 - k / len(boxes)
+    return scoremap
+
+
+def load_cam(image_id: str, path: Path, size: int) -> np.ndarray:
+    """Read one CAM file and return its evaluated score map; DawsolError on a bad file."""
+    try:
+        cam = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DawsolError(f"{path}: cannot read the CAM of image {image_id!r} ({exc}); write it with np.save") from None
+    if not isinstance(cam, np.ndarray) or cam.ndim != 2 or cam.size == 0:
+        shape = getattr(cam, "shape", None)
+        raise DawsolError(f"{path}: the CAM of image {image_id!r} has shape {shape}; save one 2-D map (H x W)")
+    if not np.issubdtype(cam.dtype, np.number) or np.issubdtype(cam.dtype, np.complexfloating):
+        raise DawsolError(f"{path}: the CAM of image {image_id!r} has dtype {cam.dtype}; save real numbers")
+    if not np.isfinite(cam).all():
+        raise DawsolError(f"{path}: the CAM of image {image_id!r} contains NaN or inf; fix the CAM computation")
+    return prepare_scoremap(cam, size)
+
+
+def _evaluate_chunk(
+    tasks: Sequence[ImageTask], settings: EvalSettings
+) -> tuple[BoxAccumulator | None, MaskAccumulator | None, int]:
+    """Accumulate a chunk of images into fresh accumulators; also return the chunk's size."""
+    box = BoxAccumulator(settings.iou_thresholds, settings.cam_curve_interval) if settings.with_boxes else None
+    mask = MaskAccumulator(settings.cam_curve_interval) if settings.with_masks else None
+    center = center_scoremap(settings.size) if settings.baseline == "center" else None
+    for task in tasks:
+        scoremap = center if settings.baseline is not None else load_cam(task.image_id, task.cam_path, settings.size)
+        if box is not None:
+            box_map = box_oracle_scoremap(task.boxes, settings.size) if settings.baseline == "oracle" else scoremap
+            box.accumulate(box_map, task.boxes, task.correct_class)
+        if mask is not None:
+            gt_mask = load_mask(list(task.mask_paths), task.ignore_path, settings.size)
+            mask_map = (gt_mask == FOREGROUND).astype(np.float64) if settings.baseline == "oracle" else scoremap
+            mask.accumulate(mask_map, gt_mask)
+    return box, mask, len(tasks)
+
+
+def _evaluate_chunk_star(args: tuple[Sequence[ImageTask], EvalSettings]):
+    return _evaluate_chunk(*args)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def read_predictions(path: Path, image_ids: Sequence[str]) -> dict[str, int]:
+    """Read ``image_id,predicted_class`` lines; every id of the split must appear once, and no other."""
+    known = set(image_ids)
+    predictions: dict[str, int] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DawsolError(f"{path}: cannot read the predictions ({exc.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        image_id, _, value = line.rpartition(",")
+        try:
+            predicted = int(value)
+        except ValueError:
+            raise DawsolError(f"{path}:{n}: expected 'image_id,predicted_class', got {line!r}") from None
+        if image_id not in known:
+            raise DawsolError(f"{path}:{n}: image {image_id!r} is not in the split's image_ids.txt")
+        if image_id in predictions:
+            raise DawsolError(f"{path}:{n}: a second prediction for image {image_id!r}")
+        predictions[image_id] = predicted
+    missing = [i for i in image_ids if i not in predictions]
+    if missing:
+        raise DawsolError(f"{path}: no prediction for image {missing[0]!r} ({len(missing)} missing)")
+    return predictions
+
+
+def build_tasks(
+    metadata_dir: Path,
+    cam_dir: Path | None,
+    *,
+    mask_root: Path | None,
+    predictions: Path | None,
+    size: int,
+) -> SplitTasks:
+    """One task per image of the split, with its ground truth, checked up front."""
+    meta = read_split(metadata_dir)
+    with_boxes, with_masks = bool(meta.boxes), bool(meta.masks)
+    if not meta.image_ids:
+        raise DawsolError(f"{metadata_dir / 'image_ids.txt'}: no image ids; check --metadata")
+    if not (with_boxes or with_masks):
+        raise DawsolError(f"{metadata_dir / LOCALIZATION}: no boxes or masks; this split has no localization labels")
+    mask_file = metadata_dir / (MASK_LOCALIZATION if with_boxes else LOCALIZATION)
+    root = mask_root if mask_root is not None else metadata_dir.parent.parent
+    predicted = read_predictions(predictions, meta.image_ids) if predictions is not None else None
+    tasks = []
+    for image_id in meta.image_ids:
+        boxes = None
+        if with_boxes:
+            if image_id not in meta.boxes:
+                raise DawsolError(f"{metadata_dir / LOCALIZATION}: no box for image {image_id!r}")
+            if image_id not in meta.sizes:
+                raise DawsolError(f"{metadata_dir / IMAGE_SIZES}: no size for image {image_id!r}")
+            boxes = rescale_boxes(meta.boxes[image_id], meta.sizes[image_id], size)
+            try:
+                check_boxes(boxes)
+            except ValueError as exc:
+                raise DawsolError(f"{metadata_dir / LOCALIZATION}: image {image_id!r}: {exc}") from None
+        mask_paths, ignore_path = None, None
+        if with_masks:
+            if image_id not in meta.masks:
+                raise DawsolError(f"{mask_file}: no mask for image {image_id!r}")
+            mask_paths = tuple(root / p for p in meta.masks[image_id])
+            ignore = meta.ignore_masks.get(image_id)
+            ignore_path = root / ignore if ignore else None
+        cam_path = None
+        if cam_dir is not None:
+            cam_path = cam_dir / f"{image_id}.npy"
+            if not cam_path.is_file():
+                raise DawsolError(f"{cam_path}: no CAM for image {image_id!r}; save it as <cams>/<image_id>.npy")
+        correct = None if predicted is None else predicted[image_id] == meta.labels.get(image_id)
+        tasks.append(ImageTask(image_id, cam_path, boxes, mask_paths, ignore_path, correct))
+    return SplitTasks(tasks, with_boxes, with_masks, mask_file)
+
+
+def _chunks(tasks: list[ImageTask], size: int) -> Iterator[list[ImageTask]]:
+    for start in range(0, len(tasks), size):
+        yield tasks[start : start + size]
+
+
+def evaluate_split(
+    metadata_dir: str | Path,
+    cam_dir: str | Path | None = None,
+    *,
+    mask_root: str | Path | None = None,
+    predictions: str | Path | None = None,
+    cam_curve_interval: float = 0.001,
+    iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
+    size: int = 224,
+    workers: int = 1,
+    baseline: str | None = None,
+    progress: bool = False,
+) -> tuple[BoxAccumulator | None, MaskAccumulator | None]:
+    """Evaluate one split: the CAMs in ``cam_dir/<image_id>.npy``, or a ``baseline`` (center, oracle).
+
+    Returns the merged box accumulator (None without box labels) and mask accumulator (None
+    without mask labels). Bad input raises DawsolError naming the image id and file.
+    """
+    if (cam_dir is None) == (baseline is None):
+        raise DawsolError("give either CAMs (--cams) or a baseline (--baseline), not both or neither")
+    if baseline is not None and baseline not in BASELINES:
+        raise DawsolError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+    if workers < 1:
+        raise DawsolError(f"--workers must be at least 1, got {workers}")
+    metadata_dir = Path(metadata_dir)
+    split = build_tasks(
+        metadata_dir,
+        Path(cam_dir) if cam_dir is not None else None,
+        mask_root=Path(mask_root) if mask_root is not None else None,
+        predictions=Path(predictions) if predictions is not None else None,
+        size=size,
+    )
+    tasks = split.tasks
+    settings = EvalSettings(
+        size, cam_curve_interval, tuple(iou_thresholds), split.with_boxes, split.with_masks, baseline
+    )
+    box = BoxAccumulator(iou_thresholds, cam_curve_interval) if split.with_boxes else None
+    mask = MaskAccumulator(cam_curve_interval) if split.with_masks else None
+    chunk_size = max(1, min(32, len(tasks) // (4 * workers)))
+    jobs = ((chunk, settings) for chunk in _chunks(tasks, chunk_size))
+    bar = tqdm(total=len(tasks), desc="evaluating", unit="image", disable=not progress)
+    with bar:
+        if workers == 1:
+            results = map(_evaluate_chunk_star, jobs)
+            for part_box, part_mask, count in results:
+                _merge(box, mask, part_box, part_mask)
+                bar.update(count)
+        else:
+            with multiprocessing.get_context().Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+                for part_box, part_mask, count in pool.imap_unordered(_evaluate_chunk_star, jobs):
+                    _merge(box, mask, part_box, part_mask)
+                    bar.update(count)
+    if mask is not None and mask.num_foreground == 0:
+        raise DawsolError(
+            f"{split.mask_file}: no foreground pixel in any mask of the split; check the masks and --mask-root"
+        )
+    return box, mask
+
+
+def _merge(
+    box: BoxAccumulator | None,
+    mask: MaskAccumulator | None,
+    part_box: BoxAccumulator | None,
+    part_mask: MaskAccumulator | None,
+) -> None:
+    if box is not None and part_box is not None:
+        box.merge(part_box)
+    if mask is not None and part_mask is not None:
+        mask.merge(part_mask)
