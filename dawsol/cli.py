@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "settings": "dawsol.commands.settings",
     "dvc-yaml": "dawsol.commands.dvc_yaml",
     "report": "dawsol.commands.report",
+    "metrics": "dawsol.commands.metrics",
     "tracking": "dawsol.commands.tracking",
 }
 
