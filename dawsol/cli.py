@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "dvc-yaml": "dawsol.commands.dvc_yaml",
     "report": "dawsol.commands.report",
     "metrics": "dawsol.commands.metrics",
+    "train": "dawsol.commands.train",
+    "evaluate": "dawsol.commands.evaluate",
+    "localize": "dawsol.commands.localize",
     "tracking": "dawsol.commands.tracking",
 }
 

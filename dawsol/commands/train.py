@@ -1,0 +1,30 @@
+"""``dawsol train <cell>``: train one cell, resuming from its checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train one cell (resumes from runs/<cell>/checkpoint.pt; a finished cell is left as is)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cell", help="<dataset>/<backbone>/<wsol>-<da>/seed<k>")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "mps"], default=None, help="default: train.device of the cell"
+    )
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from dawsol.config import load_params, resolve
+    from dawsol.train import Interrupted, train_cell
+
+    settings = resolve(args.cell, load_params(args.params, args.profile), args.params)
+    try:
+        train_cell(settings, device_name=args.device, tracking=not args.no_tracking)
+    except Interrupted as exc:
+        print(f"dawsol: {exc}", file=sys.stderr)
+        return 143
+    return 0

@@ -1,0 +1,339 @@
+"""Training and evaluation of one cell on a tiny synthetic benchmark: resume, determinism, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dawsol import cli
+from dawsol.config import load_params, resolve
+from dawsol.errors import DawsolError
+from dawsol.train import _Loop, load_checkpoint, select_device
+from tests.train_fixtures import prepare_tiny_data, start, write_project
+
+CELL = "synthetic/resnet18/cutmix-dann/seed0"
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_tiny_data(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """An uninterrupted train + evaluate of CELL, without tracking."""
+    project = write_project(tmp_path_factory.mktemp("reference"), tiny_data)
+    for command in ("train", "evaluate"):
+        assert run_in(project, command, CELL, "--no-tracking") == 0
+    return project
+
+
+def run_in(project: Path, *args: str) -> int:
+    """``dawsol ARGS`` in this process, in ``project``; returns the exit code."""
+    previous = Path.cwd()
+    os.chdir(project)
+    try:
+        return cli.main(list(args))
+    finally:
+        os.chdir(previous)
+
+
+def metrics_of(project: Path, cell: str = CELL) -> dict:
+    return json.loads((project / "results" / "cells" / cell / "metrics.json").read_text())
+
+
+def log_of(project: Path, cell: str = CELL) -> list[dict]:
+    """train_log.jsonl without the wall-clock field."""
+    lines = (project / "runs" / cell / "train_log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+
+
+def checkpoint_of(project: Path, cell: str = CELL) -> Path:
+    return project / "runs" / cell / "checkpoint.pt"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_reference_outputs_follow_the_contract(reference: Path) -> None:
+    metrics = metrics_of(reference)
+    assert (metrics["cell"], metrics["wsol"], metrics["da"], metrics["seed"]) == (CELL, "cutmix", "dann", 0)
+    for split in ("val", "test"):
+        m = metrics["splits"][split]
+        assert 0 <= m["Top-1 Cls"] <= 100
+        for key in ("MaxBoxAccV2", "GT-known Loc", "Top-1 Loc", "PxAP", "pIoU"):
+            assert isinstance(m[key], float), key
+    assert metrics["splits"]["val"]["num_images"] == 6
+    assert metrics["splits"]["test"]["num_images"] == 9
+    records = [json.loads(line) for line in (reference / "runs" / CELL / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["lr"] for r in records] == pytest.approx([0.01, 0.001, 0.001])
+    assert records[0]["loss_d"] == 0.0 and records[0]["loss_u"] == 0.0  # DA starts after 0-based epoch 0
+    assert records[1]["loss_u"] > 0.0
+    assert all(r["val"] is not None for r in records)
+    assert set(records[0]) >= {"epoch", "lr", "loss", "loss_c", "loss_d", "loss_u", "train_acc", "images_per_s", "val"}
+    cells_dir = reference / "results" / "cells" / CELL
+    header = (cells_dir / "curves.csv").read_text().splitlines()[0]
+    assert header == "split,threshold,BoxAcc_30,BoxAcc_50,BoxAcc_70,precision,recall,IoU"
+    import numpy as np
+
+    samples = np.load(cells_dir / "cam_samples.npz")
+    assert samples["cams"].shape == (8, 32, 32) and samples["cams"].dtype == np.float16
+    assert list(samples["image_ids"][:2]) == ["test/000/00000.png", "test/000/00001.png"]
+    assert (cells_dir / "cams.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_gives_identical_metrics_and_a_finished_cell_is_left_alone(
+    tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    project = write_project(tmp_path / "again", tiny_data)
+    for command in ("train", "evaluate"):
+        assert run_in(project, command, CELL, "--no-tracking") == 0
+    assert metrics_of(project) == metrics_of(reference)
+    assert log_of(project) == log_of(reference)
+
+    checkpoint = checkpoint_of(project)
+    before = checkpoint.stat().st_mtime_ns
+    caplog.set_level(logging.INFO)
+    assert run_in(project, "train", CELL, "--no-tracking") == 0
+    assert "already trained" in caplog.text
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
+    tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    project = write_project(tmp_path / "killed", tiny_data)
+    proc = start(project, "train", CELL, "--no-tracking")
+    wait_for(checkpoint_of(project), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(checkpoint_of(project))["epoch"] < EPOCHS, "killed too late to test resuming"
+    caplog.set_level(logging.INFO)
+    assert run_in(project, "train", CELL, "--no-tracking") == 0
+    assert "resuming from" in caplog.text
+    assert run_in(project, "evaluate", CELL, "--no-tracking") == 0
+    assert metrics_of(project) == metrics_of(reference)
+    assert log_of(project) == log_of(reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
+    tmp_path: Path,
+    tiny_data: Path,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    project = write_project(tmp_path / "preempted", tiny_data)
+    proc = start(project, "train", CELL)
+    wait_for(checkpoint_of(project), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "re-run the same command to resume" in err
+    saved = load_checkpoint(checkpoint_of(project))
+    assert saved["batch"] > 0 and saved["epoch"] < EPOCHS  # a mid-epoch checkpoint
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    caplog.set_level(logging.INFO)
+    assert run_in(project, "train", CELL) == 0
+    assert "resuming from" in caplog.text
+    assert run_in(project, "evaluate", CELL) == 0
+    assert metrics_of(project) == metrics_of(reference)
+    assert log_of(project) == log_of(reference)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dawsol")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == CELL and run.info.status == "FINISHED"
+    assert run.info.run_id == saved["mlflow_run_id"]
+    assert run.data.params["train.epochs"] == str(EPOCHS)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")]
+    assert sorted(steps) == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val.MaxBoxAccV2")] == [1, 2, 3]
+    final = metrics_of(project)["splits"]["test"]["MaxBoxAccV2"]
+    assert run.data.metrics["test.final.MaxBoxAccV2"] == pytest.approx(final)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"settings.yaml", "train_log.jsonl", "assigner.png", "evaluation"} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert evaluation == {f"evaluation/{n}" for n in ("metrics.json", "curves.csv", "cams.png", "cam_samples.npz")}
+
+
+def test_checkpoint_round_trip_with_dann(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(reference)
+    state = load_checkpoint(Path("runs") / CELL / "checkpoint.pt")
+    assert state["epoch"] == EPOCHS and state["batch"] == 0
+    assert {"discriminator.linear.weight", "discriminator.linear.bias"} <= set(state["da"])
+    assert any("assigner" in key for key in state["da"])
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert groups["discriminator"]["decay"] is False
+    assert groups["discriminator"]["lr"] == groups["discriminator"]["base_lr"] == pytest.approx(0.1)
+    assert groups["classifier"]["lr"] == pytest.approx(0.01)  # 10 x lr, decayed once at epoch 2
+    assert set(state["rng"]) >= {"python", "numpy", "torch", "loader", "augment"}
+
+    settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
+    loop = _Loop(settings, torch.device("cpu"), None, progress=False)
+    loop.load(state)
+    again = loop.state()
+    for part in ("model", "da"):
+        assert again[part].keys() == state[part].keys()
+        for key, value in state[part].items():
+            assert torch.equal(again[part][key], value), key
+    assert again["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    for index, buffers in state["optimizer"]["state"].items():
+        assert torch.equal(again["optimizer"]["state"][index]["momentum_buffer"], buffers["momentum_buffer"])
+    assert again["records"] == state["records"]
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = write_project(tmp_path / "evil", tiny_data)
+    target = checkpoint_of(project)
+    target.parent.mkdir(parents=True)
+    torch.save({"format": 1, "payload": _Exploit()}, target)
+    monkeypatch.chdir(project)
+    with pytest.raises(DawsolError, match="refused"):
+        load_checkpoint(Path("runs") / CELL / "checkpoint.pt")
+    assert cli.main(["train", CELL, "--no-tracking"]) == 1
+    assert cli.main(["localize", "--checkpoint", str(target), str(tiny_data / "test/000/00000.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("refused") == 2 and "Traceback" not in err
+    assert not (project / "pwned").exists()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = cli.main([*args, "--no-tracking"])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_is_a_one_line_error_without_outputs(
+    tmp_path: Path,
+    tiny_data: Path,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bare = write_project(tmp_path / "bare", None)
+    monkeypatch.chdir(bare)
+    for command in ("train", "evaluate"):
+        code, err = run_cli(capsys, command, "synthetic/nonet/cam-none/seed0")
+        assert code == 1 and "unknown backbone 'nonet'" in err and len(err.strip().splitlines()) == 1
+        code, err = run_cli(capsys, command, "not-a-cell")
+        assert code == 1 and "malformed cell" in err
+        code, err = run_cli(capsys, command, CELL)
+        assert code == 1 and "run: dawsol prepare synthetic" in err and len(err.strip().splitlines()) == 1
+
+    project = write_project(tmp_path / "other", tiny_data)
+    monkeypatch.chdir(project)
+    code, err = run_cli(capsys, "evaluate", CELL)
+    assert code == 1 and f"run: dawsol train {CELL}" in err
+
+    other = "synthetic/resnet50/cutmix-dann/seed0"
+    (project / "runs" / other).mkdir(parents=True)
+    shutil.copy(checkpoint_of(reference), checkpoint_of(project, other))
+    for command in ("train", "evaluate"):
+        code, err = run_cli(capsys, command, other)
+        assert code == 1 and "for backbone 'resnet18'" in err and len(err.strip().splitlines()) == 1
+    assert not (project / "results" / "cells" / other).exists()
+
+    (project / "runs" / CELL).mkdir(parents=True)
+    shutil.copy(checkpoint_of(reference), checkpoint_of(project))
+    changed = write_project(tmp_path / "changed", tiny_data, datasets={"synthetic": {"train": {"lr": 0.02}}})
+    shutil.copytree(project / "runs", changed / "runs")
+    monkeypatch.chdir(changed)
+    code, err = run_cli(capsys, "train", CELL)
+    assert code == 1 and "other settings" in err
+
+    monkeypatch.chdir(project)
+    unfinished = load_checkpoint(checkpoint_of(project))
+    unfinished["epoch"] = 1
+    torch.save(unfinished, checkpoint_of(project))
+    code, err = run_cli(capsys, "evaluate", CELL)
+    assert code == 1 and "training stopped at epoch 1 of 3" in err
+    assert not (project / "results" / "cells" / CELL / "metrics.json").exists()
+
+
+def test_two_stage_predictions_and_localize(
+    tmp_path: Path,
+    tiny_data: Path,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = write_project(tmp_path / "twostage", tiny_data)
+    shutil.copytree(reference / "runs", project / "runs")
+    monkeypatch.chdir(project)
+    from dawsol.data.metadata import read_split
+
+    rows = ["image_id,prediction"]
+    for split in ("val", "test"):
+        meta = read_split(tiny_data / "metadata" / split)
+        rows += [f"{i},{meta.labels[i]}" for i in meta.image_ids]
+    (project / "oracle.csv").write_text("\n".join(rows) + "\n")
+    code, err = run_cli(capsys, "evaluate", CELL, "--predictions", "oracle.csv")
+    assert code == 0, err
+    metrics = metrics_of(project)
+    for split in ("val", "test"):
+        m = metrics["splits"][split]
+        assert m["Top-1 Cls (two-stage)"] == 100.0
+        assert m["Top-1 Loc (two-stage)"] == pytest.approx(m["GT-known Loc"])  # an oracle classifier
+        plain = metrics_of(reference)["splits"][split]
+        assert {k: v for k, v in m.items() if "two-stage" not in k} == plain
+
+    (project / "partial.csv").write_text("test/000/00000.png,0\n")
+    code, err = run_cli(capsys, "evaluate", CELL, "--predictions", "partial.csv")
+    assert code == 1 and "no label for test image" in err
+
+    code = cli.main(
+        [
+            "localize",
+            "--checkpoint",
+            str(checkpoint_of(project)),
+            str(tiny_data / "test/001/00000.png"),
+            "--out",
+            "mine",
+        ]
+    )
+    assert code == 0
+    import cv2
+
+    drawn = cv2.imread(str(project / "mine" / "00000_cam.png"))
+    assert drawn is not None and drawn.shape[0] >= 4 * 32  # drawn at the image's size, scaled up
+
+
+def test_device_selection() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        expected = "mps" if mps is not None and mps.is_available() else "cpu"
+        assert select_device("auto").type == expected
+        with pytest.raises(DawsolError, match="not available"):
+            select_device("cuda")
+    else:
+        assert select_device("auto").type == "cuda"

@@ -1,0 +1,81 @@
+"""A tiny synthetic project (params.yaml + prepared data) for the training and evaluation tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dawsol.config import deep_merge
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# 3 classes x (12 train, 2 val, 3 test) images of 32-40 px; 3 epochs of 5 batches; DA from epoch 2.
+TINY = {
+    "synthetic": {
+        "num_classes": 3,
+        "image_size": [32, 40],
+        "train_per_class": 12,
+        "val_per_class": 2,
+        "test_per_class": 3,
+        "max_objects": 1,
+    },
+    "datasets": {
+        "synthetic": {
+            "data": {"num_classes": 3, "image_size": 32, "resize_size": 36, "num_workers": 0},
+            "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "lr_decay_frequency": 2, "eval_every": 1},
+            "da": {"start_epoch": 0, "sample_num_source": 4, "sample_num_target": 4},
+        }
+    },
+    "defaults": {"eval": {"cam_curve_interval": 0.01, "batch_size": 8}},
+}
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml with the tiny overrides."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    return deep_merge(params, TINY)
+
+
+def write_project(folder: Path, data: Path | None, **overrides: dict) -> Path:
+    """A project folder with the tiny params.yaml and ``data/synthetic`` linked to ``data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    params = deep_merge(tiny_params(), overrides)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if data is not None:
+        (folder / "data").mkdir(exist_ok=True)
+        (folder / "data" / "synthetic").symlink_to(data, target_is_directory=True)
+    return folder
+
+
+def prepare_tiny_data(folder: Path) -> Path:
+    """Generate the tiny synthetic benchmark into ``folder`` with the data library."""
+    from dawsol.data.synthetic import SyntheticConfig, prepare_synthetic
+
+    prepare_synthetic(SyntheticConfig.from_params(tiny_params()["synthetic"]), folder)
+    return folder
+
+
+def dawsol_env(project: Path) -> dict[str, str]:
+    """Environment for a ``python -m dawsol`` subprocess in ``project`` (its own sqlite store)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def start(project: Path, *args: str) -> subprocess.Popen:
+    """Start ``python -m dawsol ARGS`` in ``project``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dawsol", *args],
+        cwd=project,
+        env=dawsol_env(project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
