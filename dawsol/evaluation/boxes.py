@@ -162,7 +162,7 @@ def _distinct_mask_boxes(scoremap: np.ndarray, cam_thresholds: Sequence[float]) 
 def _contour_boxes_and_areas(contours: list[np.ndarray], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """The protocol's box of each contour and twice its ``cv2.contourArea``, for all contours at once."""
     lengths = np.fromiter(map(len, contours), dtype=np.int64, count=len(contours))
-    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    points = np.concatenate(contours).reshape(-1, 2)
     firsts = np.zeros(len(contours), dtype=np.int64)
     np.cumsum(lengths[:-1], out=firsts[1:])
     xs, ys = points[:, 0], points[:, 1]
@@ -174,11 +174,14 @@ def _contour_boxes_and_areas(contours: list[np.ndarray], width: int, height: int
             np.minimum(np.maximum.reduceat(ys, firsts) + 1, height - 1),
         ],
         axis=1,
-    )
-    # cv2.contourArea is |shoelace sum| / 2 over the closed polygon: exact on integer points.
-    previous = np.arange(len(points)) - 1
-    previous[firsts] = firsts + lengths - 1
-    twice_area = np.abs(np.add.reduceat(xs[previous] * ys - ys[previous] * xs, firsts))
+    ).astype(np.int64)
+    # cv2.contourArea is |shoelace sum| / 2 over the closed polygon: exact on integer points
+    # (in float64, every product and sum here is an integer far below 2**53).
+    x, y = xs.astype(np.float64), ys.astype(np.float64)
+    x_prev, y_prev = np.empty_like(x), np.empty_like(y)
+    x_prev[1:], y_prev[1:] = x[:-1], y[:-1]
+    x_prev[firsts], y_prev[firsts] = x[firsts + lengths - 1], y[firsts + lengths - 1]
+    twice_area = np.abs(np.add.reduceat(x_prev * y - y_prev * x, firsts))
     return boxes, twice_area
 
 
