@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dawsol.evaluation import BoxAccumulator, cam_thresholds, metrics_dict, prepare_scoremap, scoremap_boxes
+from dawsol.evaluation import (
+    BoxAccumulator,
+    cam_thresholds,
+    metrics_dict,
+    normalize_scoremap,
+    prepare_scoremap,
+    scoremap_boxes,
+)
 
 _spec = importlib.util.spec_from_file_location(
     "reference_evaluation", Path(__file__).resolve().parents[1] / "benchmarks" / "reference_evaluation.py"
@@ -34,6 +41,9 @@ def _maps() -> list[np.ndarray]:
     maps.append(rings)
     maps.append(np.zeros((16, 16)))
     maps.append(prepare_scoremap(rng.random((5, 9)) ** 3, 48))
+    maps.append((rng.random((30, 50)) > 0.5) * rng.random((30, 50)))  # not square
+    maps.append(normalize_scoremap(rng.random((3, 70))))  # thin
+    maps += [np.ones((1, 1)), np.array([[0.0, 1.0, 0.3]]), np.array([[1.0], [0.0], [1.0]])]
     return maps
 
 
@@ -62,3 +72,20 @@ def test_accumulator_matches_the_baseline_accumulator():
     np.testing.assert_array_equal(fast.num_correct, slow.num_correct)
     np.testing.assert_array_equal(fast.num_correct_largest, slow.num_correct_largest)
     assert metrics_dict(fast, None) == metrics_dict(slow, None)
+
+
+def test_levels_flagged_single_contour_have_exactly_one_contour():
+    from dawsol.evaluation.boxes import _single_contour_levels
+
+    flagged = 0
+    for scoremap in _maps():
+        image = (scoremap * 255).astype(np.uint8)
+        single = _single_contour_levels(image)
+        for t in np.flatnonzero(single).tolist():
+            binary = (image > t).astype(np.uint8)
+            assert (
+                len(reference.cv2.findContours(binary, reference.cv2.RETR_TREE, reference.cv2.CHAIN_APPROX_SIMPLE)[0])
+                == 1
+            )
+            flagged += 1
+    assert flagged > 100  # the fast path is exercised

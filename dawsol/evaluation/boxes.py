@@ -73,11 +73,11 @@ def _at_or_below(values: np.ndarray) -> np.ndarray:
 def _single_contour_levels(image: np.ndarray) -> np.ndarray:
     """For each pixel threshold t in 0..255, whether ``image > t`` has exactly one contour (sufficient test).
 
-    If every row (or every column) of the mask is at most one run, every background pixel reaches
-    the border along it, so there is no hole; the Euler number (8-connected foreground, from 2x2
-    bit-quad counts) is then the number of components, and one component without holes has
-    exactly one contour, whose bounding rect is the mask's. A count over intervals ``a <= t < b``
-    is ``at_or_below(a) - at_or_below(b)``, for all t at once; zero pixels are never foreground.
+    If every background pixel sees the border along its row or its column (no foreground on one
+    side), there is no hole; the Euler number (8-connected foreground, from 2x2 bit-quad counts)
+    is then the number of components, and one component without holes has exactly one contour,
+    whose bounding rect is the mask's. A count over intervals ``a <= t < b`` is
+    ``at_or_below(a) - at_or_below(b)``, for all t at once; zero pixels are never foreground.
     """
     padded = np.zeros((image.shape[0] + 2, image.shape[1] + 2), dtype=np.uint8)
     padded[1:-1, 1:-1] = image
@@ -93,13 +93,18 @@ def _single_contour_levels(image: np.ndarray) -> np.ndarray:
     main_on = _at_or_below(anti_high) - _at_or_below(np.maximum(main_low, anti_high))
     anti_on = _at_or_below(main_high) - _at_or_below(np.maximum(anti_low, main_high))
     four_euler = one_on - three_on - 2 * (main_on + anti_on)
-    # A pixel starts a run at level t iff its predecessor <= t < its value; a line is non-empty iff its peak > t.
+    # A pixel is background with foreground on both sides of its row and of its column iff
+    # value <= t < min(the four one-sided maxima); the frame beyond the border is background.
+    columns = padded[:, 1:-1]
+    above = np.maximum.accumulate(columns[:-2], axis=0)
+    below = np.maximum.accumulate(columns[:1:-1], axis=0)[::-1]
+    rows = np.ascontiguousarray(padded[1:-1].T)
+    left = np.maximum.accumulate(rows[:-2], axis=0).T
+    right = np.maximum.accumulate(rows[:1:-1], axis=0)[::-1].T
+    enclosed = np.minimum(np.minimum(above, below), np.minimum(left, right))
     pixels = padded[1:-1, 1:-1]
-    row_runs = _at_or_below(np.minimum(padded[1:-1, :-2], pixels)) - _at_or_below(pixels)
-    col_runs = _at_or_below(np.minimum(padded[:-2, 1:-1], pixels)) - _at_or_below(pixels)
-    rows = row_runs == pixels.shape[0] - _at_or_below(pixels.max(axis=1))
-    cols = col_runs == pixels.shape[1] - _at_or_below(pixels.max(axis=0))
-    return (four_euler == 4) & (rows | cols)
+    trapped = _at_or_below(pixels) - _at_or_below(np.maximum(pixels, enclosed))
+    return (four_euler == 4) & (trapped == 0)
 
 
 def _first_last_above(peaks: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

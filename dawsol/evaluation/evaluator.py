@@ -244,7 +244,8 @@ def evaluate_split(
     )
     box = BoxAccumulator(iou_thresholds, cam_curve_interval) if split.with_boxes else None
     mask = MaskAccumulator(cam_curve_interval) if split.with_masks else None
-    chunk_size = max(1, min(32, len(tasks) // (4 * workers)))
+    # Small chunks balance images of very different cost; 16 keeps the per-task overhead low on big splits.
+    chunk_size = max(1, min(16, len(tasks) // (16 * workers)))
     jobs = ((chunk, settings) for chunk in _chunks(tasks, chunk_size))
     bar = tqdm(total=len(tasks), desc="evaluating", unit="image", disable=not progress)
     with bar:
