@@ -6,11 +6,14 @@ The protocol (``compute_bboxes_from_scoremaps``) thresholds ``uint8(scoremap * 2
 ``x, y, w, h`` into the box ``(x, y, min(x + w, W - 1), min(y + h, H - 1))``: exclusive corners,
 which the +1 inclusive IoU then treats as inclusive. A mask without contours gives ``[0, 0, 0, 0]``.
 
-This implementation gives the same boxes with far fewer contour searches: a uint8 map has at most
-256 distinct pixel values, so the ~1000 thresholds give at most 257 distinct binary masks; each
-distinct mask is searched once, cropped to its foreground (plus a one-pixel background margin,
-which leaves every contour and their order unchanged), and bounding rects and areas are computed
-for all contours at once.
+This implementation gives the same boxes, in the same order, with far fewer contour searches
+(benchmarks/reference_evaluation.py is the straightforward one-search-per-threshold version it is
+tested against): a uint8 map has at most 256 distinct pixel values, so the ~1000 thresholds give
+at most 257 distinct binary masks. A mask proven to have exactly one contour (see
+``_single_contour_levels``) needs no search: its one box is its foreground's bounding box. Every
+other distinct mask is searched once, cropped to its foreground plus a one-pixel margin (which
+leaves every contour and their order unchanged), and the bounding rects and areas of all
+contours are computed at once.
 """
 
 from __future__ import annotations
