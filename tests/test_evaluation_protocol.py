@@ -339,3 +339,17 @@ def test_metrics_dict_format():
     assert boxes_only["PxAP"] is None and boxes_only["pIoU"] is None
     masks_only = metrics_dict(None, _mask_case())
     assert masks_only["MaxBoxAccV2"] is None and masks_only["BoxAcc"] == {"30": None, "50": None, "70": None}
+
+
+def test_write_curves_two_splits_with_empty_cells(tmp_path):
+    import csv
+
+    from dawsol.evaluation import write_curves
+
+    path = tmp_path / "curves.csv"
+    write_curves(path, {"val": (_two_image_box_accumulator(0.25), None), "test": (None, _mask_case())})
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == ["split", "threshold", "BoxAcc_30", "BoxAcc_50", "BoxAcc_70", "precision", "recall", "IoU"]
+    assert [r[:2] for r in rows[1:]] == [[s, t] for s in ("val", "test") for t in ("0.0", "0.25", "0.5", "0.75")]
+    assert rows[1][2:] == ["100.0", "50.0", "50.0", "", "", ""]  # tau 0: image 2 only at IoU 30
+    assert rows[7][2:5] == ["", "", ""] and float(rows[7][5]) == 2 / 3  # test, tau 0.5: precision 2/3
