@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,18 +248,12 @@ def evaluate_split(
     # Small chunks balance images of very different cost; 16 keeps the per-task overhead low on big splits.
     chunk_size = max(1, min(16, len(tasks) // (16 * workers)))
     jobs = ((chunk, settings) for chunk in _chunks(tasks, chunk_size))
-    bar = tqdm(total=len(tasks), desc="evaluating", unit="image", disable=not progress)
-    with bar:
-        if workers == 1:
-            results = map(_evaluate_chunk_star, jobs)
-            for part_box, part_mask, count in results:
-                _merge(box, mask, part_box, part_mask)
-                bar.update(count)
-        else:
-            with multiprocessing.get_context().Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
-                for part_box, part_mask, count in pool.imap_unordered(_evaluate_chunk_star, jobs):
-                    _merge(box, mask, part_box, part_mask)
-                    bar.update(count)
+    pool = multiprocessing.get_context().Pool(min(workers, len(tasks)), _init_worker) if workers > 1 else None
+    with tqdm(total=len(tasks), desc="evaluating", unit="image", disable=not progress) as bar, pool or nullcontext():
+        parts = pool.imap_unordered(_evaluate_chunk_star, jobs) if pool else map(_evaluate_chunk_star, jobs)
+        for part_box, part_mask, count in parts:
+            _merge(box, mask, part_box, part_mask)
+            bar.update(count)
     if mask is not None and mask.num_foreground == 0:
         raise DawsolError(
             f"{split.mask_file}: no foreground pixel in any mask of the split; check the masks and --mask-root"
