@@ -47,7 +47,6 @@ class BoxAccumulator:
     def accumulate(self, scoremap: np.ndarray, gt_boxes: np.ndarray, correct_class: bool | None = None) -> None:
         """Add one image: its evaluated score map (float64 in [0, 1]), its GT boxes at the score map's
         size (K x 4 inclusive corners, K >= 1) and whether its predicted class is right (None: unknown)."""
-        check_scoremap(scoremap)
         multi, largest = best_ious(scoremap, gt_boxes, self.cam_thresholds)
         best = multi if self.multi_contour else largest
         correct = np.stack([best >= delta / 100 for delta in self._deltas])
