@@ -1,0 +1,223 @@
+"""Benchmark: the cost of DA-WSOL over CAM, and the batched assigner against per-image scikit-learn.
+
+1. Training step (same run, same backbone, same batch): a CAM step (forward, L_c, backward, SGD)
+   against a DA-WSOL (MMD) step (the same plus the assigner, sampling, L_d and L_u), on the CPU
+   and on CUDA when present, median wall and process-CPU seconds of interleaved steps.
+   Target: ``da_step_s / cam_step_s <= 1.2``.
+2. Assigner: ``dawsol.da.tsa.kmeans3`` on B images of side x side x D post-ReLU features at once,
+   against the official way, ``sklearn.cluster.k_means`` per image on host copies from the same
+   init. Target on the CPU: ``sklearn_s / kmeans3_s >= 3``.
+
+Usage (from the project root): ``python benchmarks/bench_methods.py [--output bench.json]``.
+Prints one JSON object; ``--cell`` picks the settings (backbone, input size, batch, sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dawsol.config import resolve  # noqa: E402
+from dawsol.da import DALoss, kmeans3  # noqa: E402
+from dawsol.models import build_model  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call."""
+    return _timed_both(fn, device)[0]
+
+
+def _timed_both(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads) of one call.
+
+    On a CPU shared with other jobs the wall time swings with their load; the CPU time is the
+    steadier measure of the work itself.
+    """
+    _sync(device)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def bench_step(params: Path, cell: str, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    """Median seconds of a CAM step and a DA-WSOL step, interleaved on one model and batch."""
+    settings = resolve(cell, source=params)
+    if settings.da is None:
+        raise SystemExit(f"{cell}: pick a DA cell (e.g. synthetic/resnet18/cam-mmd/seed0)")
+    torch.manual_seed(0)
+    model = build_model(settings.model, settings.data.num_classes, settings.wsol).to(device).train()
+    da_loss = DALoss(settings.da, settings.data.num_classes, model.feature_dim).to(device).train()
+    optimizer = torch.optim.SGD(model.param_groups(settings.train), lr=settings.train.lr, momentum=0.9, nesterov=True)
+    size, batch = settings.data.image_size, settings.train.batch_size
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, settings.data.num_classes, (batch,), device=device)
+    qualified: list[int] = []
+
+    def cam_step() -> None:
+        out = model(images)
+        loss = F.cross_entropy(out.logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def da_step() -> None:
+        out = model(images)
+        result = da_loss(out.features, out.pooled, labels, progress=0.5)
+        loss = F.cross_entropy(out.logits, labels)
+        loss = loss + settings.da.lambda1 * result.loss_d + settings.da.lambda2 * result.loss_u
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        qualified.append(result.num_qualified)
+
+    cam_times, da_times = [], []
+    for index in range(warmup + steps):
+        cam, da = _timed_both(cam_step, device), _timed_both(da_step, device)
+        if index >= warmup:
+            cam_times.append(cam)
+            da_times.append(da)
+    cam_s, da_s = (statistics.median(t[0] for t in times) for times in (cam_times, da_times))
+    cam_cpu, da_cpu = (statistics.median(t[1] for t in times) for times in (cam_times, da_times))
+    with torch.no_grad():
+        feature_shape = list(model(images[:1]).features.shape[1:])
+    return {
+        "device": str(device),
+        "cell": cell,
+        "backbone": settings.model.backbone,
+        "width": settings.model.width,
+        "image_size": size,
+        "batch_size": batch,
+        "feature_map": feature_shape,
+        "sample_num": [settings.da.sample_num_source, settings.da.sample_num_target],
+        "steps": steps,
+        "cam_step_s": round(cam_s, 5),
+        "da_step_s": round(da_s, 5),
+        "ratio": round(da_s / cam_s, 3),
+        "cam_step_cpu_s": round(cam_cpu, 5),
+        "da_step_cpu_s": round(da_cpu, 5),
+        "cpu_time_ratio": round(da_cpu / cam_cpu, 3),
+        "target_ratio": 1.2,
+        "pass": da_s / cam_s <= 1.2,
+        "mean_qualified_images": round(statistics.mean(qualified[warmup:]), 2),
+    }
+
+
+def synthetic_features(batch: int, side: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Post-ReLU pixel features with a background, an object and a discriminative part, and the
+    assigner's initial centres ``[M_0, z, M_y]`` for them."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = side * side
+    prototypes = torch.randn(3, dim, generator=gen).relu() * torch.tensor([0.2, 1.0, 2.0])[:, None]
+    part = torch.randint(0, 3, (batch, pixels), generator=gen)
+    part = torch.where(torch.rand(batch, pixels, generator=gen) < 0.5, 0, part)  # half background
+    x = (prototypes[part] + 0.5 * torch.randn(batch, pixels, dim, generator=gen)).relu()
+    # seeds off the clusters' centres, so Lloyd needs a few iterations (as real features: 2-3)
+    universum_anchor = torch.zeros(batch, dim)
+    class_anchor = (0.5 * prototypes[1] + 0.5 * prototypes[2]).expand(batch, dim)
+    init = torch.stack([universum_anchor, x.mean(1), class_anchor], dim=1)
+    return x, init
+
+
+def bench_assigner(batch: int, side: int, dim: int, repeats: int, max_iter: int) -> dict[str, Any]:
+    """kmeans3 on the whole batch (CPU, and CUDA when present) against per-image sklearn k_means."""
+    from sklearn.cluster import k_means
+
+    # the model's layout: [B, D, h, w] features seen as [B, N, D]
+    features = synthetic_features(batch, side, dim)
+    x = features[0].transpose(1, 2).contiguous().transpose(1, 2)
+    init = features[1]
+
+    def ours() -> torch.Tensor:
+        return kmeans3(x, init, max_iter=max_iter)[0]
+
+    def official() -> list:
+        labels = []
+        for b in range(batch):
+            samples = x[b].detach().cpu().numpy()  # the official host copy, per image
+            centres = init[b].detach().cpu().double().numpy()
+            labels.append(k_means(samples, n_clusters=3, init=centres, n_init=1, random_state=0)[1])
+        return labels
+
+    cpu = torch.device("cpu")
+    ours_labels, sklearn_labels = ours(), official()  # warm-up
+    ours_s = min(_timed(ours, cpu) for _ in range(repeats))
+    sklearn_s = min(_timed(official, cpu) for _ in range(repeats))
+    agreement = statistics.mean(float((ours_labels[b].numpy() == sklearn_labels[b]).mean()) for b in range(batch))
+    result: dict[str, Any] = {
+        "images": batch,
+        "feature_map": [side, side, dim],
+        "max_iter": max_iter,
+        "kmeans3_cpu_s": round(ours_s, 4),
+        "sklearn_per_image_cpu_s": round(sklearn_s, 4),
+        "speedup_cpu": round(sklearn_s / ours_s, 2),
+        "target_speedup": 3.0,
+        "pass": sklearn_s / ours_s >= 3.0,
+        "label_agreement_with_sklearn": round(agreement, 5),
+    }
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        x_gpu, init_gpu = x.to(device), init.to(device)
+        kmeans3(x_gpu, init_gpu, max_iter)
+        result["kmeans3_cuda_s"] = round(
+            min(_timed(lambda: kmeans3(x_gpu, init_gpu, max_iter), device) for _ in range(repeats)), 5
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--cell", default="synthetic/resnet18/cam-mmd/seed0", help="a DA cell: backbone, size, batch")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--assigner-images", type=int, default=32)
+    parser.add_argument("--assigner-side", type=int, default=28)
+    parser.add_argument("--assigner-dim", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3, help="assigner timings: best of this many")
+    parser.add_argument("--max-iter", type=int, default=50, help="kmeans3 cap (da.kmeans_max_iter)")
+    parser.add_argument("--only", choices=["step", "assigner"], default=None, help="run one of the two benchmarks")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    report: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.only != "assigner":
+        report["step"] = [bench_step(args.params, args.cell, device, args.steps, args.warmup) for device in devices]
+    if args.only != "step":
+        report["assigner"] = bench_assigner(
+            args.assigner_images, args.assigner_side, args.assigner_dim, args.repeats, args.max_iter
+        )
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(args.output)
+    return report
+
+
+if __name__ == "__main__":
+    main()
