@@ -259,7 +259,12 @@ def draw_assignments(
         scale = max(1, 192 // size)
         pair = np.concatenate([image, cv2.addWeighted(image, 0.4, colors, 0.6, 0)], axis=1)
         panels.append(cv2.resize(pair, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
-    atomic_write_bytes(path, _encode_png(_grid(panels, columns=2)))
+    grid = _grid(panels, columns=2)
+    legend = np.full((20, grid.shape[1], 3), 255, np.uint8)
+    names = ("universum", "fake target", "true target")
+    for x, name, color in zip((4, 110, 230), names, ASSIGNMENT_COLORS.tolist(), strict=True):
+        cv2.putText(legend, name, (x, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, tuple(color), 1, cv2.LINE_AA)
+    atomic_write_bytes(path, _encode_png(np.concatenate([grid, legend])))
 
 
 # --------------------------------------------------------------------------- dawsol evaluate

@@ -504,6 +504,7 @@ class _Loop:
         bar = _progress_bar(
             self.progress, self.iters_per_epoch, self.batch, f"epoch {epoch + 1}/{self.settings.train.epochs}"
         )
+        log_every = max(1, self.iters_per_epoch // 10)
         started = time.perf_counter()
         for images, labels in batches:
             iteration = epoch * self.iters_per_epoch + self.batch
@@ -519,6 +520,18 @@ class _Loop:
                     L_u=f"{losses['loss_u']:.3f}",
                 )
                 bar.update(1)
+            elif self.batch % log_every == 0 and self.batch < self.iters_per_epoch:
+                elapsed = self.stats.seconds + time.perf_counter() - started
+                log.info(
+                    "epoch %d batch %d/%d: loss %.4f (L_d %.4f L_u %.4f) %.0f img/s",
+                    epoch + 1,
+                    self.batch,
+                    self.iters_per_epoch,
+                    losses["loss"],
+                    losses["loss_d"],
+                    losses["loss_u"],
+                    self.stats.images / max(elapsed, 1e-9),
+                )
             if stop.is_set():
                 break
         self.stats.seconds += time.perf_counter() - started
