@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "dawsol.commands.evaluate",
     "localize": "dawsol.commands.localize",
     "tracking": "dawsol.commands.tracking",
+    "estimate": "dawsol.commands.estimate",
 }
 
 
