@@ -12,7 +12,7 @@ from dawsol.config import DASettings
 from dawsol.da import DALoss, kmeans3, linear_mk_mmd
 from dawsol.da import tsa as tsa_module
 from dawsol.da.dann import grl_coefficient, reverse_gradient
-from dawsol.da.loss import sample_sets
+from dawsol.da.loss import qualifies, sample_sets
 from dawsol.da.mmd import batched_linear_mk_mmd
 from dawsol.da.tsa import TargetSampleAssigner
 from dawsol.errors import DawsolError
@@ -213,7 +213,7 @@ def test_sampling_draws_distinct_members_and_applies_the_qualification_rule():
     assignment[1, :6], assignment[1, 10:30] = 1, 2  # 6 fake < 7: does not
     assignment[2, :30], assignment[2, 30:37] = 1, 2  # 7 true < 8: does not
     sets = sample_sets(pixels, pooled, assignment, 8, 8, torch.Generator().manual_seed(0))
-    assert sets.qualified.tolist() == [True, False, False]
+    assert qualifies(assignment, 8, 8).tolist() == [True, False, False]
     assert sets.source.shape == (3, 8, 4) and sets.target.shape == (3, 8, 4)
     assert torch.equal(sets.source[:, 0], pooled)
     rows = {tuple(r.tolist()): i for i, r in enumerate(pixels[0])}
@@ -375,3 +375,10 @@ def test_eval_mode_leaves_the_anchors_alone_and_settings_errors():
     with pytest.raises(DawsolError, match="must equal sample_num_target"):
         DALoss(_da(sample_num_source=32, sample_num_target=16), 2, 8)
     DALoss(_da(loss="dann", sample_num_source=32, sample_num_target=16), 2, 8)  # DANN allows it
+
+
+def test_lu_only_does_not_sample():
+    features = _features()
+    lu_only = DALoss(_da(use_ld=False, sample_num_source=500, sample_num_target=500), 2, 8)
+    out = lu_only(features, features.mean((2, 3)), torch.tensor([0, 1, 0, 1]), 0.5)
+    assert out.loss_d.item() == 0.0 and out.num_qualified == 0 and out.loss_u.item() > 0

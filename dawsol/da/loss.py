@@ -30,11 +30,10 @@ class DAOutput(NamedTuple):
 
 
 class SampledSets(NamedTuple):
-    """Per image: the source set ``[z, fake-target samples]``, the true-target samples, and whether it qualifies."""
+    """Per image: the source set ``[z, fake-target samples]`` and the true-target samples."""
 
     source: Tensor  # [B, n_s, D]
     target: Tensor  # [B, n_t, D]
-    qualified: Tensor  # [B] bool
 
 
 def _random_members(members: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
@@ -47,6 +46,13 @@ def _random_members(members: Tensor, count: int, generator: torch.Generator | No
     return torch.where(members, keys, -1.0).topk(count, dim=1, sorted=False).indices
 
 
+def qualifies(assignment: Tensor, num_source: int, num_target: int) -> Tensor:
+    """``[B]`` bool: the image has at least ``num_source - 1`` fake-target and ``num_target`` true-target pixels."""
+    fake = (assignment == FAKE_TARGET).sum(1)
+    true = (assignment == TRUE_TARGET).sum(1)
+    return (fake >= num_source - 1) & (true >= num_target)
+
+
 def sample_sets(
     pixels: Tensor,
     pooled: Tensor,
@@ -56,7 +62,7 @@ def sample_sets(
     generator: torch.Generator | None = None,
 ) -> SampledSets:
     """The official 32/32 sampling, batched: ``S_b = {z_b} + (n_s - 1) fake-target pixels``, ``T_b = n_t
-    true-target pixels``, without replacement; an image qualifies when it has that many of each.
+    true-target pixels``, without replacement. Images that do not ``qualify`` get padding rows.
 
     ``pixels [B, N, D]`` and ``pooled [B, D]`` keep their gradient; sampling uses ``generator``
     (or the global torch RNG).
@@ -68,13 +74,12 @@ def sample_sets(
             f"{num_pixels} pixels of the feature map; lower them in params.yaml or use a larger input or feature map"
         )
     fake, true = assignment == FAKE_TARGET, assignment == TRUE_TARGET
-    qualified = (fake.sum(1) >= num_source - 1) & (true.sum(1) >= num_target)
     fake_index = _random_members(fake, num_source - 1, generator)
     true_index = _random_members(true, num_target, generator)
     fake_samples = pixels.gather(1, fake_index[..., None].expand(-1, -1, dim))
     source = torch.cat([pooled[:, None, :], fake_samples], dim=1)
     target = pixels.gather(1, true_index[..., None].expand(-1, -1, dim))
-    return SampledSets(source, target, qualified)
+    return SampledSets(source, target)
 
 
 class DALoss(nn.Module):
@@ -116,10 +121,10 @@ class DALoss(nn.Module):
     ) -> DAOutput:
         """The DA terms for pixel features ``[B, D, h, w]``, image features ``[B, D]`` and ``labels [B]``.
 
-        ``progress`` in [0, 1] drives the DANN reversal schedule. The anchors are updated in
-        training mode only. Gradients flow through
-        ``pooled`` and the sampled pixel features (and, for L_u, the universum pixels); the
-        k-means itself is detached.
+        ``progress`` in [0, 1] drives the DANN reversal schedule; sampling uses ``generator`` (or
+        the global torch RNG). The anchors are updated in training mode only. Gradients flow
+        through ``pooled`` and the sampled pixel features (and, for L_u, the universum pixels);
+        the k-means itself is detached.
         """
         da = self.settings
         batch, _, height, width = features.shape
@@ -131,21 +136,22 @@ class DALoss(nn.Module):
         else:
             assignment = torch.full(pixels.shape[:2], TRUE_TARGET, dtype=torch.int64, device=features.device)
             source_count = 1
-        sets = sample_sets(pixels, pooled, assignment, source_count, da.sample_num_target, generator)
-        source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
-        weights = sets.qualified.to(features.dtype)
         zero = features.new_zeros(())
         loss_d = zero
+        qualified = qualifies(assignment, source_count, da.sample_num_target)
         if da.use_ld:
+            sets = sample_sets(pixels, pooled, assignment, source_count, da.sample_num_target, generator)
+            source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
             if self.discriminator is None:
                 per_image = batched_linear_mk_mmd(source, sets.target)
-                loss_d = torch.where(sets.qualified, per_image, 0.0).sum() / weights.sum().clamp_min(1.0)
+                loss_d = torch.where(qualified, per_image, 0.0).sum() / qualified.sum().clamp_min(1)
             else:
+                weights = qualified.to(features.dtype)
                 loss_d = self.discriminator(source, sets.target, weights, grl_coefficient(progress, da.grl_schedule))
         loss_u = universum_loss(flat, assignment == UNIVERSUM) if da.use_lu else zero
         return DAOutput(
             loss_d=loss_d,
             loss_u=loss_u,
             assignment=assignment.to(torch.int8).view(batch, height, width),
-            num_qualified=int(sets.qualified.sum().item()),
+            num_qualified=int(qualified.sum().item()),
         )
