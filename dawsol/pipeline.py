@@ -189,8 +189,8 @@ def _dvc_plots(params: Mapping[str, Any], source: str | Path) -> list[dict[str, 
                 f"{dataset}: pixel precision vs recall (test)": {
                     "x": {f: "recall" for f in files},
                     "y": {f: "precision" for f in files},
-                    "x_label": "recall (%)",
-                    "y_label": "precision (%)",
+                    "x_label": "recall",
+                    "y_label": "precision",
                 }
             }
         )

@@ -90,12 +90,12 @@ def plot_pixel_pr(
         if "precision" in frame and frame["precision"].notna().any():
             ax.plot(frame["recall"], frame["precision"], label=labels[key])
             drawn = True
-    ax.set(xlabel="recall (%)", ylabel="precision (%)", xlim=(0, 100), ylim=(0, 100), title="Pixel precision-recall")
+    ax.set(xlabel="recall", ylabel="precision", title="Pixel precision-recall")
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)
     else:
-        ax.text(50, 50, "no mask annotations", ha="center", va="center")
+        ax.text(0.5, 0.5, "no mask annotations", ha="center", va="center", transform=ax.transAxes)
     _save(fig, path)
 
 
