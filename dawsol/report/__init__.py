@@ -15,6 +15,7 @@ from typing import Any
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell, grid_cells, resolve
 from dawsol.pipeline import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, datasets, method_key
+from dawsol.report.reported import write_comparison
 from dawsol.report.tables import BACKBONE_NAMES, Table, aggregate, load_metrics, method_label, write_tables
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
             FIGURES_DIR / f"{dataset}_cams.png",
         )
         log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
+    write_comparison(cells, CELLS_DIR, TABLES_DIR)
     return tables
 
 
