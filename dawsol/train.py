@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +287,6 @@ class EpochStats:
     loss_d: float = 0.0
     loss_u: float = 0.0
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def add(self, size: int, correct: int, losses: dict[str, float]) -> None:
         self.images += size
@@ -300,10 +299,7 @@ class EpochStats:
         return getattr(self, key) / max(self.images, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in ("images", "batches", "correct", "loss", "loss_c", "loss_d", "loss_u", "seconds")
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any]) -> EpochStats:
@@ -584,7 +580,9 @@ class _Loop:
 
     def _report(self, record: dict[str, Any]) -> None:
         val = record["val"]
-        summary = f" val MaxBoxAccV2 {val.get('MaxBoxAccV2')} PxAP {val.get('PxAP')}" if val else ""
+        summary = "".join(
+            f" val {key} {val[key]:.2f}" for key in ("MaxBoxAccV2", "PxAP") if val and val.get(key) is not None
+        )
         log.info(
             "%s epoch %d/%d: lr %.2e loss %.4f (L_c %.4f L_d %.4f L_u %.4f) acc %.1f%% %.0f img/s%s",
             self.settings.cell.name,

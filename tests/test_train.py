@@ -337,3 +337,15 @@ def test_device_selection() -> None:
             select_device("cuda")
     else:
         assert select_device("auto").type == "cuda"
+
+
+def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = write_project(tmp_path / "bf16", tiny_data, defaults={"train": {"bf16": True, "channels_last": True}})
+    monkeypatch.chdir(project)
+    settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
+    loop = _Loop(settings, torch.device("cpu"), None, progress=False)
+    assert not loop.bf16 and not loop.channels_last
+    images, labels = next(iter(loop.loader(epoch=1, start_batch=0)))
+    correct, losses = loop.step(images, labels, epoch=1, iteration=5)
+    assert 0 <= correct <= len(labels)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
