@@ -182,15 +182,9 @@ def test_ui_listens_on_loopback_by_default(store: str) -> None:
     assert command[command.index("--backend-store-uri") + 1] == store
 
 
-def test_tracking_init_command(store: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dawsol", "tracking", "init", "--params", str(PROJECT_ROOT / "params.yaml")],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "experiment 'dawsol'" in result.stdout
+def test_tracking_init_command(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dawsol import cli
+
+    assert cli.main(["tracking", "init", "--params", str(PROJECT_ROOT / "params.yaml")]) == 0
+    assert "experiment 'dawsol'" in capsys.readouterr().out
     assert (tmp_path / "mlflow.db").is_file()

@@ -326,6 +326,10 @@ def test_two_stage_predictions_and_localize(
     drawn = cv2.imread(str(project / "mine" / "00000_cam.png"))
     assert drawn is not None and drawn.shape[0] >= 4 * 32  # drawn at the image's size, scaled up
 
+    (project / "notes.txt").write_text("not an image")
+    assert cli.main(["localize", "--checkpoint", str(checkpoint_of(project)), "notes.txt"]) == 1
+    assert "notes.txt: not a readable image" in capsys.readouterr().err
+
 
 def test_device_selection() -> None:
     assert select_device("cpu") == torch.device("cpu")
