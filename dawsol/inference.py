@@ -101,12 +101,18 @@ def evaluate_split(
     ``predictions`` (a separate classifier's labels for every image of the split) adds the
     two-stage ``Top-1 Loc (two-stage)`` and ``Top-1 Cls (two-stage)``. ``keep`` keeps the first
     ``keep`` images, score maps and GT boxes for the figures. A set ``stop`` event raises
-    ``dawsol.train.Interrupted`` between batches.
+    ``dawsol.train.Interrupted`` between batches. Under torchrun each rank scores its contiguous
+    slice of the split and the accumulators (counts, histograms) are merged in rank order, so the
+    metrics equal one process's exactly; the kept images are rank 0's (the split's first).
     """
+    from dawsol import distributed
     from dawsol.data.datasets import collate_eval
     from dawsol.evaluation import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
 
     dataset = _eval_dataset(settings, split)
+    num_images = len(dataset)
+    if distributed.current().enabled:
+        dataset = _eval_dataset(settings, split, image_ids=distributed.shard(list(dataset.image_ids)))
     if predictions is not None:
         missing = [i for i in dataset.image_ids if i not in predictions]
         if missing:
@@ -154,13 +160,28 @@ def evaluate_split(
                     result.gt_boxes.append(np.asarray(gt_boxes).reshape(-1, 4))
     finally:
         model.train(was_training)
+    if distributed.current().enabled:
+        parts = distributed.gather_objects((box, mask, two_stage, correct, two_stage_correct))
+        box, mask, two_stage = (_merge([part[i] for part in parts]) for i in range(3))
+        correct, two_stage_correct = sum(part[3] for part in parts), sum(part[4] for part in parts)
     metrics = metrics_dict(box, mask, ev.iou_thresholds)
-    metrics["Top-1 Cls"] = 100.0 * correct / max(len(dataset), 1)
+    metrics["Top-1 Cls"] = 100.0 * correct / max(num_images, 1)
     if two_stage is not None:
         metrics["Top-1 Loc (two-stage)"] = metrics_dict(two_stage, None)["Top-1 Loc"]
-        metrics["Top-1 Cls (two-stage)"] = 100.0 * two_stage_correct / max(len(dataset), 1)
+        metrics["Top-1 Cls (two-stage)"] = 100.0 * two_stage_correct / max(num_images, 1)
     result.metrics, result.box, result.mask = metrics, box, mask
     return result
+
+
+def _merge(accumulators: Sequence[Any]) -> Any:
+    """The rank-ordered merge of the ranks' accumulators (None where a rank had no such labels)."""
+    present = [a for a in accumulators if a is not None]
+    if not present:
+        return None
+    merged = present[0]
+    for other in present[1:]:
+        merged.merge(other)
+    return merged
 
 
 # --------------------------------------------------------------------------- figures

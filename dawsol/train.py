@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dawsol import distributed
 from dawsol.atomic import atomic_path, atomic_write_text
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
@@ -330,6 +331,53 @@ def require_prepared(settings: Settings) -> Path:
     return dataset_dir
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """Items ``dataset[index]`` fetched by key ``(index, seed)``, the random transforms drawn from
+    ``seed`` alone: an image's crop and flip do not depend on which process, worker or batch
+    position loads it (what makes W processes see exactly one process's data)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class EpochBatches:
+    """The batch sampler of the training loader: the global batches of epoch ``epoch`` from
+    ``start_batch`` on (order and per-image seeds are pure functions of (seed, epoch)); under
+    torchrun each rank yields its contiguous slice of every global batch. Set ``epoch`` and
+    ``start_batch`` before iterating (the loader, and its persistent workers, stay the same)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch = self.start_batch = 0
+
+    def _global_batches(self) -> list[list[tuple[int, int]]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+        base = epoch_seed(self.seed, self.epoch, stream=3)
+        keys = [(index, (base + index) % 2**63) for index in order.tolist()]
+        start = self.start_batch * self.batch_size
+        return [keys[i : i + self.batch_size] for i in range(start, len(keys), self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        ctx = distributed.current()
+        for batch in self._global_batches():
+            if len(batch) < ctx.world_size:  # a last batch too small to give every rank an image
+                log.warning("skipping the last %d image(s) of epoch %d: fewer than the ranks", len(batch), self.epoch)
+                continue
+            yield distributed.shard(batch, ctx)
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
 class _Loop:
     """The state of one training run; ``run()`` trains the remaining epochs."""
 
@@ -371,7 +419,16 @@ class _Loop:
         self.model, self.da_loss, self.augmentation = build_components(settings, device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.dist = distributed.current()
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            if device.type == "cuda":  # batch statistics over the global batch, as one process has them
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = build_optimizer(self.model, self.da_loss, settings)
+        self.batches = EpochBatches(len(self.dataset), train.batch_size, settings.seed)
+        self._loader: torch.utils.data.DataLoader | None = None
         self.loader_gen = torch.Generator()
         self.augment_gen = torch.Generator()
         self.iters_per_epoch = math.ceil(len(self.dataset) / train.batch_size)
@@ -417,6 +474,8 @@ class _Loop:
         self.run_id = state["mlflow_run_id"]
 
     def save(self) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(checkpoint_path(self.settings), self.state())
         lines = "".join(json.dumps(record, sort_keys=False) + "\n" for record in self.records)
         atomic_write_text(train_log_path(self.settings), lines)
@@ -424,20 +483,21 @@ class _Loop:
     # -- epochs
 
     def loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
-        """The epoch's batches from ``start_batch`` on: the order is a pure function of (seed, epoch)."""
-        order = torch.randperm(
-            len(self.dataset), generator=torch.Generator().manual_seed(epoch_seed(self.settings.seed, epoch))
-        )
-        indices = order[start_batch * self.settings.train.batch_size :].tolist()
+        """The epoch's batches from ``start_batch`` on (see ``EpochBatches``); one loader for the
+        whole run, so workers persist across epochs; pinned memory on CUDA."""
+        self.batches.epoch, self.batches.start_batch = epoch, start_batch
         self.loader_gen.manual_seed(epoch_seed(self.settings.seed, epoch, stream=1))
-        return torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.settings.train.batch_size,
-            sampler=indices,
-            num_workers=self.settings.data.num_workers,
-            generator=self.loader_gen,
-            pin_memory=self.device.type == "cuda",
-        )
+        if self._loader is None:
+            workers = self.settings.data.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                SeededSamples(self.dataset),
+                batch_sampler=self.batches,
+                num_workers=workers,
+                generator=self.loader_gen,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+        return self._loader
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor, epoch: int, iteration: int
@@ -453,11 +513,13 @@ class _Loop:
             batch = self.augmentation.apply(images, labels, self.augment_gen)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:
-            out = self.model(batch.images)
+            out = self.forward_model(batch.images)
         logits = out.logits.float()
         loss_c = F.cross_entropy(logits, batch.labels_a)
         if batch.labels_b is not None:
             loss_c = batch.weight_a * loss_c + (1 - batch.weight_a) * F.cross_entropy(logits, batch.labels_b)
+        # under torchrun: this rank's share of the global mean (DDP averages the gradients); 1 alone
+        loss_c = loss_c * (len(labels) / distributed.global_denominator(loss_c.new_tensor(float(len(labels)))))
         zero = logits.new_zeros(())
         loss_d, loss_u = zero, zero
         da = self.settings.da
@@ -475,17 +537,21 @@ class _Loop:
             loss = loss + da.lambda1 * loss_d + da.lambda2 * loss_u
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.enabled and self.da_loss is not None:  # the DANN discriminator is outside DDP
+            for param in self.da_loss.parameters():
+                if param.grad is not None:
+                    param.grad = distributed.all_reduce_sum(param.grad) / self.dist.world_size
         self.optimizer.step()
-        values = {
-            name: float(term.detach())
-            for name, term in (("loss", loss), ("loss_c", loss_c), ("loss_d", loss_d), ("loss_u", loss_u))
-        }
+        terms = torch.stack([loss, loss_c, loss_d, loss_u]).detach()
+        if self.dist.enabled:  # the ranks' shares add up to the global batch's values
+            terms = distributed.all_reduce_sum(terms) / self.dist.world_size
+        values = dict(zip(("loss", "loss_c", "loss_d", "loss_u"), terms.tolist(), strict=True))
         if not math.isfinite(values["loss"]):
             raise DawsolError(
                 f"cell {self.settings.cell.name}: the loss became {values['loss']} at epoch {epoch + 1}, "
                 f"iteration {iteration}; lower train.lr in params.yaml and delete {run_dir(self.settings)}"
             )
-        correct = int((logits.argmax(1) == labels).sum().item())
+        correct = int(distributed.all_reduce_sum((logits.argmax(1) == labels).sum()).item())
         return correct, values
 
     def train_epoch(self, epoch: int, stop: threading.Event) -> bool:
@@ -505,7 +571,7 @@ class _Loop:
         for images, labels in batches:
             iteration = epoch * self.iters_per_epoch + self.batch
             correct, losses = self.step(images, labels, epoch, iteration)
-            self.stats.add(len(labels), correct, losses)
+            self.stats.add(sum(distributed.all_gather_sizes(len(labels))), correct, losses)
             self.batch += 1
             if bar is not None:
                 elapsed = self.stats.seconds + time.perf_counter() - started
@@ -528,7 +594,8 @@ class _Loop:
                     losses["loss_u"],
                     self.stats.images / max(elapsed, 1e-9),
                 )
-            if stop.is_set():
+            if distributed.any_rank(stop.is_set()):  # a signal on any rank stops every rank at this batch
+                stop.set()
                 break
         self.stats.seconds += time.perf_counter() - started
         if bar is not None:
@@ -619,10 +686,12 @@ def train_cell(
 
     ``device_name`` overrides ``train.device``; ``progress`` (default: stderr is a terminal)
     shows a tqdm bar per epoch instead of log lines only. Raises ``Interrupted`` after saving a
-    checkpoint on SIGTERM/SIGINT, and DawsolError on bad input.
+    checkpoint on SIGTERM/SIGINT, and DawsolError on bad input. Under ``torchrun`` (WORLD_SIZE > 1)
+    the ranks train the cell together with DistributedDataParallel (``dawsol.distributed``);
+    rank 0 writes the checkpoint, the log and the MLflow run.
     """
     require_prepared(settings)
-    device = select_device(device_name or settings.train.device)
+    ctx, device = distributed.init(select_device(device_name or settings.train.device))
     path = checkpoint_path(settings)
     state = None
     if path.exists():
@@ -639,15 +708,16 @@ def train_cell(
     loop = _Loop(settings, device, None, sys.stderr.isatty() if progress is None else progress)
     if state is not None:
         loop.load(state)
-    if tracking:
+    if tracking and ctx.is_main:
         from dawsol.tracking import CellRun
 
         loop.tracker = CellRun.start(settings, loop.run_id)
         loop.run_id = loop.tracker.run_id
     log.info(
-        "%s: training on %s, %d images, %d iterations per epoch",
+        "%s: training on %s x %d process(es), %d images, %d iterations per epoch",
         settings.cell.name,
         device,
+        ctx.world_size,
         len(loop.dataset),
         loop.iters_per_epoch,
     )
@@ -684,5 +754,6 @@ def _log_training_artifacts(loop: _Loop) -> None:
         tracker.log_artifact(settings_file)
         if loop.da_loss is not None:
             figure = Path(tmp) / "assigner.png"
-            draw_assignments(loop.model, loop.da_loss, loop.settings, loop.device, figure)
+            with distributed.rank_local():  # rank 0 alone draws it
+                draw_assignments(loop.model, loop.da_loss, loop.settings, loop.device, figure)
             tracker.log_artifact(figure)

@@ -44,15 +44,11 @@ def test_split_sizes_prefer_the_prepared_metadata(tmp_path, monkeypatch):
         split_sizes(settings)
 
 
-def test_benchmark_runs_real_steps_and_da_is_slower_per_image():
+def test_benchmark_runs_real_training_steps_with_the_da_terms():
     params = tiny_params()
-    torch.manual_seed(0)
-    cam = benchmark(resolve("synthetic/resnet18/cam-none/seed0", params), torch.device("cpu"), steps=2)
-    mmd = benchmark(resolve("synthetic/resnet18/cam-mmd/seed0", params), torch.device("cpu"), steps=2)
-    for throughput in (cam, mmd):
-        assert throughput.train_images_per_s > 0 and throughput.eval_images_per_s > 0
-        # a forward pass is cheaper than forward + DA + backward + SGD step
-        assert throughput.eval_images_per_s > throughput.train_images_per_s
+    settings = resolve("synthetic/resnet18/cam-mmd/seed0", params)
+    throughput = benchmark(settings, torch.device("cpu"), steps=2)
+    assert throughput.train_images_per_s > 0 and throughput.eval_images_per_s > 0
 
 
 def test_estimate_benchmarks_each_configuration_once(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train one cell (resumes from runs/<cell>/checkpoint.pt; a finished cell is left as is)"
+HELP = "train one cell (resumes from runs/<cell>/checkpoint.pt; a finished cell is left as is; DDP under torchrun)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from dawsol.config import load_params, resolve
+    from dawsol.distributed import shutdown
     from dawsol.train import Interrupted, train_cell
 
     settings = resolve(args.cell, load_params(args.params, args.profile), args.params)
@@ -27,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"dawsol: {exc}", file=sys.stderr)
         return 143
+    finally:
+        shutdown()  # leave the torchrun process group, if train_cell joined one
     return 0

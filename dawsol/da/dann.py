@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.distributed import global_denominator
+
 GRL_GAMMA = {"official": 1.0, "dann": 10.0}
 
 
@@ -57,7 +59,7 @@ class DomainDiscriminator(nn.Module):
         logits_t = self.linear(reverse_gradient(target, coefficient)).squeeze(-1)
         loss_s = F.binary_cross_entropy_with_logits(logits_s, torch.ones_like(logits_s), reduction="none")
         loss_t = F.binary_cross_entropy_with_logits(logits_t, torch.zeros_like(logits_t), reduction="none")
-        count = weights.sum()
-        mean_s = (loss_s.mean(1) * weights).sum() / count.clamp_min(1.0)
-        mean_t = (loss_t.mean(1) * weights).sum() / count.clamp_min(1.0)
+        count = global_denominator(weights.sum())
+        mean_s = (loss_s.mean(1) * weights).sum() / count
+        mean_t = (loss_t.mean(1) * weights).sum() / count
         return 0.5 * (mean_s + mean_t)

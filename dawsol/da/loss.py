@@ -17,6 +17,7 @@ from dawsol.da.dann import DomainDiscriminator, grl_coefficient
 from dawsol.da.mmd import batched_linear_mk_mmd
 from dawsol.da.tsa import FAKE_TARGET, TRUE_TARGET, UNIVERSUM, TargetSampleAssigner
 from dawsol.da.universum import universum_loss
+from dawsol.distributed import global_denominator, global_rows
 from dawsol.errors import DawsolError
 
 
@@ -42,7 +43,11 @@ def _random_members(members: Tensor, count: int, generator: torch.Generator | No
     Rows with fewer members are padded with non-members; the caller masks them out.
     """
     device = generator.device if generator is not None else members.device
-    keys = torch.rand(members.shape, generator=generator, device=device).to(members.device)
+    # the whole (multi-process) batch's keys are drawn and this rank's rows kept, so a rank
+    # samples exactly what one process on the whole batch would (dawsol.distributed)
+    total, offset = global_rows(members.shape[0])
+    keys = torch.rand((total, members.shape[1]), generator=generator, device=device)
+    keys = keys[offset : offset + members.shape[0]].to(members.device)
     return torch.where(members, keys, -1.0).topk(count, dim=1, sorted=False).indices
 
 
@@ -144,7 +149,8 @@ class DALoss(nn.Module):
             source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
             if self.discriminator is None:
                 per_image = batched_linear_mk_mmd(source, sets.target)
-                loss_d = torch.where(qualified, per_image, 0.0).sum() / qualified.sum().clamp_min(1)
+                count = global_denominator(qualified.sum().to(per_image.dtype))
+                loss_d = torch.where(qualified, per_image, 0.0).sum() / count
             else:
                 weights = qualified.to(features.dtype)
                 loss_d = self.discriminator(source, sets.target, weights, grl_coefficient(progress, da.grl_schedule))

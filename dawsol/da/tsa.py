@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.distributed import all_gather_cat, all_reduce_sum, global_rows
+
 UNIVERSUM, FAKE_TARGET, TRUE_TARGET = 0, 1, 2
 # On the CPU, cluster about this many bytes of pixel features at a time, so a chunk stays in cache
 # across the Lloyd iterations. Measured on 32 images of 28x28x2048 (6.4 MB each) on a shared
@@ -146,26 +148,33 @@ class TargetSampleAssigner(nn.Module):
     def _assign_and_update(self, pixels: Tensor, pooled: Tensor, labels: Tensor, update: bool) -> Tensor:
         batch = pixels.shape[0]
         unseen = self.class_counts[labels] == 0
-        first = (labels[:, None] == labels[None, :]).to(torch.uint8).argmax(1)  # first image of each label
-        class_init = torch.where(unseen[:, None], pooled[first], self.class_anchors[labels])
+        # under torchrun this rank holds rows [offset, offset + batch) of the global batch
+        # (dawsol.distributed); "first image of a label" is taken over the global batch
+        all_pooled, all_labels = all_gather_cat(pooled), all_gather_cat(labels)
+        _, offset = global_rows(batch)
+        first = (labels[:, None] == all_labels[None, :]).to(torch.uint8).argmax(1)  # first image of each label
+        class_init = torch.where(unseen[:, None], all_pooled[first], self.class_anchors[labels])
         init = torch.stack([self.universum_anchor.expand(batch, -1), pooled, class_init], dim=1)
         assignment, centers = kmeans3(pixels, init, self.max_iter)
         if update:
-            self._update(pooled, labels, unseen, first, centers)
+            self._update(pooled, labels, unseen, first - offset, centers)
         return assignment
 
     def _update(self, pooled: Tensor, labels: Tensor, unseen: Tensor, first: Tensor, centers: Tensor) -> None:
-        batch = pooled.shape[0]
+        """The running-mean update from this batch; under torchrun the sums and counts are summed
+        over ranks first, so every rank applies the same update to the same anchors."""
         # running means: every contribution (a first-seen z, then one centre per image) weighs the same
         onehot = F.one_hot(labels, self.class_anchors.shape[0]).float()  # [B, K]
-        seeds = (unseen & (first == torch.arange(batch, device=labels.device))).float()  # [B]
-        added = onehot.T @ (pooled * seeds[:, None] + centers[:, self.update_cluster])  # [K, D]
-        added_counts = onehot.T @ (seeds + 1.0)  # [K]
+        seeds = (unseen & (first == torch.arange(pooled.shape[0], device=labels.device))).float()  # [B]
+        added = all_reduce_sum(onehot.T @ (pooled * seeds[:, None] + centers[:, self.update_cluster]))  # [K, D]
+        added_counts = all_reduce_sum(onehot.T @ (seeds + 1.0))  # [K]
+        centres_u = centers[:, UNIVERSUM]
+        universum_sum = all_reduce_sum(centres_u.sum(0))
+        batch = int(all_reduce_sum(torch.tensor(centres_u.shape[0], device=centres_u.device)))
         total = self.class_counts.float() + added_counts
         delta = (added - added_counts[:, None] * self.class_anchors) / total.clamp_min(1.0)[:, None]
         self.class_anchors += delta
         self.class_counts += added_counts.round().long()
         universum_total = self.universum_count.float() + batch
-        centres_u = centers[:, UNIVERSUM]
-        self.universum_anchor += (centres_u.sum(0) - batch * self.universum_anchor) / universum_total
+        self.universum_anchor += (universum_sum - batch * self.universum_anchor) / universum_total
         self.universum_count += batch

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from dawsol.distributed import global_denominator
+
 
 def universum_loss(features: Tensor, universum: Tensor) -> Tensor:
     """Mean over every universum pixel of the batch and every channel; 0 for an empty universum.
@@ -12,4 +14,4 @@ def universum_loss(features: Tensor, universum: Tensor) -> Tensor:
     """
     mask = universum.to(features.dtype)
     total = (features.sum(1) * mask).sum()
-    return total / (mask.sum() * features.shape[1]).clamp_min(1.0)
+    return total / global_denominator(mask.sum() * features.shape[1])
