@@ -76,6 +76,21 @@ def test_kmeans3_equals_plain_lloyd_from_the_same_init(monkeypatch, chunk_bytes)
             torch.testing.assert_close(centers[b], ref_centers)
 
 
+def test_kmeans3_images_converging_at_different_iterations():
+    """Easy images finish early and leave the work set; the slow ones go on; each equals its reference."""
+    gen = torch.Generator().manual_seed(10)
+    easy = torch.cat([torch.zeros(5, 40, 8), torch.ones(5, 40, 8), 2 * torch.ones(5, 40, 8)], 1)
+    easy = easy + 0.01 * torch.randn(5, 120, 8, generator=gen, dtype=torch.float64).float()
+    hard = torch.rand(3, 120, 8, generator=gen)
+    x = torch.cat([easy[:2], hard[:1], easy[2:], hard[1:]])  # 8 images, mixed order
+    init = torch.stack([x[:, 0], x[:, 50], x[:, 100]], dim=1) + 0.05
+    labels, centers = kmeans3(x, init, max_iter=100)
+    for b in range(8):
+        ref_labels, ref_centers = _reference_lloyd(x[b].double(), init[b].double(), 100, 1e-4)
+        assert torch.equal(labels[b], ref_labels)
+        torch.testing.assert_close(centers[b], ref_centers.float())
+
+
 def test_kmeans3_float32_matches_reference_and_respects_the_cap():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 150, 32, generator=gen).relu()

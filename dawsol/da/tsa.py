@@ -58,31 +58,46 @@ def _assign(features: Tensor, centers: Tensor) -> Tensor:
 def _lloyd(features: Tensor, centers: Tensor, max_iter: int, tol: float) -> tuple[Tensor, Tensor]:
     """Lloyd iterations on ``features [b, D, N]`` from ``centers [b, k, D]``, with scikit-learn's stopping rules.
 
-    An image is done when its labels repeat, or when its centres moved (squared, summed) by at
-    most ``tol`` times the mean per-dimension variance of its samples; done images keep their
-    centres while the others go on. The labels returned are those of the final centres.
+    An image is done when its labels repeat, or when an update moved its centres (squared,
+    summed) by at most ``tol`` times the mean per-dimension variance of its samples; done images
+    keep their centres while the others go on, and once at most half of the images in work are
+    still going, the work shrinks to those. The labels returned are those of the final centres.
     """
-    batch, _, num_samples = features.shape
+    all_features = features
+    num_samples, dim = features.shape[2], features.shape[1]
     classes = torch.arange(centers.shape[1], device=features.device)[:, None]  # [k, 1]
-    variance = torch.linalg.vector_norm(features, dim=2).square() / num_samples - features.mean(2).square()
-    threshold = tol * variance.mean(1)  # [b]
-    samples = features.transpose(1, 2)  # [b, N, D] view
-    previous = torch.full((batch, num_samples), -1, dtype=torch.int64, device=features.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    out_centers = centers.clone()
+    work = torch.arange(features.shape[0], device=features.device)  # the images in work
+    square_total = torch.linalg.vector_norm(features, dim=(1, 2)).square()  # [b]: sum_n ||x_n||^2
+    threshold: Tensor | None = None
+    previous: Tensor | None = None
+    done = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
     for _ in range(max_iter):
-        labels = _assign(features, centers)
+        labels = _assign(features, centers)  # for a done image, these are already its final labels
+        if previous is not None:
+            done = done | (labels == previous).all(1)
+            if bool(done.all()):
+                if work.numel() == all_features.shape[0]:  # never shrunk: these labels are final for all
+                    return labels, centers
+                break
         members = (labels.unsqueeze(1) == classes).to(features.dtype)  # [b, k, N]
         counts = members.sum(2, keepdim=True)  # [b, k, 1]
-        means = torch.bmm(members, samples) / counts.clamp_min(1.0)  # [b, k, D]
-        updated = torch.where(counts > 0, means, centers)  # an empty cluster keeps its centre
+        sums = torch.bmm(members, features.transpose(1, 2))  # [b, k, D]
+        if threshold is None:  # tol * mean over dimensions of the samples' (biased) variance
+            mean = sums.sum(1) / num_samples
+            threshold = tol * (square_total / num_samples - mean.square().sum(1)) / dim
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1.0), centers)  # an empty cluster keeps its centre
         shift = (updated - centers).square().sum((1, 2))
-        converged = (labels == previous).all(1) | (shift <= threshold)
         centers = torch.where(done[:, None, None], centers, updated)
+        done = done | (shift <= threshold)
         previous = labels
-        done = done | converged
-        if bool(done.all()):
-            break
-    return _assign(features, centers), centers
+        going = (~done).nonzero().squeeze(1)
+        if 0 < 2 * going.numel() <= done.numel():  # keep the finished images' centres, go on with the rest
+            out_centers[work] = centers
+            work, features, centers = work[going], features[going], centers[going]
+            threshold, previous, done = threshold[going], previous[going], done[going]
+    out_centers[work] = centers
+    return _assign(all_features, out_centers), out_centers
 
 
 def kmeans3(x: Tensor, init: Tensor, max_iter: int = 50, tol: float = KMEANS_TOL) -> tuple[Tensor, Tensor]:
