@@ -81,6 +81,20 @@ def rank_local() -> Iterator[None]:
         _rank_local = previous
 
 
+def launch_command(gpus: int, dawsol_args: list[str]) -> list[str] | None:
+    """The torchrun command line that runs ``dawsol <dawsol_args>`` on ``min(gpus, visible GPUs)``
+    processes, or None when one process is right (already under torchrun, no CUDA, or one GPU)."""
+    if launched_by_torchrun() or not torch.cuda.is_available():
+        return None
+    processes = min(gpus, torch.cuda.device_count())
+    if processes < 2:
+        return None
+    import sys
+
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*run, "-m", "dawsol", *dawsol_args]
+
+
 def shutdown() -> None:
     """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dawsol.config import DEFAULT_PARAMS, Cell, grid_cells, resolve
+from dawsol.config import DEFAULT_PARAMS, Cell, grid_cells, parse_cell, resolve
 
 DVC_YAML = Path("dvc.yaml")
 RESULTS = Path("results")
@@ -25,6 +25,9 @@ FIGURES_DIR = RESULTS / "figures"
 PLOTS_DIR = RESULTS / "plots"
 RUNS_DIR = Path("runs")
 TABLE_FORMATS = ("tex", "csv", "md", "html")
+# the reported vs reproduced table over the whole grid (dawsol.report.reported)
+COMPARISON_STEM = "reported_vs_reproduced"
+COMPARISON_FORMATS = ("tex", "csv", "md")
 FIGURE_KINDS = ("cams", "boxacc", "pxpr", "training")
 
 
@@ -84,7 +87,8 @@ def method_key(cell: Cell) -> str:
 
 
 def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, list[Path]]:
-    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset."""
+    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset, and the
+    reported vs reproduced table."""
     cells = grid_cells(params, source)
     tables, figures, plots = [], [], []
     for dataset in datasets(params, source):
@@ -92,7 +96,17 @@ def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, l
         figures += [FIGURES_DIR / f"{dataset}_{kind}.png" for kind in FIGURE_KINDS]
         keys = dict.fromkeys(method_key(c) for c in cells if c.dataset == dataset)
         plots += [PLOTS_DIR / dataset / f"{key}.csv" for key in keys]
+    tables += [TABLES_DIR / f"{COMPARISON_STEM}.{fmt}" for fmt in COMPARISON_FORMATS]
     return {"tables": tables, "figures": figures, "plots": plots}
+
+
+def train_gpus(params: Mapping[str, Any], cell: Cell | str) -> int:
+    """GPUs of a cell's training job (Snakemake ``resources: gpu``): ``resources.train_gpus.<dataset>``
+    of params.yaml, 1 for a dataset not listed, 0 for CPU-only. With more than one, ``dawsol train``
+    runs the cell under torchrun, one process per GPU."""
+    if isinstance(cell, str):
+        cell = parse_cell(cell)
+    return int(params.get("resources", {}).get("train_gpus", {}).get(cell.dataset, 1))
 
 
 def _slug(name: str) -> str:

@@ -45,7 +45,8 @@ def test_slurm_dry_run(project: Path) -> None:
     blocks = result.stdout.split("\nrule ")
     train = next(b for b in blocks if b.startswith("train:"))
     report = next(b for b in blocks if b.startswith("report:"))
-    assert "slurm_partition=gpu" in train and "gpu=1" in train and "runtime=1440" in train
+    # synthetic cells train on the CPU (params.yaml resources.train_gpus)
+    assert "slurm_partition=gpu" in train and "gpu=0" in train and "runtime=1440" in train
     assert "slurm_partition=cpu" in report and "gpu=0" in report
 
 

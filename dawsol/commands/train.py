@@ -19,10 +19,19 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from dawsol.config import load_params, resolve
-    from dawsol.distributed import shutdown
+    from dawsol.distributed import launch_command, shutdown
+    from dawsol.pipeline import train_gpus
     from dawsol.train import Interrupted, train_cell
 
-    settings = resolve(args.cell, load_params(args.params, args.profile), args.params)
+    params = load_params(args.params, args.profile)
+    settings = resolve(args.cell, params, args.params)
+    device = args.device or settings.train.device
+    if device in ("auto", "cuda"):  # a multi-GPU cell started as one process: run it under torchrun
+        command = launch_command(train_gpus(params, settings.cell), _dawsol_args(args))
+        if command is not None:
+            import subprocess
+
+            return subprocess.call(command)
     try:
         train_cell(settings, device_name=args.device, tracking=not args.no_tracking)
     except Interrupted as exc:
@@ -31,3 +40,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown()  # leave the torchrun process group, if train_cell joined one
     return 0
+
+
+def _dawsol_args(args: argparse.Namespace) -> list[str]:
+    """This command's own arguments, for the processes torchrun starts."""
+    words = ["train", args.cell, "--params", args.params]
+    if args.profile:
+        words += ["--profile", args.profile]
+    if args.device:
+        words += ["--device", args.device]
+    if args.no_tracking:
+        words.append("--no-tracking")
+    return words

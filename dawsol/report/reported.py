@@ -19,11 +19,11 @@ import pandas as pd
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
+from dawsol.pipeline import COMPARISON_FORMATS, COMPARISON_STEM
 from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, _number, method_label
 
 REPORTED_CSV = Path("results/reference/reported.csv")
 COLUMNS = ("dataset", "backbone", "method", "variant", "metric", "value", "source")
-STEM = "reported_vs_reproduced"
 TWO_STAGE = "Top-1 Loc (two-stage)"
 
 
@@ -138,9 +138,11 @@ def write_comparison(
 ) -> list[Path]:
     """Write ``<out_dir>/reported_vs_reproduced.{tex,csv,md}`` for the grid's cells; return the paths."""
     table = compare(load_reported(reported_csv), reproduced_values(cells, cells_dir))
+    renderers = {"tex": to_latex, "csv": to_csv, "md": to_markdown}
     paths = []
-    for ext, render in {"tex": to_latex, "csv": to_csv, "md": to_markdown}.items():
-        path = out_dir / f"{STEM}.{ext}"
+    for ext in COMPARISON_FORMATS:
+        render = renderers[ext]
+        path = out_dir / f"{COMPARISON_STEM}.{ext}"
         atomic_write_text(path, render(table))
         paths.append(path)
     return paths
