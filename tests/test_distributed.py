@@ -151,3 +151,22 @@ def test_torchrun_training_equals_one_process(tmp_path):
         for term in ("loss", "loss_c", "loss_d", "loss_u"):
             assert b[term] == pytest.approx(a[term], rel=1e-5, abs=1e-7), term
         assert b["val"] == a["val"]  # sharded validation merges to exactly the same metrics
+
+
+def test_one_process_never_relaunches_and_small_last_batches_are_whole(monkeypatch):
+    from dawsol.train import EpochBatches
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if not torch.cuda.is_available():
+        assert distributed.launch_command(4, ["train", "x"]) is None  # no GPUs: one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launch_command(4, ["train", "x"]) is None  # already under torchrun
+    batches = EpochBatches(size=10, batch_size=4, seed=0)
+    batches.epoch = 1
+    keys = [key for batch in batches for key in batch]  # one process: every image once
+    assert sorted(index for index, _ in keys) == list(range(10)) and len(batches) == 3
+    batches.start_batch = 2
+    assert [len(b) for b in batches] == [2]  # resuming mid-epoch skips the done batches
+    other = EpochBatches(size=10, batch_size=4, seed=0)
+    other.epoch = 2
+    assert [k for b in other for k in b] != keys  # the order and seeds are per epoch
