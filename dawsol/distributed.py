@@ -95,6 +95,20 @@ def launch_command(gpus: int, dawsol_args: list[str]) -> list[str] | None:
     return [*run, "-m", "dawsol", *dawsol_args]
 
 
+def run_launcher(command: list[str]) -> int:
+    """Run ``launch_command``'s torchrun and return its exit code; a SIGTERM to this process (a
+    preempted job) is passed on, so the ranks save their checkpoint before the job ends."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def shutdown() -> None:
     """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():

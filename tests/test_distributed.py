@@ -170,3 +170,27 @@ def test_one_process_never_relaunches_and_small_last_batches_are_whole(monkeypat
     other = EpochBatches(size=10, batch_size=4, seed=0)
     other.epoch = 2
     assert [k for b in other for k in b] != keys  # the order and seeds are per epoch
+
+
+def test_the_launcher_passes_sigterm_on_and_returns_the_exit_code(tmp_path):
+    import signal
+    import threading
+    import time
+
+    ready = tmp_path / "ready"
+    child = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+
+    def terminate_when_ready() -> None:
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    started = time.monotonic()
+    assert distributed.run_launcher([sys.executable, "-c", child]) == 143
+    assert time.monotonic() - started < 30

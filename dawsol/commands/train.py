@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from dawsol.config import load_params, resolve
-    from dawsol.distributed import launch_command, shutdown
+    from dawsol.distributed import launch_command, run_launcher, shutdown
     from dawsol.pipeline import train_gpus
     from dawsol.train import Interrupted, train_cell
 
@@ -29,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if device in ("auto", "cuda"):  # a multi-GPU cell started as one process: run it under torchrun
         command = launch_command(train_gpus(params, settings.cell), _dawsol_args(args))
         if command is not None:
-            import subprocess
-
-            return subprocess.call(command)
+            return run_launcher(command)
     try:
         train_cell(settings, device_name=args.device, tracking=not args.no_tracking)
     except Interrupted as exc:
