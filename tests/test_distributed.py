@@ -174,7 +174,6 @@ def test_one_process_never_relaunches_and_small_last_batches_are_whole(monkeypat
 
 def test_the_launcher_passes_sigterm_on_and_returns_the_exit_code(tmp_path):
     import signal
-    import threading
     import time
 
     ready = tmp_path / "ready"
@@ -184,13 +183,12 @@ def test_the_launcher_passes_sigterm_on_and_returns_the_exit_code(tmp_path):
         f"pathlib.Path({str(ready)!r}).touch()\n"
         "time.sleep(60)\n"
     )
-
-    def terminate_when_ready() -> None:
-        while not ready.exists():
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=terminate_when_ready, daemon=True).start()
-    started = time.monotonic()
-    assert distributed.run_launcher([sys.executable, "-c", child]) == 143
-    assert time.monotonic() - started < 30
+    command = [sys.executable, "-c", child]
+    launcher = f"import sys; from dawsol.distributed import run_launcher; sys.exit(run_launcher({command!r}))"
+    process = subprocess.Popen([sys.executable, "-c", launcher], env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # the launcher, not the child, is signalled, as Slurm's job step is
+    assert process.wait(timeout=30) == 143
