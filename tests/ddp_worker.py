@@ -43,10 +43,11 @@ def run_assigner(out: Path) -> None:
 
 def one_step(out_path: Path) -> None:
     """One training step of ``STEP_CELL`` on this process's share of ``STEP_BATCH`` random images."""
+    from train_fixtures import tiny_params
+
     from dawsol.config import resolve
     from dawsol.estimate import RandomImages
     from dawsol.train import _Loop
-    from tests.train_fixtures import tiny_params
 
     settings = resolve("synthetic/vgg16/cam-none/seed0", tiny_params())
     data = RandomImages(6, 32, 3, seed=1)

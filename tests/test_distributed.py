@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import assigner_batches, one_step
+from train_fixtures import PROJECT_ROOT, prepare_tiny_data, write_project
 
 from dawsol import distributed
 from dawsol.da.tsa import TargetSampleAssigner
-from tests.train_fixtures import PROJECT_ROOT, prepare_tiny_data, write_project
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
@@ -117,9 +117,10 @@ DDP_OVERRIDES = {
 
 @pytest.mark.slow
 def test_torchrun_training_equals_one_process(tmp_path):
+    from train_fixtures import tiny_params
+
     from dawsol.config import deep_merge
     from dawsol.data.synthetic import SyntheticConfig, prepare_synthetic
-    from tests.train_fixtures import tiny_params
 
     data = tmp_path / "data_src"
     prepare_synthetic(SyntheticConfig.from_params(deep_merge(tiny_params(), DDP_OVERRIDES)["synthetic"]), data)

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 import yaml
+from train_fixtures import PROJECT_ROOT, prepare_tiny_data, tiny_params, write_project
 
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
 from dawsol.estimate import KNOWN_SPLIT_SIZES, benchmark, benchmark_key, estimate, split_sizes, workload
-from tests.train_fixtures import PROJECT_ROOT, prepare_tiny_data, tiny_params, write_project
 
 
 def test_workload_counts_train_epochs_and_every_validation_pass():

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 from test_data_sources import make_fake_cub, server  # noqa: F401 - the local HTTP server fixture
+from train_fixtures import PROJECT_ROOT
 from workflow_fixtures import copy_project, dry_run_jobs, run_tool
 
 from dawsol import cli
 from dawsol.config import grid_cells, load_params, resolve
 from dawsol.data.sources import prepare_dataset
 from dawsol.pipeline import render_dvc_yaml, train_gpus
-from tests.train_fixtures import PROJECT_ROOT
 
 PAPER_CELLS = 48
 

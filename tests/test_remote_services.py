@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_fixtures import PROJECT_ROOT, prepare_tiny_data, write_project
 from workflow_fixtures import copy_project, run_tool
-
-from tests.train_fixtures import PROJECT_ROOT, prepare_tiny_data, write_project
 
 BIN = Path(sys.executable).parent
 CELL = "synthetic/resnet18/cam-none/seed0"

@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
+from train_fixtures import PROJECT_ROOT
+from workflow_fixtures import cell_value, write_cell
 
 from dawsol.config import parse_cell
 from dawsol.report.reported import compare, load_reported, reproduced_values, write_comparison
-from tests.train_fixtures import PROJECT_ROOT
-from tests.workflow_fixtures import cell_value, write_cell
 
 REPORTED = """dataset,backbone,method,variant,metric,value,source
 cub,resnet50,cam-mmd,one-stage,MaxBoxAccV2,69.87,DA-WSOL README

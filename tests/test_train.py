@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import prepare_tiny_data, start, write_project
 
 from dawsol import cli
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
 from dawsol.train import _Loop, load_checkpoint, select_device
-from tests.train_fixtures import prepare_tiny_data, start, write_project
 
 CELL = "synthetic/resnet18/cutmix-dann/seed0"
 EPOCHS = 3
