@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -69,6 +71,27 @@ def run_dir(settings: Settings) -> Path:
 def checkpoint_path(settings: Settings) -> Path:
     """``runs/<cell>/checkpoint.pt``."""
     return train_outputs(settings.cell)["checkpoint"]
+
+
+def resume_path(settings: Settings) -> Path:
+    """``runs/<cell>/.resume.pt``: a second name (hard link) of the last checkpoint.
+
+    Snakemake and DVC delete a job's declared outputs before they re-run it, checkpoint.pt
+    included; this undeclared name survives, so a re-run of an interrupted (e.g. preempted) job
+    resumes instead of starting over.
+    """
+    return checkpoint_path(settings).with_name(".resume.pt")
+
+
+def link_resume_state(checkpoint: Path, resume: Path) -> None:
+    """Point ``resume`` at ``checkpoint``'s content atomically (a hard link, or a copy where links fail)."""
+    tmp = resume.with_name(resume.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError:
+        shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, resume)
 
 
 def train_log_path(settings: Settings) -> Path:
@@ -477,6 +500,7 @@ class _Loop:
         if not self.dist.is_main:
             return
         save_checkpoint(checkpoint_path(self.settings), self.state())
+        link_resume_state(checkpoint_path(self.settings), resume_path(self.settings))
         lines = "".join(json.dumps(record, sort_keys=False) + "\n" for record in self.records)
         atomic_write_text(train_log_path(self.settings), lines)
 
@@ -694,6 +718,8 @@ def train_cell(
     ctx, device = distributed.init(select_device(device_name or settings.train.device))
     path = checkpoint_path(settings)
     state = None
+    if not path.exists():
+        path = _resume_state_after_cleanup(settings) or path
     if path.exists():
         state = load_checkpoint(path)
         check_compatible(state, settings, path)
@@ -735,6 +761,30 @@ def train_cell(
         _log_training_artifacts(loop)
         loop.tracker.finish()
     return TrainOutcome(loop.epoch, True, loop.records)
+
+
+def _resume_state_after_cleanup(settings: Settings) -> Path | None:
+    """The resume link of a cell whose checkpoint.pt a workflow manager deleted before re-running it.
+
+    Usable only if it is an unfinished run of the same backbone and settings; otherwise (the
+    settings changed, or a finished cell is being re-run on purpose) it is discarded and the cell
+    starts over.
+    """
+    resume = resume_path(settings)
+    if not resume.exists():
+        return None
+    try:
+        state = load_checkpoint(resume)
+        check_compatible(state, settings, resume)
+    except DawsolError as exc:
+        log.info("%s: not resuming from %s (%s); starting over", settings.cell.name, resume, exc)
+        resume.unlink(missing_ok=True)
+        return None
+    if state["epoch"] >= settings.train.epochs:
+        log.info("%s: %s holds a finished run; re-training as asked", settings.cell.name, resume)
+        resume.unlink(missing_ok=True)
+        return None
+    return resume
 
 
 def _log_training_artifacts(loop: _Loop) -> None:

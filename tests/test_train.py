@@ -115,8 +115,9 @@ def test_same_seed_gives_identical_metrics_and_a_finished_cell_is_left_alone(
     assert checkpoint.stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("workflow_cleanup", [False, True], ids=["rerun", "rerun-after-snakemake-cleanup"])
 def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
-    tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture, workflow_cleanup: bool
 ) -> None:
     project = write_project(tmp_path / "killed", tiny_data)
     proc = start(project, "train", CELL, "--no-tracking")
@@ -125,6 +126,9 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(checkpoint_of(project))["epoch"] < EPOCHS, "killed too late to test resuming"
+    if workflow_cleanup:  # Snakemake and DVC delete a job's declared outputs before re-running it
+        checkpoint_of(project).unlink()
+        (checkpoint_of(project).parent / "train_log.jsonl").unlink(missing_ok=True)
     caplog.set_level(logging.INFO)
     assert run_in(project, "train", CELL, "--no-tracking") == 0
     assert "resuming from" in caplog.text
@@ -353,3 +357,17 @@ def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, m
     correct, losses = loop.step(images, labels, epoch=1, iteration=5)
     assert 0 <= correct <= len(labels)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_a_stale_resume_link_is_discarded(tmp_path: Path, tiny_data: Path, reference: Path) -> None:
+    """A resume link left by a run of other settings (e.g. before a params change) never resumes."""
+    project = write_project(tmp_path / "stale", tiny_data)
+    run_dir = checkpoint_of(project).parent
+    run_dir.mkdir(parents=True)
+    stale = load_checkpoint(checkpoint_of(reference))
+    stale.update(settings_digest="0" * 16, epoch=1)
+    torch.save(stale, run_dir / ".resume.pt")
+    assert run_in(project, "train", CELL, "--no-tracking") == 0
+    assert run_in(project, "evaluate", CELL, "--no-tracking") == 0
+    assert metrics_of(project) == metrics_of(reference)
+    assert (run_dir / ".resume.pt").samefile(checkpoint_of(project))
