@@ -125,12 +125,12 @@ def _synchronize(device: torch.device) -> None:
 def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: int = 1) -> Throughput:
     """Images/s of ``steps`` timed training steps (after ``warmup``) with the DA terms active, and of
     as many forward passes in evaluation mode, on random input; pretrained weights are not loaded."""
-    from dawsol.train import _Loop
+    from dawsol.train import TrainingLoop
 
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, pretrained="none"))
     batch = settings.train.batch_size
     data = RandomImages(batch, settings.data.image_size, settings.data.num_classes)
-    loop = _Loop(settings, device, None, False, dataset=data)
+    loop = TrainingLoop(settings, device, None, False, dataset=data)
     images, labels = data.images, data.labels
     epoch = settings.da.start_epoch + 1 if settings.da is not None else 0
     loop.model.train()

@@ -85,13 +85,12 @@ def resume_path(settings: Settings) -> Path:
 
 def link_resume_state(checkpoint: Path, resume: Path) -> None:
     """Point ``resume`` at ``checkpoint``'s content atomically (a hard link, or a copy where links fail)."""
-    tmp = resume.with_name(resume.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(checkpoint, tmp)
-    except OSError:
-        shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, resume)
+    with atomic_path(resume) as tmp:
+        tmp.unlink()
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
 
 
 def train_log_path(settings: Settings) -> Path:
@@ -401,8 +400,8 @@ class EpochBatches:
         return len(self._global_batches())
 
 
-class _Loop:
-    """The state of one training run; ``run()`` trains the remaining epochs."""
+class TrainingLoop:
+    """The state of one training run; ``run()`` trains the remaining epochs (also used by dawsol.estimate)."""
 
     def __init__(
         self,
@@ -731,7 +730,7 @@ def train_cell(
         )
     else:
         train_log_path(settings).unlink(missing_ok=True)
-    loop = _Loop(settings, device, None, sys.stderr.isatty() if progress is None else progress)
+    loop = TrainingLoop(settings, device, None, sys.stderr.isatty() if progress is None else progress)
     if state is not None:
         loop.load(state)
     if tracking and ctx.is_main:
@@ -787,7 +786,7 @@ def _resume_state_after_cleanup(settings: Settings) -> Path | None:
     return resume
 
 
-def _log_training_artifacts(loop: _Loop) -> None:
+def _log_training_artifacts(loop: TrainingLoop) -> None:
     """The resolved settings, the training log and (DA cells) the assigner's three sets on a few images."""
     import tempfile
 

@@ -47,11 +47,11 @@ def one_step(out_path: Path) -> None:
 
     from dawsol.config import resolve
     from dawsol.estimate import RandomImages
-    from dawsol.train import _Loop
+    from dawsol.train import TrainingLoop
 
     settings = resolve("synthetic/vgg16/cam-none/seed0", tiny_params())
     data = RandomImages(6, 32, 3, seed=1)
-    loop = _Loop(settings, torch.device("cpu"), None, False, dataset=data)
+    loop = TrainingLoop(settings, torch.device("cpu"), None, False, dataset=data)
     before = {k: v.clone() for k, v in loop.model.state_dict().items()}
     start, stop = distributed.shard_bounds(len(data))
     loop.step(data.images[start:stop], data.labels[start:stop], epoch=0, iteration=0)

@@ -18,7 +18,7 @@ from train_fixtures import prepare_tiny_data, start, write_project
 from dawsol import cli
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
-from dawsol.train import _Loop, load_checkpoint, select_device
+from dawsol.train import TrainingLoop, load_checkpoint, select_device
 
 CELL = "synthetic/resnet18/cutmix-dann/seed0"
 EPOCHS = 3
@@ -196,7 +196,7 @@ def test_checkpoint_round_trip_with_dann(reference: Path, monkeypatch: pytest.Mo
     assert set(state["rng"]) >= {"python", "numpy", "torch", "loader", "augment"}
 
     settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
-    loop = _Loop(settings, torch.device("cpu"), None, progress=False)
+    loop = TrainingLoop(settings, torch.device("cpu"), None, progress=False)
     loop.load(state)
     again = loop.state()
     for part in ("model", "da"):
@@ -351,7 +351,7 @@ def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, m
     project = write_project(tmp_path / "bf16", tiny_data, defaults={"train": {"bf16": True, "channels_last": True}})
     monkeypatch.chdir(project)
     settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
-    loop = _Loop(settings, torch.device("cpu"), None, progress=False)
+    loop = TrainingLoop(settings, torch.device("cpu"), None, progress=False)
     assert not loop.bf16 and not loop.channels_last
     images, labels = next(iter(loop.loader(epoch=1, start_batch=0)))
     correct, losses = loop.step(images, labels, epoch=1, iteration=5)
