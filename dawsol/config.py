@@ -227,10 +227,8 @@ def _error_location(error: Any) -> str:
     parts = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties":
         unexpected = re.findall(r"'([^']+)' (?:was|were) unexpected", error.message)
-        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1]) if not unexpected else []
-        keys = unexpected or extra
-        if keys:
-            return ".".join([*parts, keys[0]]) + ": unknown key"
+        if unexpected:
+            return ".".join([*parts, unexpected[0]]) + ": unknown key"
     if error.validator == "propertyNames":
         return ".".join(parts) + f": invalid name {error.instance!r}"
     where = ".".join(parts) or "(top level)"
@@ -244,12 +242,9 @@ def validate_params(params: Any, source: str | Path) -> None:
     validator = Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
-        leaf = min(errors, key=lambda e: -len(list(e.absolute_path)))
-        best = leaf
-        for err in errors:
-            if err.validator == "additionalProperties":
-                best = err
-                break
+        # an unknown key (often a typo) explains the most; otherwise report the deepest problem
+        unknown = [e for e in errors if e.validator == "additionalProperties"]
+        best = unknown[0] if unknown else max(errors, key=lambda e: len(e.absolute_path))
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise DawsolError(f"{source}: {_error_location(best)}{more}")
 
