@@ -187,10 +187,17 @@ def build_components(settings: Settings, device: torch.device) -> tuple[nn.Modul
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
+def save_checkpoint(path: Path, state: dict[str, Any], resume: Path | None = None) -> None:
+    """``torch.save`` through a temporary file and an atomic rename.
+
+    With ``resume``, that second name is linked to the new content *before* the rename, so
+    whenever ``path`` holds a checkpoint, ``resume`` holds the same one (a kill between the two
+    steps leaves ``resume`` one save ahead, never behind).
+    """
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        if resume is not None:
+            link_resume_state(tmp, resume)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -498,8 +505,7 @@ class TrainingLoop:
     def save(self) -> None:
         if not self.dist.is_main:
             return
-        save_checkpoint(checkpoint_path(self.settings), self.state())
-        link_resume_state(checkpoint_path(self.settings), resume_path(self.settings))
+        save_checkpoint(checkpoint_path(self.settings), self.state(), resume=resume_path(self.settings))
         lines = "".join(json.dumps(record, sort_keys=False) + "\n" for record in self.records)
         atomic_write_text(train_log_path(self.settings), lines)
 

@@ -18,7 +18,7 @@ from train_fixtures import prepare_tiny_data, start, write_project
 from dawsol import cli
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
-from dawsol.train import TrainingLoop, load_checkpoint, select_device
+from dawsol.train import TrainingLoop, load_checkpoint, save_checkpoint, select_device
 
 CELL = "synthetic/resnet18/cutmix-dann/seed0"
 EPOCHS = 3
@@ -371,3 +371,26 @@ def test_a_stale_resume_link_is_discarded(tmp_path: Path, tiny_data: Path, refer
     assert run_in(project, "evaluate", CELL, "--no-tracking") == 0
     assert metrics_of(project) == metrics_of(reference)
     assert (run_dir / ".resume.pt").samefile(checkpoint_of(project))
+
+
+def test_the_resume_link_is_written_before_the_checkpoint_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between the two names must never leave checkpoint.pt without a matching .resume.pt."""
+    checkpoint, resume = tmp_path / "checkpoint.pt", tmp_path / ".resume.pt"
+
+    replace = os.replace
+
+    def killed_before_the_checkpoint_rename(src: Path, dst: Path) -> None:
+        if Path(dst) == checkpoint:
+            raise KeyboardInterrupt  # the process dies where checkpoint.pt would appear
+        replace(src, dst)
+
+    monkeypatch.setattr("dawsol.atomic.os.replace", killed_before_the_checkpoint_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(checkpoint, {"epoch": 1}, resume=resume)
+    assert resume.is_file() and not checkpoint.exists()
+    monkeypatch.undo()
+    save_checkpoint(checkpoint, {"epoch": 2}, resume=resume)
+    assert resume.samefile(checkpoint)
+    assert torch.load(resume, weights_only=True) == {"epoch": 2}
