@@ -11,6 +11,7 @@ import pytest
 
 from dawsol.evaluation import (
     BoxAccumulator,
+    best_ious,
     cam_thresholds,
     metrics_dict,
     normalize_scoremap,
@@ -89,3 +90,84 @@ def test_levels_flagged_single_contour_have_exactly_one_contour():
             )
             flagged += 1
     assert flagged > 100  # the fast path is exercised
+
+
+def _adversarial_maps(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Small random maps full of holes, islands in holes, touching and diagonal-only parts, border contact, ties."""
+    maps = []
+    for k in range(count):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        if k % 5 == 0:
+            scoremap = (rng.random((h, w)) < rng.uniform(0.2, 0.8)) * 1.0  # binary noise
+        elif k % 5 == 1:
+            scoremap = rng.random((h, w)) * (rng.random((h, w)) > 0.4)
+        elif k % 5 == 2:
+            smooth = prepare_scoremap(rng.random(tuple(int(v) for v in rng.integers(2, 8, 2))), max(h, w, 2))
+            scoremap = smooth + 0.3 * rng.random(smooth.shape)  # the benchmark's noisy kind, small
+        elif k % 5 == 3:
+            scoremap = rng.integers(0, 4, (h, w)) / 3.0  # few levels: many equal areas
+        else:
+            yy, xx = np.mgrid[0:h, 0:w]
+            lattice = (xx + yy) % int(rng.integers(2, 4)) == 0  # diagonal lines and checkers
+            scoremap = (lattice | (rng.random((h, w)) < 0.2)) * rng.random((h, w))
+        maps.append(scoremap / scoremap.max() if scoremap.max() > 0 else scoremap)
+    return maps
+
+
+def test_boxes_from_components_match_the_baseline_as_sets(monkeypatch):
+    """Every searched mask but the first goes through _component_boxes: the same boxes and the same largest."""
+    from dawsol.evaluation import boxes
+
+    monkeypatch.setattr(boxes, "_MANY_CONTOURS", 0)
+    calls = {"components": 0, "ties": 0}
+    component_boxes = boxes._component_boxes
+
+    def counting(*args):
+        found = component_boxes(*args)
+        calls["components" if found is not None else "ties"] += 1
+        return found
+
+    monkeypatch.setattr(boxes, "_component_boxes", counting)
+    thresholds = cam_thresholds(0.01)
+    for k, scoremap in enumerate(_maps() + _adversarial_maps(np.random.default_rng(11), 200)):
+        expected_all, expected_largest = reference.boxes_per_threshold(scoremap, thresholds)
+        found = boxes._distinct_mask_boxes(scoremap, thresholds, ordered=False)
+        ends = np.append(found.starts[1:], len(found.boxes))
+        for i, m in enumerate(found.mask_of_threshold.tolist()):
+            got = found.boxes[found.starts[m] : ends[m]]
+            assert sorted(got.tolist()) == sorted(expected_all[i].tolist()), (k, i)
+            assert found.boxes[found.largest[m]].tolist() == expected_largest[i][0].tolist(), (k, i)
+    assert calls["components"] > 1000 and calls["ties"] > 10  # both the shortcut and its fallback are exercised
+
+
+def test_component_boxes_give_up_on_a_tie_for_largest():
+    from dawsol.evaluation.boxes import _component_boxes
+
+    binary = np.zeros((9, 12), dtype=np.uint8)
+    binary[2:5, 1:4] = binary[2:5, 7:10] = 1  # two equal squares: only cv2's order picks one
+    assert _component_boxes(binary, 0, 0, 12, 9) is None
+    binary[5, 8] = 1
+    found_boxes, largest = _component_boxes(binary, 0, 0, 12, 9)
+    assert sorted(found_boxes.tolist()) == [[1, 2, 4, 5], [7, 2, 10, 6]]
+    assert found_boxes[largest].tolist() == [7, 2, 10, 6]
+
+
+def _noisy_best_ious(seed: int) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    scoremap = prepare_scoremap(rng.random((14, 14)), 224) + 0.3 * rng.random((224, 224))
+    multi, largest = best_ious(scoremap / scoremap.max(), np.array([[10, 10, 60, 60]]), cam_thresholds(0.01))
+    return [multi.tolist(), largest.tolist()]
+
+
+def test_forked_workers_still_evaluate_after_the_parent_did():
+    """The parent's component path must leave no OpenCV thread pool behind for forked workers (set up as
+    ``dawsol metrics`` sets them up) to deadlock on."""
+    import multiprocessing
+
+    from dawsol.evaluation import boxes
+    from dawsol.evaluation.evaluator import _init_worker
+
+    assert boxes._MANY_CONTOURS < 1000  # a noisy 224 x 224 map takes the component path
+    expected = _noisy_best_ious(3)
+    with multiprocessing.get_context("fork").Pool(2, _init_worker) as pool:
+        assert pool.map_async(_noisy_best_ious, [3, 3]).get(timeout=60) == [expected, expected]
