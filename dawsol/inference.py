@@ -50,6 +50,44 @@ class SplitResult:
     gt_boxes: list[np.ndarray] = field(default_factory=list)
 
 
+ASSIGNER_SETS = ("universum", "fake_target", "true_target")  # the assignment's labels 0, 1, 2
+
+
+@dataclass
+class AssignerCounts:
+    """Where the Target Sample Assigner puts ground-truth object and background pixels.
+
+    Counted at the feature map's resolution: a feature pixel is object (or background) when at
+    least half of the mask pixels it covers are object (background); the ignore band counts for
+    neither. A good assigner puts object pixels in the fake and true targets and background in
+    the universum.
+    """
+
+    object: np.ndarray = field(default_factory=lambda: np.zeros(len(ASSIGNER_SETS), np.int64))
+    background: np.ndarray = field(default_factory=lambda: np.zeros(len(ASSIGNER_SETS), np.int64))
+
+    def add(self, assignment: np.ndarray, mask: np.ndarray) -> None:
+        """One image: ``assignment [h, w]`` (0, 1, 2) and its mask (1 object, 0 background, 255 ignore)."""
+        height, width = assignment.shape
+        for counts, value in ((self.object, 1), (self.background, 0)):
+            share = cv2.resize((mask == value).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+            counts += np.bincount(assignment[share >= 0.5], minlength=len(ASSIGNER_SETS))
+
+    def merge(self, other: AssignerCounts) -> None:
+        self.object += other.object
+        self.background += other.background
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{object_pixels: {set: % of object pixels}, background_pixels: {...}}``."""
+        return {
+            f"{name}_pixels": {
+                set_name: 100.0 * float(count) / max(int(counts.sum()), 1)
+                for set_name, count in zip(ASSIGNER_SETS, counts.tolist(), strict=True)
+            }
+            for name, counts in (("object", self.object), ("background", self.background))
+        }
+
+
 def read_predictions(path: Path) -> dict[str, int]:
     """A separate classifier's ``image_id,predicted_label`` CSV (an optional header row is skipped)."""
     if not path.is_file():
@@ -95,12 +133,15 @@ def evaluate_split(
     stop: threading.Event | None = None,
     predictions: Mapping[str, int] | None = None,
     keep: int = 0,
+    assigner: nn.Module | None = None,
 ) -> SplitResult:
     """The protocol's metrics of ``model`` on ``split``, plus ``Top-1 Cls``.
 
     ``predictions`` (a separate classifier's labels for every image of the split) adds the
     two-stage ``Top-1 Loc (two-stage)`` and ``Top-1 Cls (two-stage)``. ``keep`` keeps the first
-    ``keep`` images, score maps and GT boxes for the figures. A set ``stop`` event raises
+    ``keep`` images, score maps and GT boxes for the figures. With a DA cell's ``assigner``
+    (``TargetSampleAssigner``, anchors left unchanged), a split with masks adds ``TSA``: the share
+    of object and of background pixels in each assigner set (``AssignerCounts``). A set ``stop`` event raises
     ``dawsol.train.Interrupted`` between batches. Under torchrun each rank scores its contiguous
     slice of the split and the accumulators (counts, histograms) are merged in rank order, so the
     metrics equal one process's exactly; the kept images are rank 0's (the split's first).
@@ -123,6 +164,7 @@ def evaluate_split(
     )
     size = settings.data.image_size
     box = mask = two_stage = None
+    assigned = AssignerCounts() if assigner is not None else None
     correct = two_stage_correct = 0
     result = SplitResult(metrics={}, box=None, mask=None)
     was_training = model.training
@@ -139,6 +181,11 @@ def evaluate_split(
             cams = model.cams(out.features.float(), labels).double().cpu().numpy()
             hits = (predicted == labels).cpu().tolist()
             correct += sum(hits)
+            assignment = None
+            if assigned is not None and any(m is not None for m in batch["mask"]):
+                pixels = out.features.float().flatten(2).transpose(1, 2)
+                assignment = assigner(pixels, out.pooled.float(), labels, update=False)
+                assignment = assignment.view(out.features.shape[0], *out.features.shape[2:]).cpu().numpy()
             for k, image_id in enumerate(batch["image_id"]):
                 scoremap = prepare_scoremap(cams[k], size)
                 gt_boxes, gt_mask = batch["boxes"][k], batch["mask"][k]
@@ -153,6 +200,8 @@ def evaluate_split(
                 if gt_mask is not None:
                     mask = mask or MaskAccumulator(ev.cam_curve_interval)
                     mask.accumulate(scoremap, gt_mask)
+                    if assignment is not None:
+                        assigned.add(assignment[k], gt_mask)
                 if len(result.image_ids) < keep:
                     result.image_ids.append(image_id)
                     result.scoremaps.append(scoremap)
@@ -161,14 +210,16 @@ def evaluate_split(
     finally:
         model.train(was_training)
     if distributed.current().enabled:
-        parts = distributed.gather_objects((box, mask, two_stage, correct, two_stage_correct))
-        box, mask, two_stage = (_merge([part[i] for part in parts]) for i in range(3))
-        correct, two_stage_correct = sum(part[3] for part in parts), sum(part[4] for part in parts)
+        parts = distributed.gather_objects((box, mask, two_stage, assigned, correct, two_stage_correct))
+        box, mask, two_stage, assigned = (_merge([part[i] for part in parts]) for i in range(4))
+        correct, two_stage_correct = sum(part[4] for part in parts), sum(part[5] for part in parts)
     metrics = metrics_dict(box, mask, ev.iou_thresholds)
     metrics["Top-1 Cls"] = 100.0 * correct / max(num_images, 1)
     if two_stage is not None:
         metrics["Top-1 Loc (two-stage)"] = metrics_dict(two_stage, None)["Top-1 Loc"]
         metrics["Top-1 Cls (two-stage)"] = 100.0 * two_stage_correct / max(num_images, 1)
+    if assigned is not None and mask is not None:
+        metrics["TSA"] = assigned.metrics()
     result.metrics, result.box, result.mask = metrics, box, mask
     return result
 
@@ -332,12 +383,19 @@ def evaluate_cell(
         output.unlink(missing_ok=True)
     device = select_device(device_name or settings.train.device)
     model = model_from_state(state, device)
+    assigner = _assigner_from_state(state, settings, model.feature_dim, device)
 
     splits: dict[str, SplitResult] = {}
     for split in ("val", "test"):
         chosen = labels if labels is not None and _covers(labels, settings, split) else None
         splits[split] = evaluate_split(
-            model, settings, split, device, predictions=chosen, keep=SAMPLE_COUNT if split == "test" else 0
+            model,
+            settings,
+            split,
+            device,
+            predictions=chosen,
+            keep=SAMPLE_COUNT if split == "test" else 0,
+            assigner=assigner,
         )
         log.info("%s %s: %s", settings.cell.name, split, _summary(splits[split].metrics))
     threshold = _best_threshold(splits["val"].metrics)
@@ -363,6 +421,19 @@ def evaluate_cell(
     if tracking:
         _track_evaluation(settings, document, outputs)
     return document
+
+
+def _assigner_from_state(
+    state: Mapping[str, Any], settings: Settings, feature_dim: int, device: torch.device
+) -> nn.Module | None:
+    """A DA cell's trained Target Sample Assigner (its anchors from the checkpoint); None without one."""
+    if settings.da is None or not settings.da.use_tsa or state.get("da") is None:
+        return None
+    from dawsol.da import DALoss
+
+    da_loss = DALoss(settings.da, settings.data.num_classes, feature_dim)
+    da_loss.load_state_dict(state["da"])
+    return da_loss.assigner.to(device).eval()
 
 
 def _covers(labels: Mapping[str, int], settings: Settings, split: str) -> bool:

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_fixtures import prepare_tiny_data, start, write_project
@@ -394,3 +395,30 @@ def test_the_resume_link_is_written_before_the_checkpoint_appears(
     save_checkpoint(checkpoint, {"epoch": 2}, resume=resume)
     assert resume.samefile(checkpoint)
     assert torch.load(resume, weights_only=True) == {"epoch": 2}
+
+
+def test_a_da_cell_reports_where_its_assigner_puts_object_and_background(reference: Path) -> None:
+    for split in ("val", "test"):
+        tsa = metrics_of(reference)["splits"][split]["TSA"]
+        assert set(tsa) == {"object_pixels", "background_pixels"}
+        for shares in tsa.values():
+            assert set(shares) == {"universum", "fake_target", "true_target"}
+            assert sum(shares.values()) == pytest.approx(100.0)
+
+
+def test_assigner_counts_use_the_feature_resolution_and_skip_the_ignore_band() -> None:
+    from dawsol.inference import AssignerCounts
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4, :4] = 1  # feature pixel (0, 0): object
+    mask[:4, 4:] = 255  # (0, 1): ignore band only, counted nowhere
+    mask[4:, :4] = 1
+    mask[4:6, :4] = 0  # (1, 0): half object, half background: counts as both
+    assignment = np.array([[2, 1], [0, 0]])  # (1, 1): background
+    counts = AssignerCounts()
+    counts.add(assignment, mask)
+    assert counts.object.tolist() == [1, 0, 1]
+    assert counts.background.tolist() == [2, 0, 0]
+    metrics = counts.metrics()
+    assert metrics["object_pixels"] == {"universum": 50.0, "fake_target": 0.0, "true_target": 50.0}
+    assert metrics["background_pixels"]["universum"] == 100.0
