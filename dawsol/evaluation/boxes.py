@@ -15,7 +15,7 @@ other distinct mask is searched once, cropped to its foreground plus a one-pixel
 leaves every contour and their order unchanged), and the bounding rects and areas of all
 contours are computed at once.
 
-Scores need each mask's boxes, not their order: ``best_ious`` takes a mask with thousands of
+Scores need each mask's boxes, not their order: ``best_ious`` takes a mask with hundreds of
 contours (noisy maps), where tracing and reducing every contour costs most, from connected
 components instead (``_component_boxes``): one outer contour per 8-connected foreground component
 and one hole contour per 4-connected background component off the frame, with the same bounding
