@@ -148,6 +148,28 @@ def test_pretrained_path_errors(tmp_path: Path):
         build_model(settings(other), 4, CAM)
 
 
+def test_pretrained_dawsol_checkpoint_fine_tunes_from_another_cells_trunk(tmp_path: Path):
+    torch.manual_seed(2)
+    source = build_model(
+        ModelSettings("resnet18", "none", True, 0.25), 8, WSOLSettings("adl", {"drop_rate": 0.5, "threshold": 0.9})
+    )
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "epoch": 3, "model": source.state_dict(), "records": []}, path)
+    model = build_model(ModelSettings("resnet18", str(path), True, 0.25), 3, CAM)
+    assert set(model.trunk.state_dict()) == set(source.trunk.state_dict())
+    assert all(torch.equal(v, source.trunk.state_dict()[k]) for k, v in model.trunk.state_dict().items())
+    assert model.classifier.weight.shape[0] == 3  # the other task's estimator is left out
+    assert torch.equal(model.classifier.bias, torch.zeros(3))
+
+    other = tmp_path / "other.pt"
+    torch.save(
+        {"format": 1, "model": build_model(ModelSettings("resnet18", "none", True, 0.125), 8, CAM).state_dict()}, other
+    )
+    with pytest.raises(DawsolError, match="checkpoint of another trunk") as err:
+        build_model(ModelSettings("resnet18", str(other), True, 0.25), 3, CAM)
+    assert "\n" not in str(err.value) and str(other) in str(err.value)
+
+
 def test_imagenet_offline_and_uncached_names_the_file(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

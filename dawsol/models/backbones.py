@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.models.inception import InceptionB
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from dawsol.models.pretrained import load_pretrained
+from dawsol.models.pretrained import load_into, load_trunk, pretrained_state
 from dawsol.wsol.adl import ADL
 
 
@@ -194,9 +194,31 @@ class InceptionTrunk(Trunk):
 
 def build_trunk(backbone: str, pretrained: str, large_feature_map: bool, width: float, adl: ADL | None = None) -> Trunk:
     """The WSOL trunk of ``backbone`` with ``pretrained`` weights loaded (see ``dawsol.models.pretrained``)."""
+    state, of_trunk = pretrained_state(backbone, pretrained)
+    source = f"ImageNet weights for {backbone}" if pretrained == "imagenet" else pretrained
+    trunk = _build_trunk(backbone, None if of_trunk else state, source, large_feature_map, width, adl)
+    if of_trunk:
+        load_trunk(trunk, state, source)
+    return trunk
+
+
+def _build_trunk(
+    backbone: str,
+    net_state: dict[str, Tensor] | None,
+    source: str,
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+) -> Trunk:
+    """The trunk built on torchvision's network, with ``net_state`` (torchvision's layout) loaded into that network."""
+
+    def load_pretrained(net: nn.Module) -> None:
+        if net_state is not None:
+            load_into(net, net_state, backbone, source)
+
     if backbone in ("resnet18", "resnet50"):
         net = _scaled_resnet18(width) if backbone == "resnet18" else torchvision.models.resnet50()
-        load_pretrained(net, backbone, pretrained)
+        load_pretrained(net)
         stride_one = ("layer4", "layer3") if large_feature_map else ("layer4",)
         if backbone == "resnet18":
             stride_one += ("layer2",)
@@ -208,11 +230,11 @@ def build_trunk(backbone: str, pretrained: str, large_feature_map: bool, width: 
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        load_pretrained(net, backbone, pretrained)
+        load_pretrained(net)
         return VGGTrunk(net.features, large_feature_map, adl)
     if backbone == "inception_v3":
         with torch.no_grad():
             net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
-        load_pretrained(net, backbone, pretrained)
+        load_pretrained(net)
         return InceptionTrunk(net, large_feature_map, adl)
     raise ValueError(f"unknown backbone {backbone!r}")

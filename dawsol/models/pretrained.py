@@ -1,8 +1,10 @@
-"""Pretrained backbone weights: torchvision's ImageNet weights or a local state dict.
+"""Pretrained backbone weights: torchvision's ImageNet weights, a local state dict or a dawsol checkpoint.
 
 ``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (torchvision's weights API,
-cached under ``$TORCH_HOME/hub/checkpoints``) or a path to a state dict in torchvision's
-layout for that backbone (e.g. the ImageNet file downloaded by hand).
+cached under ``$TORCH_HOME/hub/checkpoints``) or a path: a state dict in torchvision's layout
+for that backbone (e.g. the ImageNet file downloaded by hand), or a dawsol checkpoint
+(``runs/<cell>/checkpoint.pt`` of a cell with the same backbone), whose trunk is taken and
+whose score estimator is left out, to fine-tune from another cell.
 """
 
 from __future__ import annotations
@@ -51,8 +53,14 @@ def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
     return dict(state)
 
 
+TRUNK_PREFIX = "trunk."
+
+
 def load_state_dict_file(path: Path) -> dict[str, Tensor]:
-    """A state dict from ``path`` (plain, or under a ``state_dict``/``model`` key; ``module.`` stripped)."""
+    """A state dict from ``path`` (plain, or under a ``state_dict``/``model`` key; ``module.`` stripped).
+
+    A dawsol checkpoint gives its model's state (``trunk.*`` and ``classifier.*`` keys).
+    """
     if not path.is_file():
         raise DawsolError(
             f"model.pretrained: {path} does not exist (use none, imagenet or the path of a state dict file)"
@@ -98,12 +106,33 @@ def load_into(net: nn.Module, state: Mapping[str, Tensor], backbone: str, source
     net.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-def load_pretrained(net: nn.Module, backbone: str, pretrained: str) -> None:
-    """Apply ``model.pretrained`` (``none``, ``imagenet`` or a path) to torchvision's ``net``."""
+def pretrained_state(backbone: str, pretrained: str) -> tuple[dict[str, Tensor] | None, bool]:
+    """``model.pretrained``'s weights and whether they are a WSOL trunk's (from a dawsol checkpoint).
+
+    ``(None, False)`` for ``none``; otherwise the state dict, to load into torchvision's network
+    (``load_into``) or, for a trunk's, into the built trunk (``load_trunk``).
+    """
     if pretrained == "none":
-        return
+        return None, False
     if pretrained == "imagenet":
-        load_into(net, imagenet_state_dict(backbone), backbone, f"ImageNet weights for {backbone}")
-        return
-    path = Path(pretrained)
-    load_into(net, load_state_dict_file(path), backbone, str(path))
+        return imagenet_state_dict(backbone), False
+    state = load_state_dict_file(Path(pretrained))
+    if any(key.startswith(TRUNK_PREFIX) for key in state):
+        return {k.removeprefix(TRUNK_PREFIX): v for k, v in state.items() if k.startswith(TRUNK_PREFIX)}, True
+    return state, False
+
+
+def load_trunk(trunk: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load a dawsol checkpoint's trunk weights into ``trunk``; any mismatch raises DawsolError naming ``source``."""
+    expected = trunk.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        key = (missing or unexpected or wrong_shape)[0]
+        raise DawsolError(
+            f"model.pretrained: {source} is a checkpoint of another trunk ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong_shape)} differently shaped weight(s), e.g. {key}); "
+            "use a checkpoint of a cell with the same backbone, width and WSOL layers"
+        )
+    trunk.load_state_dict(state)
