@@ -31,7 +31,11 @@ localrules:
     all,
 
 
+# Every cell's evaluation is a target, not only the report: a fresh clone has the committed
+# tables, figures and metrics.json but not the uncommitted CAM samples, so the main job trains
+# and evaluates every cell again instead of finding the committed report up to date.
 rule all:
     default_target: True
     input:
         REPORT_FILES,
+        [path.as_posix() for cell in CELLS for path in pipeline.evaluate_outputs(cell).values()],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,17 @@ def test_dry_run_default_grid(project: Path) -> None:
         assert f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 dawsol train {cell.name} >" in result.stdout
         assert f"dawsol evaluate {cell.name} >" in result.stdout
     assert not (project / "mlflow.db").exists(), "a dry run must not create the MLflow store"
+
+
+def test_a_fresh_clone_with_the_committed_results_runs_every_cell(project: Path, project_root: Path) -> None:
+    """The committed tables, figures and metrics.json must not make the main job a no-op."""
+    shutil.copytree(project_root / "results", project / "results", ignore=shutil.ignore_patterns("cam_samples.npz"))
+    now = time.time_ns()  # a checkout: every committed file as new as the others
+    for path in (project / "results").rglob("*"):
+        os.utime(path, ns=(now, now))
+    assert (project / "results" / "tables" / "synthetic.md").is_file()
+    jobs = dry_run_jobs(run_tool(["snakemake", "-n", "--cores", "2"], project).stdout)
+    assert jobs == {"prepare_synthetic": 1, "train": 9, "evaluate": 9, "report": 1, "all": 1}
 
 
 def test_profile_selects_overlay(project: Path) -> None:
