@@ -261,14 +261,36 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise DawsolError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     validate_params(params, path)
+    check_override_keys(params, path)
+    profiles = params.get("profiles") or {}
+    for name, overlay in profiles.items():  # a typo in any profile is an error, not only in the one asked for
+        check_override_keys(deep_merge(params, overlay), f"{path} (profile {name})")
     if profile:
-        profiles = params.get("profiles", {})
         if profile not in profiles:
             known = ", ".join(sorted(profiles)) or "none"
             raise DawsolError(f"{path}: unknown profile {profile!r} (known: {known})")
         params = deep_merge(params, profiles[profile])
         validate_params(params, f"{path} (profile {profile})")
     return params
+
+
+def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
+    """Every ``pairs."<dataset>/<backbone>"`` and ``cells."<cell>"`` key must name what params defines.
+
+    A key that matches nothing would otherwise be ignored, and its cell would silently run
+    without the overrides meant for it.
+    """
+    for key in params.get("pairs") or {}:
+        dataset, _, backbone = key.partition("/")
+        parts = (("dataset", dataset, params["datasets"]), ("backbone", backbone, params["backbones"]))
+        unknown = [f"{kind} {name!r}" for kind, name, known in parts if name not in known]
+        if unknown:
+            raise DawsolError(f'{source}: pairs."{key}" names an unknown {" and ".join(unknown)}')
+    for key in params.get("cells") or {}:
+        try:
+            check_cell(parse_cell(key), params, source)
+        except DawsolError as exc:
+            raise DawsolError(f'{source}: cells."{key}": {exc}') from None
 
 
 def _require(tree: Mapping[str, Any], key: str, where: str, source: str | Path) -> Any:

@@ -158,6 +158,30 @@ def test_unknown_cell_parts(params_copy, cell, expected):
         resolve(cell, load_params(params_copy), params_copy)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["pairs"].update({"cub/resnet5": {}}), r"pairs\.\"cub/resnet5\" names an unknown backbone"),
+        (lambda p: p["pairs"].update({"cu/resnet50": {}}), r'pairs\."cu/resnet50" names an unknown dataset \'cu\''),
+        (
+            lambda p: p.setdefault("cells", {}).update({"synthetic/resnet18/cam-xyz/seed0": {}}),
+            r'cells\."synthetic/resnet18/cam-xyz/seed0": unknown DA method \'xyz\'',
+        ),
+        (
+            lambda p: p["profiles"]["paper"].setdefault("cells", {}).update({"cub/resnet50/acol-none/seed0": {}}),
+            r"\(profile paper\): cells\.\"cub/resnet50/acol-none/seed0\": unknown WSOL method 'acol'",
+        ),
+    ],
+    ids=["pair-backbone", "pair-dataset", "cell-da", "profile-cell"],
+)
+def test_override_keys_that_match_nothing_are_errors(params_copy, mutate, expected):
+    """A typo'd pairs or cells key would silently drop its overrides; it names the key and the file."""
+    path = _edit(params_copy, mutate)
+    with pytest.raises(DawsolError, match=expected) as info:
+        load_params(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(DawsolError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
