@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dawsol.errors import DawsolError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
