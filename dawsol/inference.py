@@ -483,7 +483,10 @@ def model_from_state(state: Mapping[str, Any], device: torch.device) -> nn.Modul
 def localize(
     checkpoint: Path, images: Sequence[Path], out_dir: Path, device_name: str = "auto", threshold: float | None = None
 ) -> list[Path]:
-    """Draw the CAM of the predicted class and its boxes on each image; returns the PNGs written."""
+    """Draw the CAM of the predicted class and its boxes on each image; returns the PNGs written.
+
+    An unreadable image is an error before any PNG is written.
+    """
     from PIL import Image
 
     from dawsol.data.datasets import eval_transform
@@ -500,14 +503,19 @@ def localize(
         raise DawsolError(f"--threshold {threshold}: a CAM threshold lies in [0, 1)")
     from dawsol.evaluation import prepare_scoremap
 
+    def read_rgb(image_path: Path) -> Image.Image:
+        try:
+            with Image.open(image_path) as handle:
+                return handle.convert("RGB")
+        except (OSError, ValueError):
+            raise DawsolError(f"{image_path}: not a readable image") from None
+
+    for image_path in images:  # every image is checked before anything is written
+        read_rgb(image_path)
     transform = eval_transform(data.image_size)
     written = []
     for image_path in images:
-        try:
-            with Image.open(image_path) as handle:
-                picture = handle.convert("RGB")
-        except (OSError, ValueError):
-            raise DawsolError(f"{image_path}: not a readable image") from None
+        picture = read_rgb(image_path)
         tensor = transform(picture)[None].to(device)
         out = model(tensor)
         predicted = out.logits.argmax(1)

@@ -332,8 +332,11 @@ def test_two_stage_predictions_and_localize(
     assert drawn is not None and drawn.shape[0] >= 4 * 32  # drawn at the image's size, scaled up
 
     (project / "notes.txt").write_text("not an image")
-    assert cli.main(["localize", "--checkpoint", str(checkpoint_of(project)), "notes.txt"]) == 1
+    good = str(tiny_data / "test/002/00000.png")
+    args = ["localize", "--checkpoint", str(checkpoint_of(project)), good, "notes.txt", "--out", "partial"]
+    assert cli.main(args) == 1
     assert "notes.txt: not a readable image" in capsys.readouterr().err
+    assert not (project / "partial").exists() or not any((project / "partial").iterdir())  # nothing half-written
 
 
 def test_device_selection() -> None:
