@@ -7,6 +7,7 @@ histograms, so the result is exactly that of one pass). Only one CAM per worker 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -24,6 +25,8 @@ from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
 from dawsol.evaluation.boxes import check_boxes
 from dawsol.evaluation.output import DEFAULT_IOU_THRESHOLDS
 from dawsol.evaluation.scoremap import prepare_scoremap
+
+log = logging.getLogger(__name__)
 
 BASELINES = ("center", "oracle")
 
@@ -199,7 +202,27 @@ def build_tasks(
                 raise DawsolError(f"{cam_path}: no CAM for image {image_id!r}; save it as <cams>/<image_id>.npy")
         correct = None if predicted is None else predicted[image_id] == meta.labels.get(image_id)
         tasks.append(ImageTask(image_id, cam_path, boxes, mask_paths, ignore_path, correct))
+    if cam_dir is not None:
+        _warn_about_unused_cams(cam_dir, set(meta.image_ids), metadata_dir)
     return SplitTasks(tasks, with_boxes, with_masks, mask_file)
+
+
+def _warn_about_unused_cams(cam_dir: Path, image_ids: set[str], metadata_dir: Path) -> None:
+    """Log the CAM files whose image id is not in the split: they are not evaluated.
+
+    A warning, not an error: one folder may hold the CAMs of several splits.
+    """
+    unused = sorted(
+        path for path in cam_dir.rglob("*.npy") if path.relative_to(cam_dir).as_posix()[: -len(".npy")] not in image_ids
+    )
+    if unused:
+        log.warning(
+            "%d CAM file(s) under %s have no image in %s and are not evaluated, e.g. %s",
+            len(unused),
+            cam_dir,
+            metadata_dir / "image_ids.txt",
+            unused[0],
+        )
 
 
 def _chunks(tasks: list[ImageTask], size: int) -> Iterator[list[ImageTask]]:
