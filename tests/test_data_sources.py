@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import threading
 import zipfile
@@ -17,7 +18,16 @@ import numpy as np
 import pytest
 
 from dawsol.data.metadata import SplitMetadata, read_split, validate_dataset, write_split
-from dawsol.data.sources import LAYOUTS, METADATA_COMMIT, Remote, download, prepare_dataset, safe_extract
+from dawsol.data.sources import (
+    LAYOUTS,
+    METADATA_COMMIT,
+    STAMP,
+    Remote,
+    Step,
+    download,
+    prepare_dataset,
+    safe_extract,
+)
 from dawsol.errors import DawsolError
 
 
@@ -283,3 +293,98 @@ def test_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
         tf.addfile(link)
     safe_extract(archive, tmp_path / "dest")
     assert (tmp_path / "dest/b/link").read_text() == "hi"
+
+
+def _leaves_only_downloads(root: Path) -> bool:
+    return sorted(p.name for p in root.iterdir()) == ["downloads"]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_zip_with_a_bad_crc_is_one_line_and_leaves_nothing(server, tmp_path: Path, compression: int) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    archive = served / "CUBV2.zip"
+    images = {
+        i: np.random.default_rng(k).integers(0, 256, 2000, np.uint8).tobytes() for k, i in enumerate(SPLIT_IDS["val"])
+    }
+    with zipfile.ZipFile(archive, "w", compression) as zf:
+        for name, data in images.items():
+            zf.writestr(name, data)
+    data = bytearray(archive.read_bytes())
+    data[200] ^= 0xFF  # inside the first member's data
+    archive.write_bytes(bytes(data))
+    tables["sources"]["CUBV2.zip"] = Remote("CUBV2.zip", f"{url}/CUBV2.zip")
+    tables["layouts"] = {"cub": [Step("CUB_200_2011.tgz", "CUB_200_2011/images", ""), Step("CUBV2.zip", "", "")]}
+    with pytest.raises(DawsolError) as info:
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    message = str(info.value)
+    assert "CUBV2.zip" in message and "corrupt" in message and "re-download" in message and "\n" not in message
+    assert _leaves_only_downloads(tmp_path / "data")
+    with pytest.raises(DawsolError, match=r"CUBV2\.zip: (member .* is )?corrupt"):
+        safe_extract(archive, tmp_path / "dest")
+    assert list((tmp_path / "dest").iterdir()) == []  # checked before anything is written
+
+
+def test_a_truncated_tar_gz_is_one_line_and_leaves_nothing(server, tmp_path: Path) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    big = {
+        f"CUB_200_2011/images/{i}": np.random.default_rng(0).integers(0, 256, 50_000, np.uint8).tobytes()
+        for i in SPLIT_IDS["train"]
+    }
+    _tar(served / "CUB_200_2011.tgz", big)
+    data = (served / "CUB_200_2011.tgz").read_bytes()
+    (served / "CUB_200_2011.tgz").write_bytes(data[: len(data) * 2 // 3])  # the server sends only this much
+    tables["sources"]["CUB_200_2011.tgz"] = Remote("CUB_200_2011.tgz", f"{url}/CUB_200_2011.tgz")  # no checksum
+    with pytest.raises(DawsolError) as info:
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    message = str(info.value)
+    archive = str(tmp_path / "data/downloads/CUB_200_2011.tgz")
+    assert message.startswith(archive) and "truncated" in message[len(archive) :] and "\n" not in message
+    assert _leaves_only_downloads(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("CUBV2.tar", "a tar archive"), ("CUB_200_2011.tgz", "a gzip-compressed tar archive")]
+)
+def test_an_html_page_saved_as_the_archive_is_refused(server, tmp_path: Path, name: str, expected: str) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    (served / name).write_text("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>...</body></html>")
+    tables["sources"][name] = Remote(name, f"{url}/{name}")  # no checksum, no size, like the OneDrive remotes
+    with pytest.raises(DawsolError) as info:
+        prepare_dataset("cub", tmp_path / "data", **tables)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "data/downloads" / name))
+    assert f"expected {expected} but found an HTML page" in message and "\n" not in message
+    assert _leaves_only_downloads(tmp_path / "data")
+
+
+def test_a_kept_archive_that_changed_since_the_build_is_reported(server, tmp_path: Path) -> None:
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    tables["sources"]["CUBV2.tar"] = Remote("CUBV2.tar", f"{url}/CUBV2.tar")  # nothing to check it against
+    root = tmp_path / "data"
+    assert prepare_dataset("cub", root, **tables)
+    kept = root / "downloads/CUBV2.tar"
+    original = kept.read_bytes()
+    recorded = json.loads((root / "cub" / STAMP).read_text())["archives"]
+    assert set(recorded) == {"CUB_200_2011.tgz", "CUBV2.tar"}
+    assert recorded["CUBV2.tar"] == {"sha256": hashlib.sha256(original).hexdigest(), "size": len(original)}
+    # the dataset loses an image, so the next prepare rebuilds it from the kept archives
+    (root / "cub" / SPLIT_IDS["val"][0]).unlink()
+    changed = bytearray(original)
+    changed[600] ^= 0xFF  # inside the first member's data: still a valid tar of the same size
+    kept.write_bytes(bytes(changed))
+    with pytest.raises(DawsolError) as info:
+        prepare_dataset("cub", root, **tables)
+    message = str(info.value)
+    assert message.startswith(str(kept)) and "\n" not in message
+    assert recorded["CUBV2.tar"]["sha256"] in message and hashlib.sha256(changed).hexdigest() in message
+    assert sorted(p.name for p in root.iterdir()) == ["cub", "downloads"]  # nothing half-made, the old dataset kept
+    kept.write_bytes(original[:-512])
+    with pytest.raises(DawsolError, match=rf"size {len(original) - 512} bytes does not match the {len(original)}"):
+        prepare_dataset("cub", root, **tables)
+    kept.write_bytes(original)  # the archive it was built from: the rebuild goes through
+    assert prepare_dataset("cub", root, **tables)
+    assert validate_dataset(root / "cub", num_classes=2) == []

@@ -6,10 +6,13 @@ metadata files each dataset needs and their sha256. ``prepare_dataset`` takes bo
 as arguments, so tests serve small archives from a local HTTP server.
 
 Guarantees: downloads resume with HTTP Range after an interruption (``<file>.part``); every
-archive is verified (checksum, else size) before use; extraction refuses absolute paths,
-``..`` and links that leave the target, and works in a temporary folder that is renamed into
-place only when the whole dataset validates, so a failed or interrupted prepare never leaves
-a half-made dataset; a finished dataset carries a stamp and a re-run only verifies it.
+archive is verified (checksum, else size) before use and must start like the archive type its
+name says (an HTML error page saved in its place is refused); a corrupt archive (bad CRC,
+truncated) is a one-line error; extraction refuses absolute paths, ``..`` and links that leave
+the target, and works in a temporary folder that is renamed into place only when the whole
+dataset validates, so a failed or interrupted prepare never leaves a half-made dataset; a
+finished dataset carries a stamp, with the sha256 and size of every archive it was built from,
+and a re-run only verifies it (a rebuild re-checks the kept archives against the stamp).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -186,6 +190,76 @@ def verify_file(path: Path, remote: Remote) -> None:
         )
 
 
+def _sniff(head: bytes) -> str:
+    """What the first 512 bytes of a file look like: an archive kind, "empty", "html" or "unknown"."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    for magic, kind in ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz")):
+        if head.startswith(magic):
+            return kind
+    if head[257:262] == b"ustar":
+        return "tar"
+    if not head:
+        return "empty"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return "html" if text.startswith(b"<!doctype html") or b"<html" in text else "unknown"
+
+
+_FOUND = {
+    "zip": "a zip archive",
+    "gzip": "gzip data",
+    "bzip2": "bzip2 data",
+    "xz": "xz data",
+    "tar": "a tar archive",
+    "empty": "an empty file",
+    "html": "an HTML page (an error or sign-in page saved in place of the archive)",
+}
+
+
+def check_archive_type(path: Path) -> None:
+    """Raise DawsolError unless ``path`` starts like the archive its name says (zip, or tar plain or compressed)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kind = _sniff(head)
+    if path.name.endswith(".zip"):
+        expected, accepted = "a zip archive", {"zip"}
+    else:
+        expected = "a tar archive" if path.name.endswith(".tar") else "a gzip-compressed tar archive"
+        accepted = {"tar", "gzip", "bzip2", "xz"}
+    if kind not in accepted:
+        found = _FOUND.get(kind, f"unrecognised bytes {head[:16]!r}")
+        raise DawsolError(
+            f"{path}: expected {expected} but found {found}; the download failed or it is a different file: "
+            "delete it and re-download"
+        )
+
+
+def _recorded_archives(stamp: Path) -> dict[str, dict]:
+    """The archives (name -> sha256 and size) a previous prepare recorded in ``stamp``; {} if none."""
+    try:
+        archives = json.loads(stamp.read_text()).get("archives", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in archives.items() if isinstance(v, dict)} if isinstance(archives, dict) else {}
+
+
+def record_archive(path: Path, recorded: Mapping[str, object] | None, stamp: Path) -> dict[str, str | int]:
+    """The sha256 and size of ``path``; DawsolError (expected vs actual) if they differ from ``recorded``."""
+    size = path.stat().st_size
+    if recorded and recorded.get("size") not in (None, size):
+        raise DawsolError(
+            f"{path}: size {size} bytes does not match the {recorded['size']} recorded in {stamp} when the dataset "
+            "was built from it; the archive changed: delete it and re-download (or delete the dataset to build anew)"
+        )
+    sha256 = file_digest(path, "sha256")
+    if recorded and recorded.get("sha256") not in (None, sha256):
+        raise DawsolError(
+            f"{path}: sha256 {sha256} does not match the {recorded['sha256']} recorded in {stamp} when the dataset "
+            "was built from it; the archive changed: delete it and re-download (or delete the dataset to build anew)"
+        )
+    return {"sha256": sha256, "size": size}
+
+
 def _expected_total(response: http.client.HTTPResponse, offset: int) -> int | None:
     """The full file size a response promises (Content-Range total, else offset + Content-Length)."""
     content_range = response.headers.get("Content-Range", "")
@@ -248,19 +322,32 @@ def _member_problem(name: str, link: str | None = None, hard: bool = False) -> s
     return None
 
 
+def _extract_zip(archive: Path, dest: Path) -> None:
+    """Check every member's path and CRC, then extract."""
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            if problem := _member_problem(name):
+                raise DawsolError(f"{archive}: refusing member {name!r} ({problem})")
+        if (bad := zf.testzip()) is not None:
+            raise DawsolError(
+                f"{archive}: member {bad!r} is corrupt (bad CRC or data); delete the archive and re-download"
+            )
+        zf.extractall(dest)
+
+
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract a tar(.gz) or zip archive into ``dest`` after checking every member.
 
     Refuses (DawsolError naming archive and member, nothing written) absolute paths, ``..``,
-    links that point outside ``dest``, and device files.
+    links that point outside ``dest``, and device files; a corrupt or truncated archive is a
+    DawsolError naming it (what was extracted so far stays in ``dest``, for the caller to drop).
     """
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if problem := _member_problem(name):
-                    raise DawsolError(f"{archive}: refusing member {name!r} ({problem})")
-            zf.extractall(dest)
+        try:
+            _extract_zip(archive, dest)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise DawsolError(f"{archive}: corrupt zip archive ({exc}); delete it and re-download") from None
         return
     try:
         with tarfile.open(archive) as tf:
@@ -273,8 +360,10 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 if problem:
                     raise DawsolError(f"{archive}: refusing member {m.name!r} ({problem})")
             tf.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DawsolError(f"{archive}: not a readable tar or zip archive ({exc}); delete it and re-run") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DawsolError(
+            f"{archive}: not a readable tar or zip archive, or truncated ({exc}); delete it and re-download"
+        ) from None
 
 
 def _move_tree(source: Path, target: Path) -> None:
@@ -305,6 +394,7 @@ def fetch_archive(remote: Remote, downloads: Path, archives: Mapping[str, Path],
         log.info("downloading %s", remote.url)
         download(remote.url, path)
     verify_file(path, remote)
+    check_archive_type(path)
     return path
 
 
@@ -369,6 +459,12 @@ def prepare_dataset(
     downloads = root / "downloads"
     steps = layouts[dataset]
     local = {s.remote: fetch_archive(sources[s.remote], downloads, by_name, required=not s.optional) for s in steps}
+    recorded = _recorded_archives(dataset_dir / STAMP)
+    used = {
+        name: record_archive(path, recorded.get(name), dataset_dir / STAMP)
+        for name, path in local.items()
+        if path is not None
+    }
     for stale in root.glob(f".{dataset}.build-*"):
         shutil.rmtree(stale, ignore_errors=True)
     build = Path(tempfile.mkdtemp(prefix=f".{dataset}.build-", dir=root))
@@ -399,7 +495,7 @@ def prepare_dataset(
             raise DawsolError(
                 f"{dataset_dir}: the archives do not have the expected layout ({len(problems)} problem(s): {shown})"
             )
-        stamp = {"dataset": dataset, "metadata_commit": METADATA_COMMIT, "metadata_sha256": sums}
+        stamp = {"dataset": dataset, "archives": used, "metadata_commit": METADATA_COMMIT, "metadata_sha256": sums}
         atomic_write_text(build / STAMP, json.dumps(stamp, indent=2))
         if dataset_dir.exists():
             shutil.rmtree(dataset_dir)
