@@ -5,6 +5,8 @@ holds the published numbers with their sources. For each row whose (dataset, bac
 is a cell method of the grid with results, the table adds the reproduced value (the test split,
 mean over seeds) and ``delta = reproduced - reported`` in percentage points. The ``two-stage``
 variant's Top-1 Loc is compared with ``Top-1 Loc (two-stage)`` (``dawsol evaluate --predictions``).
+Rows of no cell method (baselines, methods outside the grid) and means (backbone or dataset ``-``)
+are kept in the file and left out of the table.
 """
 
 from __future__ import annotations
