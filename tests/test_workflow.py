@@ -127,6 +127,45 @@ def test_dvc_yaml_check_detects_a_grid_change(project: Path) -> None:
     }
 
 
+def test_dvc_exp_run_with_a_changed_grid_fails_before_training(project: Path) -> None:
+    """`dvc exp run -S grid...` with the old dvc.yaml stops in the settings stage, naming dvc.yaml;
+    after `dawsol dvc-yaml` the stages are the new grid's and the check passes."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["synthetic"].update(train_per_class=2, val_per_class=1, test_per_class=1)  # a quick prepare
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_tool(["dawsol", "dvc-yaml", "--check"], project)
+    git = ["git", "-c", "user.name=dawsol", "-c", "user.email=dawsol@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "grid"], cwd=project, check=True)
+    assert "dawsol dvc-yaml --check" in run_tool(["dvc", "repro", "settings"], project).stdout
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run(
+        [str(BIN / "dvc"), "exp", "run", "-S", "grid.seeds=[0,1]"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dawsol: error:")]
+    assert len(errors) == 1 and "dvc.yaml is out of date" in errors[0], result.stderr
+    assert "run `dawsol dvc-yaml`, then `dvc repro` or `dvc exp run` again" in errors[0]
+    assert "Running stage 'train" not in result.stdout and not list((project / "runs").rglob("checkpoint.pt"))
+
+    # -S wrote the new grid into params.yaml: regenerate, and the settings stage (the check) passes
+    run_tool(["dawsol", "dvc-yaml"], project)
+    assert "Running stage 'settings'" in run_tool(["dvc", "repro", "settings"], project).stdout
+    assert dvc_outputs(project)["train"] == {
+        p.as_posix()
+        for c in ("cam-none", "cam-mmd", "cam-dann")
+        for seed in (0, 1)
+        for p in train_outputs(f"synthetic/resnet18/{c}/seed{seed}").values()
+    }
+
+
 def test_settings_change_only_the_cells_they_concern(project: Path) -> None:
     """`dawsol settings` (DVC's per-cell trigger): a lambda1 change for MMD rewrites only MMD cells' files."""
     run_tool(["dawsol", "settings"], project)

@@ -8,7 +8,7 @@ from pathlib import Path
 from dawsol.atomic import atomic_write_text
 from dawsol.config import load_params
 from dawsol.errors import DawsolError
-from dawsol.pipeline import DVC_YAML, render_dvc_yaml
+from dawsol.pipeline import DVC_YAML, cli, render_dvc_yaml
 
 HELP = "write dvc.yaml (the DVC stages over the grid) from params.yaml, or check that it is current"
 
@@ -24,7 +24,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.check:
         if not out.is_file() or out.read_text() != text:
-            raise DawsolError(f"{out} is out of date with {args.params}: run `dawsol dvc-yaml` and commit it")
+            regenerate = cli(
+                "dvc-yaml",
+                *(["--out", out.as_posix()] if out != DVC_YAML else []),
+                source=args.params,
+                profile=args.profile,
+            )
+            raise DawsolError(
+                f"{out} is out of date with {args.params} (its stages are not the grid's): "
+                f"run `{regenerate}`, then `dvc repro` or `dvc exp run` again, and commit {out}"
+            )
         return 0
     atomic_write_text(out, text)
     return 0
