@@ -371,6 +371,11 @@ def test_a_kept_archive_that_changed_since_the_build_is_reported(server, tmp_pat
     recorded = json.loads((root / "cub" / STAMP).read_text())["archives"]
     assert set(recorded) == {"CUB_200_2011.tgz", "CUBV2.tar"}
     assert recorded["CUBV2.tar"] == {"sha256": hashlib.sha256(original).hexdigest(), "size": len(original)}
+    published = tables["sources"]["CUB_200_2011.tgz"].checksum  # verified already: recorded, not hashed again
+    assert recorded["CUB_200_2011.tgz"] == {
+        "checksum": published,
+        "size": (root / "downloads/CUB_200_2011.tgz").stat().st_size,
+    }
     # the dataset loses an image, so the next prepare rebuilds it from the kept archives
     (root / "cub" / SPLIT_IDS["val"][0]).unlink()
     changed = bytearray(original)

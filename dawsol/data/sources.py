@@ -243,9 +243,15 @@ def _recorded_archives(stamp: Path) -> dict[str, dict]:
     return {k: v for k, v in archives.items() if isinstance(v, dict)} if isinstance(archives, dict) else {}
 
 
-def record_archive(path: Path, recorded: Mapping[str, object] | None, stamp: Path) -> dict[str, str | int]:
-    """The sha256 and size of ``path``; DawsolError (expected vs actual) if they differ from ``recorded``."""
+def record_archive(
+    path: Path, remote: Remote, recorded: Mapping[str, object] | None, stamp: Path
+) -> dict[str, str | int]:
+    """What the stamp records of an archive: its published checksum (already verified by
+    ``verify_file``, so a large archive is not hashed twice) and size, or, for an archive without
+    one, its sha256 and size; DawsolError (expected vs actual) if they differ from ``recorded``."""
     size = path.stat().st_size
+    if remote.checksum:
+        return {"checksum": remote.checksum, "size": size}
     if recorded and recorded.get("size") not in (None, size):
         raise DawsolError(
             f"{path}: size {size} bytes does not match the {recorded['size']} recorded in {stamp} when the dataset "
@@ -461,7 +467,7 @@ def prepare_dataset(
     local = {s.remote: fetch_archive(sources[s.remote], downloads, by_name, required=not s.optional) for s in steps}
     recorded = _recorded_archives(dataset_dir / STAMP)
     used = {
-        name: record_archive(path, recorded.get(name), dataset_dir / STAMP)
+        name: record_archive(path, sources[name], recorded.get(name), dataset_dir / STAMP)
         for name, path in local.items()
         if path is not None
     }
