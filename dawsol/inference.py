@@ -26,6 +26,7 @@ from torch import nn
 
 from dawsol.atomic import atomic_write_bytes, atomic_write_text
 from dawsol.config import DataSettings, ModelSettings, Settings, WSOLSettings
+from dawsol.da.tsa import SET_NAMES
 from dawsol.errors import DawsolError
 from dawsol.pipeline import evaluate_outputs
 
@@ -50,9 +51,6 @@ class SplitResult:
     gt_boxes: list[np.ndarray] = field(default_factory=list)
 
 
-ASSIGNER_SETS = ("universum", "fake_target", "true_target")  # the assignment's labels 0, 1, 2
-
-
 @dataclass
 class AssignerCounts:
     """Where the Target Sample Assigner puts ground-truth object and background pixels.
@@ -63,15 +61,15 @@ class AssignerCounts:
     the universum.
     """
 
-    object: np.ndarray = field(default_factory=lambda: np.zeros(len(ASSIGNER_SETS), np.int64))
-    background: np.ndarray = field(default_factory=lambda: np.zeros(len(ASSIGNER_SETS), np.int64))
+    object: np.ndarray = field(default_factory=lambda: np.zeros(len(SET_NAMES), np.int64))
+    background: np.ndarray = field(default_factory=lambda: np.zeros(len(SET_NAMES), np.int64))
 
     def add(self, assignment: np.ndarray, mask: np.ndarray) -> None:
         """One image: ``assignment [h, w]`` (0, 1, 2) and its mask (1 object, 0 background, 255 ignore)."""
         height, width = assignment.shape
         for counts, value in ((self.object, 1), (self.background, 0)):
             share = cv2.resize((mask == value).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-            counts += np.bincount(assignment[share >= 0.5], minlength=len(ASSIGNER_SETS))
+            counts += np.bincount(assignment[share >= 0.5], minlength=len(SET_NAMES))
 
     def merge(self, other: AssignerCounts) -> None:
         self.object += other.object
@@ -82,7 +80,7 @@ class AssignerCounts:
         return {
             f"{name}_pixels": {
                 set_name: 100.0 * float(count) / max(int(counts.sum()), 1)
-                for set_name, count in zip(ASSIGNER_SETS, counts.tolist(), strict=True)
+                for set_name, count in zip(SET_NAMES, counts.tolist(), strict=True)
             }
             for name, counts in (("object", self.object), ("background", self.background))
         }

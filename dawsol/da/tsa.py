@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from dawsol.distributed import all_gather_cat, all_reduce_sum, global_rows
 
 UNIVERSUM, FAKE_TARGET, TRUE_TARGET = 0, 1, 2
+SET_NAMES = ("universum", "fake_target", "true_target")  # the sets by assignment label
 # On the CPU, cluster about this many bytes of pixel features at a time, so a chunk stays in cache
 # across the Lloyd iterations. Measured on 32 images of 28x28x2048 (6.4 MB each) on a shared
 # 2-core machine, CPU seconds: 8 MiB chunks (1 image) 0.15, 16 MiB 0.28, 32 MiB 0.35, the whole
