@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,17 @@ def params_copy(tmp_path: Path) -> Path:
     target = tmp_path / "params.yaml"
     shutil.copy(PROJECT_ROOT / "params.yaml", target)
     return target
+
+
+# The suite writes about 0.6 GB of temporary files (full-size VGG16 checkpoints, project copies);
+# a nearly full disk shows up as scattered "database or disk is full" / setup errors.
+LOW_DISK_BYTES = 2 * 1024**3
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the free space where temporary directories go, so a disk-full failure is recognisable."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    line = f"free disk space in {tempfile.gettempdir()}: {free / 1024**3:.1f} GiB"
+    if free < LOW_DISK_BYTES:
+        line += f" -- WARNING: below {LOW_DISK_BYTES / 1024**3:.0f} GiB, tests that write checkpoints may fail"
+    return line
