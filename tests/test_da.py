@@ -227,7 +227,7 @@ def test_sampling_draws_distinct_members_and_applies_the_qualification_rule():
     assignment[0, :10], assignment[0, 10:20] = 1, 2  # 10 fake, 10 true: qualifies for 8/8
     assignment[1, :6], assignment[1, 10:30] = 1, 2  # 6 fake < 7: does not
     assignment[2, :30], assignment[2, 30:37] = 1, 2  # 7 true < 8: does not
-    sets = sample_sets(pixels, pooled, assignment, 8, 8, torch.Generator().manual_seed(0))
+    sets = sample_sets(pixels.transpose(1, 2), pooled, assignment, 8, 8, torch.Generator().manual_seed(0))
     assert qualifies(assignment, 8, 8).tolist() == [True, False, False]
     assert sets.source.shape == (3, 8, 4) and sets.target.shape == (3, 8, 4)
     assert torch.equal(sets.source[:, 0], pooled)
@@ -237,7 +237,7 @@ def test_sampling_draws_distinct_members_and_applies_the_qualification_rule():
     assert len(set(fake_rows)) == 7 and all(i < 10 for i in fake_rows)
     assert len(set(true_rows)) == 8 and all(10 <= i < 20 for i in true_rows)
     with pytest.raises(DawsolError, match="sample_num_target"):
-        sample_sets(pixels, pooled, assignment, 8, 51)
+        sample_sets(pixels.transpose(1, 2), pooled, assignment, 8, 51)
 
 
 def _features(seed: int = 6, batch: int = 4, dim: int = 8, side: int = 8) -> torch.Tensor:

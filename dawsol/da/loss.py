@@ -59,7 +59,7 @@ def qualifies(assignment: Tensor, num_source: int, num_target: int) -> Tensor:
 
 
 def sample_sets(
-    pixels: Tensor,
+    features: Tensor,
     pooled: Tensor,
     assignment: Tensor,
     num_source: int,
@@ -69,10 +69,12 @@ def sample_sets(
     """The official 32/32 sampling, batched: ``S_b = {z_b} + (n_s - 1) fake-target pixels``, ``T_b = n_t
     true-target pixels``, without replacement. Images that do not ``qualify`` get padding rows.
 
-    ``pixels [B, N, D]`` and ``pooled [B, D]`` keep their gradient; sampling uses ``generator``
-    (or the global torch RNG).
+    ``features [B, D, N]`` (the model's layout) and ``pooled [B, D]`` keep their gradient;
+    sampling uses ``generator`` (or the global torch RNG). Both sets come from one gather in the
+    features' own layout, so the backward is one scatter into a gradient of that layout (two
+    gathers from a transposed view cost two full-size zero fills and a strided add on the CPU).
     """
-    num_pixels, dim = pixels.shape[1:]
+    dim, num_pixels = features.shape[1:]
     if num_source - 1 > num_pixels or num_target > num_pixels:
         raise DawsolError(
             f"da.sample_num_source ({num_source}) / da.sample_num_target ({num_target}) exceed the "
@@ -81,9 +83,10 @@ def sample_sets(
     fake, true = assignment == FAKE_TARGET, assignment == TRUE_TARGET
     fake_index = _random_members(fake, num_source - 1, generator)
     true_index = _random_members(true, num_target, generator)
-    fake_samples = pixels.gather(1, fake_index[..., None].expand(-1, -1, dim))
+    index = torch.cat([fake_index, true_index], dim=1)  # [B, n_s - 1 + n_t]
+    samples = features.gather(2, index[:, None, :].expand(-1, dim, -1)).transpose(1, 2)  # [B, n, D]
+    fake_samples, target = samples.split([num_source - 1, num_target], dim=1)
     source = torch.cat([pooled[:, None, :], fake_samples], dim=1)
-    target = pixels.gather(1, true_index[..., None].expand(-1, -1, dim))
     return SampledSets(source, target)
 
 
@@ -145,7 +148,7 @@ class DALoss(nn.Module):
         loss_d = zero
         qualified = qualifies(assignment, source_count, da.sample_num_target)
         if da.use_ld:
-            sets = sample_sets(pixels, pooled, assignment, source_count, da.sample_num_target, generator)
+            sets = sample_sets(flat, pooled, assignment, source_count, da.sample_num_target, generator)
             source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
             if self.discriminator is None:
                 per_image = batched_linear_mk_mmd(source, sets.target)

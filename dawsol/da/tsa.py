@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,9 +51,21 @@ def cpu_single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for ``[b, m, n] x [b, n, p]`` (no gradient); on the CPU through NumPy on zero-copy views.
+
+    The assigner's products are many small ones (m = 3); on the CPU NumPy's matmul runs them in
+    about a third of torch.bmm's time (32 x 3x64 by 64x256, one thread: 48 us against 162 us,
+    115 us with oneDNN off), and the Lloyd loop is made of them.
+    """
+    if a.device.type == "cpu":
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return torch.bmm(a, b)
+
+
 def _assign(features: Tensor, centers: Tensor) -> Tensor:
     """Nearest centre per sample: argmin_j ||x - c_j||^2 = argmin_j (||c_j||^2 - 2 c_j.x), first on ties."""
-    scores = torch.baddbmm(centers.square().sum(-1, keepdim=True), centers, features, alpha=-2.0)  # [b, k, N]
+    scores = _bmm(centers, features).mul_(-2.0).add_(centers.square().sum(-1, keepdim=True))  # [b, k, N]
     return scores.min(1).indices  # min(dim) is much faster than argmin over a short, strided dim on the CPU
 
 
@@ -83,7 +96,7 @@ def _lloyd(features: Tensor, centers: Tensor, max_iter: int, tol: float) -> tupl
                 break
         members = (labels.unsqueeze(1) == classes).to(features.dtype)  # [b, k, N]
         counts = members.sum(2, keepdim=True)  # [b, k, 1]
-        sums = torch.bmm(members, features.transpose(1, 2))  # [b, k, D]
+        sums = _bmm(members, features.transpose(1, 2))  # [b, k, D]
         if threshold is None:  # tol * mean over dimensions of the samples' (biased) variance
             mean = sums.sum(1) / num_samples
             threshold = tol * (square_total / num_samples - mean.square().sum(1)) / dim
