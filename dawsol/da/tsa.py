@@ -56,7 +56,9 @@ def _bmm(a: Tensor, b: Tensor) -> Tensor:
 
     The assigner's products are many small ones (m = 3); on the CPU NumPy's matmul runs them in
     about a third of torch.bmm's time (32 x 3x64 by 64x256, one thread: 48 us against 162 us,
-    115 us with oneDNN off), and the Lloyd loop is made of them.
+    115 us with oneDNN off), and the Lloyd loop is made of them. NumPy's BLAS keeps its own
+    thread count (``OPENBLAS_NUM_THREADS``, which Snakemake sets to a job's threads); products
+    this small run on one thread regardless.
     """
     if a.device.type == "cpu":
         return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
