@@ -117,7 +117,7 @@ def test_kmeans3_agrees_with_the_official_per_image_sklearn_k_means():
 
 
 def _spec_mmd(source: torch.Tensor, target: torch.Tensor) -> float:
-    """method.md 1.5, term by term, in float64."""
+    """docs/method.md section 1.5, term by term, in float64."""
     s, t = source.double(), target.double()
     n = len(s)
     pooled = torch.cat([s, t])

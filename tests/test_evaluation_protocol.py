@@ -1,5 +1,5 @@
 """The WSOL protocol's quirks, each pinned by a hand-built case whose answer follows from
-evaluation-protocol.md section 2 (worked out in the comments, not by running the code)."""
+docs/protocol.md section 2 (worked out in the comments, not by running the code)."""
 
 from __future__ import annotations
 

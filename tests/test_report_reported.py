@@ -84,7 +84,7 @@ def test_write_comparison_renders_csv_markdown_latex(results):
     assert "\\begin{table*}" in tex and "\\toprule" in tex and "66.65" in tex
 
 
-# method.md section 2, verbatim: its headings and tables
+# the spec (../shared/spec/method.md) section 2, verbatim: its headings and tables
 SPEC_SECTION_2 = """
 ### 2.1 [README] Official README "Performance" (scores of the released checkpoints; *not* the paper)
 **ILSVRC**

@@ -1,4 +1,4 @@
-"""The WSOL evaluation protocol, exactly (evaluation-protocol.md section 2).
+"""The WSOL evaluation protocol, exactly (docs/protocol.md section 2).
 
 Score maps (``prepare_scoremap``), boxes from score maps (``scoremap_boxes``, ``multiple_iou``),
 split-level metrics from counts and histograms (``BoxAccumulator``, ``MaskAccumulator``), their

@@ -22,7 +22,7 @@ def _first_max(values: np.ndarray) -> tuple[float, int]:
 
 class BoxAccumulator:
     """BoxAcc curves over CAM thresholds at each IoU threshold, with MaxBoxAccV2, MaxBoxAcc,
-    GT-known Loc and Top-1 Loc (evaluation-protocol.md sections 2.2-2.5).
+    GT-known Loc and Top-1 Loc (docs/protocol.md sections 2.2-2.5).
 
     ``multi_contour`` selects the candidate boxes of the curves, MaxBoxAccV2, GT-known Loc and
     Top-1 Loc: every contour (True, the protocol's default) or only the largest. MaxBoxAcc (v1)
@@ -114,7 +114,7 @@ class BoxAccumulator:
 
 
 class MaskAccumulator:
-    """PxAP and pIoU from score histograms pooled over the split (evaluation-protocol.md 2.6-2.7).
+    """PxAP and pIoU from score histograms pooled over the split (docs/protocol.md 2.6-2.7).
 
     Histogram edges are the CAM thresholds plus 1.0, 2.0 and 3.0: every bin is left-closed but
     the last, so a score of exactly 1.0 falls in [1, 2). Ignore pixels (255) are dropped.
