@@ -38,4 +38,4 @@ rule all:
     default_target: True
     input:
         REPORT_FILES,
-        [path.as_posix() for cell in CELLS for path in pipeline.evaluate_outputs(cell).values()],
+        [path.as_posix() for cell in CELLS for path in layout.evaluate_outputs(cell).values()],

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 from dawsol.config import load_params, resolve  # noqa: E402
 from dawsol.estimate import benchmark  # noqa: E402
-from dawsol.train import select_device  # noqa: E402
+from dawsol.runtime import select_device  # noqa: E402
 
 
 def settings_for(cell: str, params: dict, args: argparse.Namespace):

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator
 
 from dawsol.errors import DawsolError
 
@@ -29,8 +30,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = Path("params.yaml")
-WSOL_METHODS = ("cam", "has", "cutmix", "adl")
-BACKBONES = ("resnet18", "resnet50", "inception_v3", "vgg16")
 DA_COMMON_KEYS = (
     "start_epoch",
     "sample_num_source",
@@ -177,7 +176,7 @@ class Settings:
         return Path(self.data.root) / self.cell.dataset
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, JSON-serialisable nested dict of every resolved setting."""
+        """A plain, JSON-serialisable nested dict of every resolved setting (``from_dict`` reads it back)."""
         return {
             "cell": self.cell.name,
             "data": asdict(self.data),
@@ -194,8 +193,33 @@ class Settings:
 
     def digest(self) -> str:
         """A short hash of the resolved settings: equal digests, equal training."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return tree_digest(self.to_dict())
+
+    def weights_digest(self) -> str:
+        """A short hash of the settings that decide the trained weights: all but the ``eval`` block."""
+        return tree_digest({key: value for key, value in self.to_dict().items() if key != "eval"})
+
+    @classmethod
+    def from_dict(cls, tree: Mapping[str, Any]) -> Settings:
+        """The settings ``to_dict`` wrote (e.g. into a checkpoint), with no params.yaml needed."""
+        wsol = dict(tree["wsol"])
+        da = tree.get("da")
+        evaluation = dict(tree["eval"])
+        evaluation["iou_thresholds"] = tuple(evaluation["iou_thresholds"])
+        return cls(
+            cell=parse_cell(tree["cell"]),
+            data=DataSettings(**tree["data"]),
+            model=ModelSettings(**tree["model"]),
+            train=TrainSettings(**tree["train"]),
+            wsol=WSOLSettings(method=wsol.pop("method"), options=MappingProxyType(wsol)),
+            da=None if da is None else DASettings(**da),
+            eval=EvalSettings(**evaluation),
+        )
+
+
+def tree_digest(tree: Any) -> str:
+    """A short, order-independent hash of a JSON-serialisable tree (16 hex digits of its sha256)."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -223,6 +247,11 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def schema_wsol_methods() -> list[str]:
+    """The WSOL methods the schema admits (``grid.wsol``); a test holds them equal to ``dawsol.wsol.WSOL_METHODS``."""
+    return list(_schema()["$defs"]["grid"]["properties"]["wsol"]["items"]["enum"])
+
+
 def _error_location(error: Any) -> str:
     parts = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties":
@@ -237,8 +266,6 @@ def _error_location(error: Any) -> str:
 
 def validate_params(params: Any, source: str | Path) -> None:
     """Validate a params tree against the schema; raise DawsolError naming key and file."""
-    from jsonschema import Draft202012Validator
-
     validator = Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
@@ -314,8 +341,9 @@ def check_cell(cell: Cell, params: Mapping[str, Any], source: str | Path = DEFAU
     if cell.backbone not in params["backbones"]:
         known = ", ".join(sorted(params["backbones"]))
         raise DawsolError(f"unknown backbone {cell.backbone!r} in cell {cell.name} (known in {source}: {known})")
-    if cell.wsol not in WSOL_METHODS:
-        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(WSOL_METHODS)})")
+    methods = schema_wsol_methods()
+    if cell.wsol not in methods:
+        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(methods)})")
     if cell.da != "none":
         methods = {k for k, v in defaults_da.items() if isinstance(v, Mapping)}
         if cell.da not in methods:
@@ -369,6 +397,11 @@ def resolve(
         da=da,
         eval=_build(EvalSettings, eval_tree, "eval", source),
     )
+
+
+def grid_datasets(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[str]:
+    """The grid's datasets that have at least one cell, in grid order."""
+    return list(dict.fromkeys(cell.dataset for cell in grid_cells(params, source)))
 
 
 def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[Cell]:

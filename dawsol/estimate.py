@@ -6,8 +6,9 @@ val + test pass of ``dawsol evaluate``). Split sizes come from the prepared meta
 dataset is prepared, else from the official split sizes (``KNOWN_SPLIT_SIZES``).
 
 The throughput is measured, not assumed: ``benchmark`` runs a few real training steps (the
-cell's model, WSOL augmentation and DA loss, through the training loop's own ``step``) and a
-few forward passes in evaluation mode on random input, once per distinct model configuration.
+cell's model, WSOL augmentation and DA loss, through training's own ``train_step``) and a
+few forward passes in evaluation mode on random input, once per distinct model configuration,
+under training's determinism settings (restored afterwards: the process is left as it was).
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from typing import Any
 import torch
 
 from dawsol.config import Settings, grid_cells, resolve
+from dawsol.errors import DawsolError
+from dawsol.layout import SPLITS, split_file
+from dawsol.runtime import deterministic
+from dawsol.training.optim import validation_due
+from dawsol.training.parts import build_parts
+from dawsol.training.step import train_step
 
-# Official split sizes (wsolevaluation metadata; spec datasets.md / evaluation-protocol.md).
+# Official split sizes (wsolevaluation metadata; docs/datasets.md, docs/protocol.md section 1.1).
 KNOWN_SPLIT_SIZES: dict[str, dict[str, int]] = {
     "cub": {"train": 5994, "val": 1000, "test": 5794},
     "ilsvrc": {"train": 1281167, "val": 10000, "test": 50000},
     "openimages": {"train": 29819, "val": 2500, "test": 5000},
 }
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,12 @@ class CellEstimate:
 
 def split_sizes(settings: Settings) -> tuple[dict[str, int], str]:
     """The cell's split sizes and where they came from: prepared metadata, else the official sizes."""
-    metadata = settings.dataset_dir / "metadata"
-    files = [metadata / split / "image_ids.txt" for split in SPLITS]
+    files = [split_file(settings.dataset_dir, split) for split in SPLITS]
     if all(path.is_file() for path in files):
         counts = [sum(1 for line in path.read_text().splitlines() if line.strip()) for path in files]
         return dict(zip(SPLITS, counts, strict=True)), "metadata"
     dataset = settings.cell.dataset
     if dataset not in KNOWN_SPLIT_SIZES:
-        from dawsol.errors import DawsolError
-
         raise DawsolError(
             f"{settings.dataset_dir}: not prepared and {dataset!r} has no known split sizes; "
             f"run: dawsol prepare {dataset}"
@@ -77,9 +80,7 @@ def split_sizes(settings: Settings) -> tuple[dict[str, int], str]:
 def workload(settings: Settings, sizes: Mapping[str, int]) -> tuple[int, int]:
     """(train images, eval images) of one cell: train x epochs; val passes during training + val + test."""
     train = settings.train
-    val_passes = sum(
-        1 for epoch in range(1, train.epochs + 1) if epoch % train.eval_every == 0 or epoch == train.epochs
-    )
+    val_passes = sum(1 for epoch in range(1, train.epochs + 1) if validation_due(train, epoch))
     train_images = sizes["train"] * train.epochs
     eval_images = sizes["val"] * val_passes + sizes["val"] + sizes["test"]
     return train_images, eval_images
@@ -125,36 +126,36 @@ def _synchronize(device: torch.device) -> None:
 def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: int = 1) -> Throughput:
     """Images/s of ``steps`` timed training steps (after ``warmup``) with the DA terms active, and of
     as many forward passes in evaluation mode, on random input; pretrained weights are not loaded."""
-    from dawsol.train import TrainingLoop
-
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, pretrained="none"))
     batch = settings.train.batch_size
     data = RandomImages(batch, settings.data.image_size, settings.data.num_classes)
-    loop = TrainingLoop(settings, device, None, False, dataset=data)
-    images, labels = data.images, data.labels
-    epoch = settings.da.start_epoch + 1 if settings.da is not None else 0
-    loop.model.train()
-    for _ in range(warmup):
-        loop.step(images, labels, epoch, 0)
-    _synchronize(device)
-    started = time.perf_counter()
-    for iteration in range(steps):
-        loop.step(images, labels, epoch, iteration)
-    _synchronize(device)
-    train_seconds = time.perf_counter() - started
-
-    loop.model.eval()
-    with torch.no_grad():
-        device_images = images.to(device)
+    with deterministic(device):
+        parts = build_parts(settings, device, dataset=data)
+        model = parts.model
+        images, labels = data.images, data.labels
+        epoch = settings.da.start_epoch + 1 if settings.da is not None else 0
+        model.train()
         for _ in range(warmup):
-            loop.model(device_images)
+            train_step(parts, images, labels, epoch, 0)
         _synchronize(device)
         started = time.perf_counter()
-        for _ in range(steps):
-            out = loop.model(device_images)
-            loop.model.cams(out.features, labels.to(device))
+        for iteration in range(steps):
+            train_step(parts, images, labels, epoch, iteration)
         _synchronize(device)
-        eval_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - started
+
+        model.eval()
+        with torch.no_grad():
+            device_images = images.to(device)
+            for _ in range(warmup):
+                model(device_images)
+            _synchronize(device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                out = model(device_images)
+                model.cams(out.features, labels.to(device))
+            _synchronize(device)
+            eval_seconds = time.perf_counter() - started
     return Throughput(batch * steps / train_seconds, batch * steps / eval_seconds)
 
 

@@ -15,13 +15,13 @@ import logging
 import math
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dawsol.errors import DawsolError
+from dawsol.provenance import code_version
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -138,27 +138,17 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
     return client, experiment_id
 
 
-def git_commit(cwd: str | Path = ".") -> str:
-    """The current git commit (with ``-dirty`` if tracked files changed), or ``unknown``."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+def code_tags(code: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A code version (``provenance.code_version``) as tags: ``dawsol_version``, ``git_commit``, ``git_dirty``."""
+    return {
+        f"{prefix}dawsol_version": str(code.get("dawsol")),
+        f"{prefix}git_commit": str(code.get("git_commit") or "unknown"),
+        f"{prefix}git_dirty": str(code.get("git_dirty")).lower(),
+    }
 
 
 def cell_tags(settings: Settings) -> dict[str, str]:
-    """The tags of a cell's run: the cell's parts, the settings digest and the git commit."""
+    """The tags of a cell's run: the cell's parts, the settings digest and the code version that trained it."""
     cell = settings.cell
     return {
         CELL_TAG: cell.name,
@@ -168,7 +158,7 @@ def cell_tags(settings: Settings) -> dict[str, str]:
         "da": cell.da,
         "seed": str(cell.seed),
         "settings_digest": settings.digest(),
-        "git_commit": git_commit(),
+        **code_tags(code_version()),
     }
 
 
@@ -243,6 +233,11 @@ class CellRun:
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
         with_retry(self.client.set_tag, self.run_id, key, value)
+
+    def set_code_tags(self, code: Mapping[str, Any], prefix: str = "") -> None:
+        """Tag the run with a code version (e.g. ``evaluated_git_commit`` for the code that evaluated it)."""
+        for key, value in code_tags(code, prefix).items():
+            self.set_tag(key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED."""

@@ -47,28 +47,32 @@ def one_step(out_path: Path) -> None:
 
     from dawsol.config import resolve
     from dawsol.estimate import RandomImages
-    from dawsol.train import TrainingLoop
+    from dawsol.runtime import seed_everything
+    from dawsol.training.parts import build_parts
+    from dawsol.training.step import train_step
 
     settings = resolve("synthetic/vgg16/cam-none/seed0", tiny_params())
     data = RandomImages(6, 32, 3, seed=1)
-    loop = TrainingLoop(settings, torch.device("cpu"), None, False, dataset=data)
-    before = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    seed_everything(settings.seed, torch.device("cpu"))
+    parts = build_parts(settings, torch.device("cpu"), dataset=data)
+    before = {k: v.clone() for k, v in parts.model.state_dict().items()}
     start, stop = distributed.shard_bounds(len(data))
-    loop.step(data.images[start:stop], data.labels[start:stop], epoch=0, iteration=0)
+    train_step(parts, data.images[start:stop], data.labels[start:stop], epoch=0, iteration=0)
     if distributed.current().is_main:
-        torch.save({"before": before, "after": loop.model.state_dict()}, out_path)
+        torch.save({"before": before, "after": parts.model.state_dict()}, out_path)
 
 
 def run_evaluate(out: Path, project: Path, cell: str) -> None:
     from dawsol.config import load_params, resolve
-    from dawsol.inference import evaluate_split
-    from dawsol.train import build_components, seed_everything
+    from dawsol.runtime import seed_everything
+    from dawsol.scoring import score_split
+    from dawsol.training.parts import build_components
 
     os.chdir(project)
     settings = resolve(cell, load_params("params.yaml"))
     seed_everything(0, torch.device("cpu"))
     model, _, _ = build_components(settings, torch.device("cpu"))
-    metrics = evaluate_split(model, settings, "test", torch.device("cpu")).metrics
+    metrics = score_split(model, settings, "test", torch.device("cpu")).metrics
     if distributed.current().is_main:
         (out / "evaluate.json").write_text(json.dumps(metrics, sort_keys=True))
 

@@ -64,8 +64,9 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.slow
 def test_sharded_evaluation_merges_to_exactly_one_process_metrics(tmp_path, tiny_data):
     from dawsol.config import load_params, resolve
-    from dawsol.inference import evaluate_split
-    from dawsol.train import build_components, seed_everything
+    from dawsol.runtime import seed_everything
+    from dawsol.scoring import score_split
+    from dawsol.training.parts import build_components
 
     project = write_project(tmp_path / "project", tiny_data)
     cell = "synthetic/resnet18/cam-none/seed0"
@@ -77,7 +78,7 @@ def test_sharded_evaluation_merges_to_exactly_one_process_metrics(tmp_path, tiny
         settings = resolve(cell, load_params("params.yaml"))
         seed_everything(0, torch.device("cpu"))
         model, _, _ = build_components(settings, torch.device("cpu"))
-        single = evaluate_split(model, settings, "test", torch.device("cpu")).metrics
+        single = score_split(model, settings, "test", torch.device("cpu")).metrics
     finally:
         os.chdir(previous)
     assert sharded["num_images"] == single["num_images"] == 9
@@ -155,7 +156,7 @@ def test_torchrun_training_equals_one_process(tmp_path):
 
 
 def test_one_process_never_relaunches_and_small_last_batches_are_whole(monkeypatch):
-    from dawsol.train import EpochBatches
+    from dawsol.training.sampling import EpochBatches
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     if not torch.cuda.is_available():

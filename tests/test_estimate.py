@@ -104,3 +104,14 @@ def test_estimate_command_prints_json_with_totals(tmp_path):
         text=True,
     )
     assert table.returncode == 1 and "--steps 0" in table.stderr
+
+
+def test_benchmark_leaves_the_process_determinism_as_it_found_it():
+    settings = resolve("synthetic/resnet18/cam-mmd/seed0", tiny_params())
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        benchmark(settings, torch.device("cpu"), steps=1, warmup=0)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(was)

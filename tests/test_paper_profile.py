@@ -21,7 +21,8 @@ from workflow_fixtures import copy_project, dry_run_jobs, run_tool
 from dawsol import cli
 from dawsol.config import grid_cells, load_params, resolve
 from dawsol.data.sources import prepare_dataset
-from dawsol.pipeline import render_dvc_yaml, train_gpus
+from dawsol.dvcfile import render_dvc_yaml
+from dawsol.pipeline import train_gpus
 
 PAPER_CELLS = 48
 

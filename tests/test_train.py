@@ -17,9 +17,13 @@ import torch
 from train_fixtures import prepare_tiny_data, start, write_project
 
 from dawsol import cli
+from dawsol.checkpoint import load_checkpoint, restore_training, save_checkpoint, training_state
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
-from dawsol.train import TrainingLoop, load_checkpoint, save_checkpoint, select_device
+from dawsol.runtime import restore_rng, rng_state, select_device
+from dawsol.training.loop import Position
+from dawsol.training.parts import build_parts
+from dawsol.training.step import train_step
 
 CELL = "synthetic/resnet18/cutmix-dann/seed0"
 EPOCHS = 3
@@ -197,9 +201,22 @@ def test_checkpoint_round_trip_with_dann(reference: Path, monkeypatch: pytest.Mo
     assert set(state["rng"]) >= {"python", "numpy", "torch", "loader", "augment"}
 
     settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
-    loop = TrainingLoop(settings, torch.device("cpu"), None, progress=False)
-    loop.load(state)
-    again = loop.state()
+    parts = build_parts(settings, torch.device("cpu"))
+    restore_training(state, parts.model, parts.optimizer, parts.da_loss)
+    restore_rng(state["rng"], parts.generators)
+    position = Position.from_checkpoint(state)
+    again = training_state(
+        settings,
+        parts.model,
+        parts.optimizer,
+        parts.da_loss,
+        epoch=position.epoch,
+        batch=position.batch,
+        stats=position.stats.to_dict(),
+        rng=rng_state(parts.generators),
+        records=position.records,
+        run_id=state["mlflow_run_id"],
+    )
     for part in ("model", "da"):
         assert again[part].keys() == state[part].keys()
         for key, value in state[part].items():
@@ -313,7 +330,7 @@ def test_two_stage_predictions_and_localize(
 
     (project / "partial.csv").write_text("test/000/00000.png,0\n")
     code, err = run_cli(capsys, "evaluate", CELL, "--predictions", "partial.csv")
-    assert code == 1 and "no label for test image" in err
+    assert code == 1 and "no prediction for image" in err
 
     code = cli.main(
         [
@@ -355,10 +372,10 @@ def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, m
     project = write_project(tmp_path / "bf16", tiny_data, defaults={"train": {"bf16": True, "channels_last": True}})
     monkeypatch.chdir(project)
     settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
-    loop = TrainingLoop(settings, torch.device("cpu"), None, progress=False)
-    assert not loop.bf16 and not loop.channels_last
-    images, labels = next(iter(loop.loader(epoch=1, start_batch=0)))
-    correct, losses = loop.step(images, labels, epoch=1, iteration=5)
+    parts = build_parts(settings, torch.device("cpu"))
+    assert not parts.objective.bf16 and not parts.channels_last
+    images, labels = next(iter(parts.batches.epoch(epoch=1, start_batch=0)))
+    correct, losses = train_step(parts, images, labels, epoch=1, iteration=5)
     assert 0 <= correct <= len(labels)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
@@ -410,7 +427,7 @@ def test_a_da_cell_reports_where_its_assigner_puts_object_and_background(referen
 
 
 def test_assigner_counts_use_the_feature_resolution_and_skip_the_ignore_band() -> None:
-    from dawsol.inference import AssignerCounts
+    from dawsol.scoring import AssignerCounts
 
     mask = np.zeros((8, 8), np.uint8)
     mask[:4, :4] = 1  # feature pixel (0, 0): object

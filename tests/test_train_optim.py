@@ -10,7 +10,8 @@ import torch
 from dawsol.config import deep_merge, load_params, resolve
 from dawsol.da import DALoss
 from dawsol.models import build_model
-from dawsol.train import apply_schedule, build_optimizer, epoch_seed, lr_factor
+from dawsol.runtime import epoch_seed
+from dawsol.training.optim import apply_schedule, build_optimizer, lr_factor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = PROJECT_ROOT / "params.yaml"

@@ -9,7 +9,7 @@ import torch
 
 from dawsol.config import ModelSettings, WSOLSettings
 from dawsol.models import build_model
-from dawsol.wsol import ADL, InputAugmentation
+from dawsol.wsol import ADL, input_augmentation
 
 
 def _wsol(method: str, **options) -> WSOLSettings:
@@ -21,12 +21,12 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def test_cam_and_adl_have_no_input_augmentation():
-    assert InputAugmentation.create(_wsol("cam")) is None
-    assert InputAugmentation.create(_wsol("adl", drop_rate=0.5, threshold=0.9)) is None
+    assert input_augmentation(_wsol("cam")) is None
+    assert input_augmentation(_wsol("adl", drop_rate=0.5, threshold=0.9)) is None
 
 
 def test_has_zeroes_whole_grid_cells_with_the_drop_rate():
-    has = InputAugmentation.create(_wsol("has", grid_size=8, drop_rate=0.5))
+    has = input_augmentation(_wsol("has", grid_size=8, drop_rate=0.5))
     images = torch.rand(16, 3, 60, 60) + 0.5  # no zeros of its own; 60 is not a multiple of 8
     labels = torch.arange(16)
     batch = has.apply(images, labels, _gen())
@@ -39,12 +39,12 @@ def test_has_zeroes_whole_grid_cells_with_the_drop_rate():
     assert torch.equal(hidden[:, 0], expanded), "whole cells, including the partial last ones"
     assert 0.35 < cells.float().mean() < 0.65
     assert torch.equal(has.apply(images, labels, _gen()).images, batch.images), "deterministic under a seed"
-    off = InputAugmentation.create(_wsol("has", grid_size=0, drop_rate=0.5))
+    off = input_augmentation(_wsol("has", grid_size=0, drop_rate=0.5))
     assert torch.equal(off.apply(images, labels, _gen()).images, images)
 
 
 def test_cutmix_pastes_a_box_from_the_permuted_batch_and_weights_by_area():
-    cutmix = InputAugmentation.create(_wsol("cutmix", beta=1.0, prob=1.0))
+    cutmix = input_augmentation(_wsol("cutmix", beta=1.0, prob=1.0))
     images = torch.arange(8.0)[:, None, None, None].expand(8, 3, 32, 32).contiguous()
     labels = torch.arange(8) * 10
     for seed in range(5):
@@ -59,7 +59,7 @@ def test_cutmix_pastes_a_box_from_the_permuted_batch_and_weights_by_area():
         assert sorted(batch.labels_b.tolist()) == labels.tolist()
         again = cutmix.apply(images, labels, _gen(seed))
         assert torch.equal(again.images, batch.images) and again.weight_a == batch.weight_a
-    never = InputAugmentation.create(_wsol("cutmix", beta=1.0, prob=0.0))
+    never = input_augmentation(_wsol("cutmix", beta=1.0, prob=0.0))
     plain = never.apply(images, labels, _gen())
     assert plain.labels_b is None and plain.weight_a == 1.0 and torch.equal(plain.images, images)
 

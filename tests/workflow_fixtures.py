@@ -18,6 +18,7 @@ from dawsol.data.metadata import SplitMetadata, write_split
 METRIC_NAMES = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
 IMAGE_IDS = [f"test/img{i}.png" for i in range(4)]
 CAM_SIZE = 16
+CODE = {"dawsol": "0.1.0", "git_commit": "a" * 40, "git_dirty": False}
 
 
 def write_dataset(dataset_dir: Path) -> None:
@@ -42,8 +43,9 @@ def cell_value(cell: Cell, metric: str) -> float:
     return 40.0 + method_offset + cell.seed + 0.5 * METRIC_NAMES.index(metric)
 
 
-def write_cell(root: Path, cell: Cell, epochs: int = 3) -> None:
-    """metrics.json, curves.csv, cams.png, cam_samples.npz and train_log.jsonl of one cell under ``root``."""
+def write_cell(root: Path, cell: Cell, epochs: int = 3, code: dict | None = None) -> None:
+    """metrics.json, curves.csv, cams.png, cam_samples.npz and train_log.jsonl of one cell under ``root``;
+    ``code``: the code version that trained and evaluated it (default: one fixed version)."""
     cell_dir = root / "results" / "cells" / cell.name
     cell_dir.mkdir(parents=True, exist_ok=True)
     split = {name: cell_value(cell, name) for name in METRIC_NAMES}
@@ -56,6 +58,7 @@ def write_cell(root: Path, cell: Cell, epochs: int = 3) -> None:
         "da": cell.da,
         "seed": cell.seed,
         "settings_digest": "0" * 16,
+        "code": {"trained": code or CODE, "evaluated": code or CODE},
         "splits": {"val": split, "test": split},
     }
     (cell_dir / "metrics.json").write_text(json.dumps(metrics))

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.config import load_params
     from dawsol.errors import DawsolError
     from dawsol.estimate import estimate
-    from dawsol.train import select_device
+    from dawsol.runtime import select_device
 
     if args.steps < 1:
         raise DawsolError(f"--steps {args.steps}: use at least 1 timed step")

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dawsol.config import load_params, resolve
-    from dawsol.inference import evaluate_cell
+    from dawsol.evaluate import evaluate_cell
 
     settings = resolve(args.cell, load_params(args.params, args.profile), args.params)
     evaluate_cell(settings, device_name=args.device, predictions=args.predictions, tracking=not args.no_tracking)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dawsol.inference import localize
+    from dawsol.localize import localize
 
     for path in localize(
         Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), args.device, args.threshold

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dawsol.atomic import atomic_write_text
 from dawsol.config import grid_cells, load_params, resolve
-from dawsol.pipeline import RUNS_DIR, settings_output
+from dawsol.layout import RUNS_DIR, settings_output
 
 HELP = "write runs/<cell>/resolved.json (the resolved settings) for every cell of the grid"
 

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.config import load_params, resolve
     from dawsol.distributed import launch_command, run_launcher, shutdown
     from dawsol.pipeline import train_gpus
-    from dawsol.train import Interrupted, train_cell
+    from dawsol.runtime import Interrupted
+    from dawsol.training import train_cell
 
     params = load_params(args.params, args.profile)
     settings = resolve(args.cell, params, args.params)

@@ -51,6 +51,14 @@ def eval_transform(image_size: int) -> transforms.Compose:
     )
 
 
+def to_bgr(image: torch.Tensor) -> np.ndarray:
+    """The inverse of the transforms' normalisation: a 3 x S x S tensor back to a uint8 BGR picture."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (image.float().cpu() * std + mean).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
 def load_image(dataset_dir: Path, image_id: str) -> Image.Image:
     """The RGB image ``dataset_dir / image_id``; DawsolError naming id and path if unreadable."""
     path = Path(dataset_dir) / image_id

@@ -19,7 +19,6 @@ draws from its own generator seeded by ``(seed, split, c, k)``.
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from dawsol.atomic import atomic_write_bytes, atomic_write_text
+from dawsol.config import tree_digest
 from dawsol.data.metadata import SPLITS, SplitMetadata, read_split, validate_dataset, write_split
 from dawsol.errors import DawsolError
 
@@ -101,8 +101,7 @@ class SyntheticConfig:
 
     def digest(self) -> str:
         """A hash of the settings and the generator version: equal digests, equal data."""
-        text = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return tree_digest({"version": GENERATOR_VERSION, **asdict(self)})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dawsol.errors import DawsolError
 from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
 from dawsol.evaluation.boxes import check_boxes
 from dawsol.evaluation.output import DEFAULT_IOU_THRESHOLDS
+from dawsol.evaluation.predictions import read_predictions
 from dawsol.evaluation.scoremap import prepare_scoremap
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class SplitTasks:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
+class ChunkSettings:
     """The settings every chunk of one split shares."""
 
     size: int
@@ -104,7 +105,7 @@ def load_cam(image_id: str, path: Path, size: int) -> np.ndarray:
 
 
 def _evaluate_chunk(
-    tasks: Sequence[ImageTask], settings: EvalSettings
+    tasks: Sequence[ImageTask], settings: ChunkSettings
 ) -> tuple[BoxAccumulator | None, MaskAccumulator | None, int]:
     """Accumulate a chunk of images into fresh accumulators; also return the chunk's size."""
     box = BoxAccumulator(settings.iou_thresholds, settings.cam_curve_interval) if settings.with_boxes else None
@@ -122,39 +123,12 @@ def _evaluate_chunk(
     return box, mask, len(tasks)
 
 
-def _evaluate_chunk_star(args: tuple[Sequence[ImageTask], EvalSettings]):
+def _evaluate_chunk_star(args: tuple[Sequence[ImageTask], ChunkSettings]):
     return _evaluate_chunk(*args)
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)
-
-
-def read_predictions(path: Path, image_ids: Sequence[str]) -> dict[str, int]:
-    """Read ``image_id,predicted_class`` lines; every id of the split must appear once, and no other."""
-    known = set(image_ids)
-    predictions: dict[str, int] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DawsolError(f"{path}: cannot read the predictions ({exc.strerror})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        image_id, _, value = line.rpartition(",")
-        try:
-            predicted = int(value)
-        except ValueError:
-            raise DawsolError(f"{path}:{n}: expected 'image_id,predicted_class', got {line!r}") from None
-        if image_id not in known:
-            raise DawsolError(f"{path}:{n}: image {image_id!r} is not in the split's image_ids.txt")
-        if image_id in predictions:
-            raise DawsolError(f"{path}:{n}: a second prediction for image {image_id!r}")
-        predictions[image_id] = predicted
-    missing = [i for i in image_ids if i not in predictions]
-    if missing:
-        raise DawsolError(f"{path}: no prediction for image {missing[0]!r} ({len(missing)} missing)")
-    return predictions
 
 
 def build_tasks(
@@ -174,7 +148,9 @@ def build_tasks(
         raise DawsolError(f"{metadata_dir / LOCALIZATION}: no boxes or masks; this split has no localization labels")
     mask_file = metadata_dir / (MASK_LOCALIZATION if with_boxes else LOCALIZATION)
     root = mask_root if mask_root is not None else metadata_dir.parent.parent
-    predicted = read_predictions(predictions, meta.image_ids) if predictions is not None else None
+    predicted = None
+    if predictions is not None:
+        predicted = read_predictions(predictions, {metadata_dir.name: meta.image_ids})[metadata_dir.name]
     tasks = []
     for image_id in meta.image_ids:
         boxes = None
@@ -263,7 +239,7 @@ def evaluate_split(
         size=size,
     )
     tasks = split.tasks
-    settings = EvalSettings(
+    settings = ChunkSettings(
         size, cam_curve_interval, tuple(iou_thresholds), split.with_boxes, split.with_masks, baseline
     )
     box = BoxAccumulator(iou_thresholds, cam_curve_interval) if split.with_boxes else None

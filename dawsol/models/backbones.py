@@ -15,7 +15,7 @@ first, so the state-dict keys stay torchvision's (e.g. ``layer3.0.conv1.weight``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.models.inception import InceptionB
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from dawsol.errors import DawsolError
 from dawsol.models.pretrained import load_into, load_trunk, pretrained_state
 from dawsol.wsol.adl import ADL
 
@@ -192,49 +193,69 @@ class InceptionTrunk(Trunk):
         return self._adl(F.dropout(x, 0.5, self.training))
 
 
+TrunkBuilder = Callable[[Callable[[nn.Module], None], bool, float, "ADL | None"], Trunk]
+
+
+def _resnet_trunk(name: str) -> TrunkBuilder:
+    def build(
+        load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+    ) -> Trunk:
+        net = _scaled_resnet18(width) if name == "resnet18" else torchvision.models.resnet50()
+        load_pretrained(net)
+        stride_one = ("layer4", "layer3") if large_feature_map else ("layer4",)
+        if name == "resnet18":
+            stride_one += ("layer2",)
+        return ResNetTrunk(net, stride_one, adl)
+
+    return build
+
+
+def _vgg16_trunk(
+    load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+) -> Trunk:
+    net = nn.Module()
+    net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    for module in net.features.modules():  # "he" initialisation, as torchvision's VGG
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    load_pretrained(net)
+    return VGGTrunk(net.features, large_feature_map, adl)
+
+
+def _inception_v3_trunk(
+    load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+) -> Trunk:
+    with torch.no_grad():
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
+    load_pretrained(net)
+    return InceptionTrunk(net, large_feature_map, adl)
+
+
+# The backbone registry: a name of params.yaml (the schema's ``backbones`` enum, held equal by a test) to
+# the builder of its trunk. A builder makes torchvision's network, hands it to ``load_pretrained`` (weights
+# in torchvision's layout, or nothing) and applies the CAM modifications.
+BACKBONES: dict[str, TrunkBuilder] = {
+    "resnet18": _resnet_trunk("resnet18"),
+    "resnet50": _resnet_trunk("resnet50"),
+    "inception_v3": _inception_v3_trunk,
+    "vgg16": _vgg16_trunk,
+}
+
+
 def build_trunk(backbone: str, pretrained: str, large_feature_map: bool, width: float, adl: ADL | None = None) -> Trunk:
     """The WSOL trunk of ``backbone`` with ``pretrained`` weights loaded (see ``dawsol.models.pretrained``)."""
+    if backbone not in BACKBONES:
+        raise DawsolError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     state, of_trunk = pretrained_state(backbone, pretrained)
     source = f"ImageNet weights for {backbone}" if pretrained == "imagenet" else pretrained
-    trunk = _build_trunk(backbone, None if of_trunk else state, source, large_feature_map, width, adl)
-    if of_trunk:
-        load_trunk(trunk, state, source)
-    return trunk
-
-
-def _build_trunk(
-    backbone: str,
-    net_state: dict[str, Tensor] | None,
-    source: str,
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-) -> Trunk:
-    """The trunk built on torchvision's network, with ``net_state`` (torchvision's layout) loaded into that network."""
+    net_state = None if of_trunk else state
 
     def load_pretrained(net: nn.Module) -> None:
         if net_state is not None:
             load_into(net, net_state, backbone, source)
 
-    if backbone in ("resnet18", "resnet50"):
-        net = _scaled_resnet18(width) if backbone == "resnet18" else torchvision.models.resnet50()
-        load_pretrained(net)
-        stride_one = ("layer4", "layer3") if large_feature_map else ("layer4",)
-        if backbone == "resnet18":
-            stride_one += ("layer2",)
-        return ResNetTrunk(net, stride_one, adl)
-    if backbone == "vgg16":
-        net = nn.Module()
-        net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-        for module in net.features.modules():  # "he" initialisation, as torchvision's VGG
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-        load_pretrained(net)
-        return VGGTrunk(net.features, large_feature_map, adl)
-    if backbone == "inception_v3":
-        with torch.no_grad():
-            net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
-        load_pretrained(net)
-        return InceptionTrunk(net, large_feature_map, adl)
-    raise ValueError(f"unknown backbone {backbone!r}")
+    trunk = BACKBONES[backbone](load_pretrained, large_feature_map, width, adl)
+    if of_trunk:
+        load_trunk(trunk, state, source)
+    return trunk

@@ -7,10 +7,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dawsol.config import BACKBONES, ModelSettings, TrainSettings, WSOLSettings
+from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.models.backbones import Trunk, build_trunk
-from dawsol.wsol.adl import ADL
+from dawsol.models.backbones import BACKBONES, Trunk, build_trunk
+from dawsol.wsol.methods import trunk_layer
 
 
 class ModelOutput(NamedTuple):
@@ -50,7 +50,7 @@ class WSOLModel(nn.Module):
         return torch.einsum("bd,bdhw->bhw", weight, features) + bias[:, None, None]
 
     def param_groups(self, train: TrainSettings) -> list[dict]:
-        """The official learning-rate groups (method.md 3.3).
+        """The official learning-rate groups (docs/method.md 3.3).
 
         ``backbone``: pretrained trunk layers at ``lr`` (all of ResNet's, layer4 included);
         ``new_layers``: layers added to the pretrained trunk (VGG conv6, Inception SPG_A3_*) and
@@ -69,7 +69,7 @@ class WSOLModel(nn.Module):
 
 
 def build_model(model: ModelSettings, num_classes: int, wsol: WSOLSettings) -> WSOLModel:
-    """The WSOL model for ``model.backbone``, with ADL layers when ``wsol.method`` is ``adl``."""
+    """The WSOL model for ``model.backbone``, with the layer ``wsol.method`` adds to the trunk (ADL)."""
     if model.backbone not in BACKBONES:
         raise DawsolError(f"unknown backbone {model.backbone!r} (known: {', '.join(BACKBONES)})")
     if model.width != 1.0 and model.backbone != "resnet18":
@@ -82,8 +82,5 @@ def build_model(model: ModelSettings, num_classes: int, wsol: WSOLSettings) -> W
             f"model.width is {model.width} with pretrained: imagenet: ImageNet weights exist only for "
             "width 1.0 (set model.pretrained: none or model.width: 1.0)"
         )
-    adl = None
-    if wsol.method == "adl":
-        adl = ADL(drop_rate=float(wsol.options["drop_rate"]), threshold=float(wsol.options["threshold"]))
-    trunk = build_trunk(model.backbone, model.pretrained, model.large_feature_map, model.width, adl)
+    trunk = build_trunk(model.backbone, model.pretrained, model.large_feature_map, model.width, trunk_layer(wsol))
     return WSOLModel(trunk, num_classes, model.backbone)

@@ -2,7 +2,7 @@
 
 Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
 train_log.jsonl`` and the prepared test split) and written to the paths
-``dawsol.pipeline.report_outputs`` declares for Snakemake and DVC.
+``dawsol.layout.report_outputs`` declares for Snakemake and DVC.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dawsol import tracking
 from dawsol.atomic import atomic_write_text
-from dawsol.config import Cell, grid_cells, resolve
-from dawsol.pipeline import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, datasets, method_key
+from dawsol.config import Cell, grid_cells, grid_datasets, resolve
+from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key
 from dawsol.report.reported import write_comparison
 from dawsol.report.tables import BACKBONE_NAMES, Table, aggregate, load_metrics, method_label, write_tables
 
@@ -28,9 +29,17 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
     cells = grid_cells(params, source)
     frame = load_metrics(cells, CELLS_DIR)
     tables = {}
-    for dataset in datasets(params, source):
+    for dataset in grid_datasets(params, source):
         own = [c for c in cells if c.dataset == dataset]
         table = aggregate(frame, dataset)
+        if len(table.code_versions) > 1:
+            log.warning(
+                "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
+                "(snakemake --cores all --forcerun train)",
+                dataset,
+                len(table.code_versions),
+                "; ".join(table.code_versions),
+            )
         write_tables(table, TABLES_DIR)
         tables[dataset] = table
         labels = _labels(own)
@@ -81,8 +90,6 @@ def _first_seed(cells: list[Cell]) -> list[Cell]:
 
 def log_summary(tables: Mapping[str, Table]) -> str:
     """One MLflow run ``report`` carrying the tables, figures and each row's mean metrics; return its id."""
-    from dawsol import tracking
-
     client, experiment_id = tracking.init_store()
     run = tracking.with_retry(client.create_run, experiment_id, run_name="report", tags={"dawsol.summary": "true"})
     run_id = run.info.run_id

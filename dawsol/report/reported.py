@@ -21,7 +21,7 @@ import pandas as pd
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
-from dawsol.pipeline import COMPARISON_FORMATS, COMPARISON_STEM
+from dawsol.layout import COMPARISON_FORMATS, COMPARISON_STEM
 from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, _number, method_label
 
 REPORTED_CSV = Path("results/reference/reported.csv")

@@ -17,6 +17,7 @@ import pandas as pd
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
+from dawsol.provenance import describe
 
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
 WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL"}
@@ -40,7 +41,8 @@ def method_label(cell: Cell) -> str:
 
 
 def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
-    """One row per cell: dataset, backbone, method, label, seed and the split's metrics."""
+    """One row per cell: dataset, backbone, method, label, seed, the code version(s) that trained and evaluated
+    it (``dawsol.provenance.describe``) and the split's metrics."""
     rows = []
     for cell in cells:
         path = cells_dir / cell.name / "metrics.json"
@@ -53,12 +55,14 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
             raise DawsolError(
                 f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
             ) from None
+        code = data.get("code") or {}
         row = {
             "dataset": cell.dataset,
             "backbone": cell.backbone,
             "method": cell.method,
             "label": method_label(cell),
             "seed": cell.seed,
+            "code": " | ".join(sorted({describe(code.get("trained")), describe(code.get("evaluated"))})),
         }
         row.update({name: _number(metrics.get(name)) for name in METRICS})
         rows.append(row)
@@ -77,6 +81,7 @@ class Table:
     metrics: tuple[str, ...]
     stats: pd.DataFrame
     num_seeds: int
+    code_versions: tuple[str, ...] = ()
 
     def best(self) -> pd.DataFrame:
         """True where a row holds the best displayed mean of its metric within its backbone."""
@@ -107,7 +112,11 @@ class Table:
     def caption(self) -> str:
         name = DATASET_NAMES.get(self.dataset, self.dataset)
         seeds = f"mean ± std over {self.num_seeds} seeds" if self.num_seeds > 1 else "one seed"
-        return f"{name}, test split: {seeds} (%); best per column and backbone in bold."
+        caption = f"{name}, test split: {seeds} (%); best per column and backbone in bold."
+        if len(self.code_versions) > 1:
+            versions = "; ".join(self.code_versions)
+            caption += f" Warning: its cells come from {len(self.code_versions)} code versions ({versions})."
+        return caption
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -128,7 +137,7 @@ def aggregate(frame: pd.DataFrame, dataset: str) -> Table:
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats.insert(0, "seeds", grouped.size())
     stats = stats.reset_index()
-    return Table(dataset, metrics, stats, int(stats["seeds"].max()))
+    return Table(dataset, metrics, stats, int(stats["seeds"].max()), tuple(sorted(set(rows["code"]))))
 
 
 def to_latex(table: Table) -> str:

@@ -1,14 +1,14 @@
 # Shared helpers for the rules: the grid's cells, paths and commands come from dawsol
-# (dawsol.config and dawsol.pipeline), never re-derived here.
-from dawsol import pipeline
-from dawsol.config import grid_cells, load_params, parse_cell, resolve
+# (dawsol.config, dawsol.layout and dawsol.pipeline), never re-derived here.
+from dawsol import layout, pipeline
+from dawsol.config import grid_cells, grid_datasets, load_params, parse_cell, resolve, tree_digest
 
 PARAMS = "params.yaml"
 PARAMS_TREE = load_params(PARAMS, PROFILE)
 CELLS = grid_cells(PARAMS_TREE, PARAMS)
-DATASETS = pipeline.datasets(PARAMS_TREE, PARAMS)
+DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
 DATA_DIRS = {d: pipeline.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
-REPORT_OUTPUTS = pipeline.report_outputs(PARAMS_TREE, PARAMS)
+REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
 REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
 
 
@@ -32,7 +32,7 @@ def cell_digest(wildcards):
 
 
 def as_pattern(paths):
-    """dawsol.pipeline's per-cell paths with the {cell} wildcard."""
+    """dawsol.layout's per-cell paths with the {cell} wildcard."""
     return {name: path.as_posix() for name, path in paths.items()}
 
 

@@ -2,9 +2,9 @@
 rule evaluate:
     input:
         data=cell_data,
-        checkpoint=pipeline.train_outputs("{cell}")["checkpoint"].as_posix(),
+        checkpoint=layout.train_outputs("{cell}")["checkpoint"].as_posix(),
     output:
-        **as_pattern(pipeline.evaluate_outputs("{cell}")),
+        **as_pattern(layout.evaluate_outputs("{cell}")),
     params:
         settings=cell_digest,
         command=lambda wildcards: dawsol("evaluate", wildcards.cell),

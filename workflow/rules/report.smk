@@ -8,7 +8,7 @@ rule report:
         cells=[
             path.as_posix()
             for cell in CELLS
-            for path in [*pipeline.evaluate_outputs(cell).values(), pipeline.train_outputs(cell)["train_log"]]
+            for path in [*layout.evaluate_outputs(cell).values(), layout.train_outputs(cell)["train_log"]]
         ],
     output:
         report_targets(),

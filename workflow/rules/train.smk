@@ -3,7 +3,7 @@ rule train:
     input:
         data=cell_data,
     output:
-        **as_pattern(pipeline.train_outputs("{cell}")),
+        **as_pattern(layout.train_outputs("{cell}")),
     params:
         settings=cell_digest,
         command=lambda wildcards: dawsol("train", wildcards.cell),

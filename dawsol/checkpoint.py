@@ -1,0 +1,226 @@
+"""The checkpoint: its format, atomic save and safe load, compatibility with a cell, and models rebuilt from it.
+
+A checkpoint (docs/architecture.md, "Cell outputs") is a dict of tensors, numbers and strings
+that loads with ``weights_only=True``: the cell, its resolved settings (``Settings.to_dict``,
+read back by ``Settings.from_dict``, so evaluation and ``dawsol localize`` need no params.yaml),
+the code version that trained it, the weights and the training state that a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dawsol.atomic import atomic_path
+from dawsol.config import Settings
+from dawsol.da import DALoss
+from dawsol.errors import DawsolError
+from dawsol.layout import checkpoint_path, resume_path
+from dawsol.models import WSOLModel, build_model
+from dawsol.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def link_resume_state(checkpoint: Path, resume: Path) -> None:
+    """Point ``resume`` at ``checkpoint``'s content atomically (a hard link, or a copy where links fail)."""
+    with atomic_path(resume) as tmp:
+        tmp.unlink()
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], resume: Path | None = None) -> None:
+    """``torch.save`` through a temporary file and an atomic rename.
+
+    With ``resume``, that second name is linked to the new content *before* the rename, so
+    whenever ``path`` holds a checkpoint, ``resume`` holds the same one (a kill between the two
+    steps leaves ``resume`` one save ahead, never behind).
+    """
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        if resume is not None:
+            link_resume_state(tmp, resume)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; anything else is a one-line DawsolError."""
+    if not path.is_file():
+        raise DawsolError(f"{path}: no checkpoint (run: dawsol train <cell>)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unsupported content"
+        raise DawsolError(
+            f"{path}: refused, it is not a plain weights checkpoint (weights_only: {reason[:160]}); "
+            "delete it and retrain, or only load files you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise DawsolError(
+            f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:160]}); delete it and retrain"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DawsolError(f"{path}: not a dawsol checkpoint (format {CHECKPOINT_FORMAT}); delete it and retrain")
+    return state
+
+
+def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, training: bool = True) -> None:
+    """Refuse a checkpoint of another backbone or other settings, saying what to do.
+
+    Training compares the whole settings digest; evaluation (``training=False``) compares the
+    weights digest, which leaves out the ``eval`` block (it does not change the weights).
+    """
+    if state["backbone"] != settings.model.backbone:
+        raise DawsolError(
+            f"{path}: checkpoint is for backbone {state['backbone']!r} but cell {settings.cell.name} uses "
+            f"{settings.model.backbone!r}; delete {path.parent} to retrain this cell"
+        )
+    if training:
+        same = state["settings_digest"] == settings.digest()
+    else:
+        same = stored_settings(state).weights_digest() == settings.weights_digest()
+    if not same:
+        raise DawsolError(
+            f"{path}: checkpoint was trained with other settings (digest {state['settings_digest']}, now "
+            f"{settings.digest()}); restore params.yaml or delete {path.parent} to retrain"
+        )
+
+
+def resumable_checkpoint(settings: Settings) -> tuple[dict[str, Any], Path] | None:
+    """The state to continue from and its file: ``checkpoint.pt``, else the resume link; None to start over.
+
+    ``checkpoint.pt`` must fit the settings (else a DawsolError says what to do). The resume link
+    is used only when a workflow manager deleted ``checkpoint.pt`` before re-running the job,
+    and only if it holds an unfinished run of the same backbone and settings; otherwise (the
+    settings changed, or a finished cell is being re-run on purpose) it is discarded.
+    """
+    path = checkpoint_path(settings.cell)
+    if path.exists():
+        state = load_checkpoint(path)
+        check_compatible(state, settings, path)
+        return state, path
+    resume = resume_path(settings.cell)
+    if not resume.exists():
+        return None
+    try:
+        state = load_checkpoint(resume)
+        check_compatible(state, settings, resume)
+    except DawsolError as exc:
+        log.info("%s: not resuming from %s (%s); starting over", settings.cell.name, resume, exc)
+        resume.unlink(missing_ok=True)
+        return None
+    if state["epoch"] >= settings.train.epochs:
+        log.info("%s: %s holds a finished run; re-training as asked", settings.cell.name, resume)
+        resume.unlink(missing_ok=True)
+        return None
+    return state, resume
+
+
+def trained_checkpoint(settings: Settings) -> dict[str, Any]:
+    """The cell's finished checkpoint, fit for evaluating with ``settings``; a DawsolError otherwise."""
+    path = checkpoint_path(settings.cell)
+    if not path.is_file():
+        raise DawsolError(f"{path}: no checkpoint; run: dawsol train {settings.cell.name}")
+    state = load_checkpoint(path)
+    check_compatible(state, settings, path, training=False)
+    if state["epoch"] < settings.train.epochs:
+        raise DawsolError(
+            f"{path}: training stopped at epoch {state['epoch']} of {settings.train.epochs}; "
+            f"run: dawsol train {settings.cell.name}"
+        )
+    return state
+
+
+def stored_settings(state: Mapping[str, Any]) -> Settings:
+    """The settings a checkpoint was trained with."""
+    try:
+        return Settings.from_dict(state["settings"])
+    except (KeyError, TypeError, ValueError, DawsolError) as exc:
+        raise DawsolError(
+            f"checkpoint of {state.get('cell')}: its stored settings do not fit this dawsol ({exc}); retrain the cell"
+        ) from None
+
+
+def training_state(
+    settings: Settings,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    da_loss: nn.Module | None,
+    *,
+    epoch: int,
+    batch: int,
+    stats: Mapping[str, Any],
+    rng: Mapping[str, Any],
+    records: list[dict[str, Any]],
+    run_id: str | None,
+) -> dict[str, Any]:
+    """The checkpoint of a training run after ``epoch`` finished epochs and ``batch`` batches of the next."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "cell": settings.cell.name,
+        "backbone": settings.model.backbone,
+        "settings_digest": settings.digest(),
+        "settings": settings.to_dict(),
+        "code": code_version(),
+        "num_classes": settings.data.num_classes,
+        "epoch": epoch,
+        "epochs": settings.train.epochs,
+        "batch": batch,
+        "stats": dict(stats),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "da": None if da_loss is None else da_loss.state_dict(),
+        "rng": dict(rng),
+        "records": records,
+        "mlflow_run_id": run_id,
+    }
+
+
+def restore_training(
+    state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, da_loss: nn.Module | None
+) -> None:
+    """Load a checkpoint's weights, optimizer state and DA loss state (anchors, discriminator)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if da_loss is not None:
+        da_loss.load_state_dict(state["da"])
+
+
+def model_from_state(state: Mapping[str, Any], device: torch.device) -> WSOLModel:
+    """Rebuild a checkpoint's model from the settings it stores, in eval mode (no pretrained weights are read)."""
+    settings = stored_settings(state)
+    model = build_model(
+        dataclasses.replace(settings.model, pretrained="none"), int(state["num_classes"]), settings.wsol
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DawsolError(
+            f"checkpoint of {state['cell']}: its weights do not fit a {settings.model.backbone} model "
+            f"({str(exc).splitlines()[0][:120]}); retrain the cell"
+        ) from None
+    return model.to(device).eval()
+
+
+def assigner_from_state(
+    state: Mapping[str, Any], settings: Settings, feature_dim: int, device: torch.device
+) -> nn.Module | None:
+    """A DA cell's trained Target Sample Assigner (its anchors from the checkpoint); None without one."""
+    if settings.da is None or not settings.da.use_tsa or state.get("da") is None:
+        return None
+    da_loss = DALoss(settings.da, settings.data.num_classes, feature_dim)
+    da_loss.load_state_dict(state["da"])
+    return da_loss.assigner.to(device).eval()

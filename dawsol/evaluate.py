@@ -1,0 +1,99 @@
+"""``dawsol evaluate``: a trained cell's last checkpoint on val and test, written to ``results/cells/<cell>/``.
+
+The outputs of docs/architecture.md ("Cell outputs") are written atomically: old outputs are
+removed first, ``metrics.json`` (with the code version that computed it) is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dawsol.atomic import atomic_write_text
+from dawsol.cell_figures import figure_threshold, write_cam_samples, write_cams_png
+from dawsol.checkpoint import assigner_from_state, model_from_state, trained_checkpoint
+from dawsol.config import Settings
+from dawsol.evaluation import write_curves
+from dawsol.evaluation.predictions import read_predictions
+from dawsol.layout import evaluate_outputs, require_prepared
+from dawsol.provenance import code_version
+from dawsol.runtime import select_device
+from dawsol.scoring import SplitResult, eval_dataset, score_split
+from dawsol.tracking import CellRun
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COUNT = 8
+SPLITS = ("val", "test")
+
+
+def evaluate_cell(
+    settings: Settings, device_name: str | None = None, predictions: str | Path | None = None, tracking: bool = True
+) -> dict[str, Any]:
+    """The cell's metrics on val and test (``metrics.json``), its curves and CAM figures; returns the document."""
+    require_prepared(settings)
+    state = trained_checkpoint(settings)
+    labels: dict[str, dict[str, int]] = {}
+    if predictions is not None:
+        ids = {split: list(eval_dataset(settings, split).image_ids) for split in SPLITS}
+        labels = read_predictions(Path(predictions), ids)
+    outputs = evaluate_outputs(settings.cell)
+    for output in outputs.values():
+        output.unlink(missing_ok=True)
+    device = select_device(device_name or settings.train.device)
+    model = model_from_state(state, device)
+    assigner = assigner_from_state(state, settings, model.feature_dim, device)
+
+    splits: dict[str, SplitResult] = {}
+    for split in SPLITS:
+        splits[split] = score_split(
+            model,
+            settings,
+            split,
+            device,
+            predictions=labels.get(split),
+            keep=SAMPLE_COUNT if split == "test" else 0,
+            assigner=assigner,
+        )
+        log.info("%s %s: %s", settings.cell.name, split, _summary(splits[split].metrics))
+    threshold = figure_threshold(splits["val"].metrics)
+    cell = settings.cell
+    document = {
+        "cell": cell.name,
+        "dataset": cell.dataset,
+        "backbone": cell.backbone,
+        "wsol": cell.wsol,
+        "da": cell.da,
+        "seed": cell.seed,
+        "settings_digest": settings.digest(),
+        "code": {"trained": state.get("code"), "evaluated": code_version()},
+        "splits": {split: result.metrics for split, result in splits.items()},
+    }
+    write_curves(
+        outputs["curves"],
+        {split: (result.box, result.mask) for split, result in splits.items()},
+        settings.eval.iou_thresholds,
+    )
+    write_cams_png(outputs["cams"], splits["test"], threshold)
+    write_cam_samples(outputs["cam_samples"], splits["test"])
+    atomic_write_text(outputs["metrics"], json.dumps(document, indent=2) + "\n")
+    if tracking:
+        _track_evaluation(settings, document, outputs)
+    return document
+
+
+def _summary(metrics: Mapping[str, Any]) -> str:
+    keys = ("Top-1 Cls", "MaxBoxAccV2", "GT-known Loc", "Top-1 Loc", "PxAP", "pIoU")
+    return ", ".join(f"{k} {metrics[k]:.2f}" for k in keys if isinstance(metrics.get(k), int | float))
+
+
+def _track_evaluation(settings: Settings, document: Mapping[str, Any], outputs: Mapping[str, Path]) -> None:
+    run = CellRun.find(settings)
+    for split, metrics in document["splits"].items():
+        run.log_metrics(metrics, prefix=f"{split}.final.")
+    run.set_code_tags(document["code"]["evaluated"], prefix="evaluated_")
+    for output in outputs.values():
+        run.log_artifact(output, "evaluation")

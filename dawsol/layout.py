@@ -1,0 +1,112 @@
+"""Where everything lives: every cell and report path, the resume link, the prepared data's metadata files.
+
+One place for the path contract of docs/architecture.md ("Cell outputs"): the library writes
+these paths, the Snakefile and the generated ``dvc.yaml`` declare them, the report reads them.
+Every path of a cell derives from its name ``<dataset>/<backbone>/<wsol>-<da>/seed<k>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dawsol.config import Cell, Settings, grid_cells, grid_datasets
+from dawsol.errors import DawsolError
+
+DVC_YAML = Path("dvc.yaml")
+RESULTS = Path("results")
+CELLS_DIR = RESULTS / "cells"
+TABLES_DIR = RESULTS / "tables"
+FIGURES_DIR = RESULTS / "figures"
+PLOTS_DIR = RESULTS / "plots"
+RUNS_DIR = Path("runs")
+TABLE_FORMATS = ("tex", "csv", "md", "html")
+# the reported vs reproduced table over the whole grid (dawsol.report.reported)
+COMPARISON_STEM = "reported_vs_reproduced"
+COMPARISON_FORMATS = ("tex", "csv", "md")
+FIGURE_KINDS = ("cams", "boxacc", "pxpr", "training")
+SPLITS = ("train", "val", "test")
+
+
+def split_file(dataset_dir: Path, split: str, name: str = "image_ids.txt") -> Path:
+    """``<dataset_dir>/metadata/<split>/<name>``: one file of a prepared split's metadata."""
+    return dataset_dir / "metadata" / split / name
+
+
+def require_prepared(settings: Settings) -> Path:
+    """The prepared dataset folder, or a DawsolError naming the command that prepares it."""
+    dataset_dir = settings.dataset_dir
+    missing = [s for s in SPLITS if not split_file(dataset_dir, s).is_file()]
+    if missing:
+        raise DawsolError(
+            f"{dataset_dir}: prepared data not found (no metadata/{missing[0]}/image_ids.txt); "
+            f"run: dawsol prepare {settings.cell.dataset}"
+        )
+    return dataset_dir
+
+
+def train_outputs(cell: Cell | str) -> dict[str, Path]:
+    """``dawsol train``'s outputs of one cell."""
+    run_dir = RUNS_DIR / str(cell)
+    return {"checkpoint": run_dir / "checkpoint.pt", "train_log": run_dir / "train_log.jsonl"}
+
+
+def checkpoint_path(cell: Cell | str) -> Path:
+    """``runs/<cell>/checkpoint.pt``."""
+    return train_outputs(cell)["checkpoint"]
+
+
+def train_log_path(cell: Cell | str) -> Path:
+    """``runs/<cell>/train_log.jsonl``."""
+    return train_outputs(cell)["train_log"]
+
+
+def run_dir(cell: Cell | str) -> Path:
+    """``runs/<cell>``: the cell's checkpoint and training log."""
+    return checkpoint_path(cell).parent
+
+
+def resume_path(cell: Cell | str) -> Path:
+    """``runs/<cell>/.resume.pt``: a second name (hard link) of the last checkpoint.
+
+    Snakemake and DVC delete a job's declared outputs before they re-run it, checkpoint.pt
+    included; this undeclared name survives, so a re-run of an interrupted (e.g. preempted) job
+    resumes instead of starting over.
+    """
+    return checkpoint_path(cell).with_name(".resume.pt")
+
+
+def settings_output(cell: Cell | str) -> Path:
+    """The resolved settings of one cell, DVC's per-cell re-run trigger."""
+    return RUNS_DIR / str(cell) / "resolved.json"
+
+
+def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
+    """``dawsol evaluate``'s outputs of one cell."""
+    cell_dir = CELLS_DIR / str(cell)
+    return {
+        "metrics": cell_dir / "metrics.json",
+        "curves": cell_dir / "curves.csv",
+        "cams": cell_dir / "cams.png",
+        "cam_samples": cell_dir / "cam_samples.npz",
+    }
+
+
+def method_key(cell: Cell) -> str:
+    """A file-name-safe key of a cell's row in the tables: ``<backbone>_<wsol>-<da>``."""
+    return f"{cell.backbone}_{cell.method}"
+
+
+def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, list[Path]]:
+    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset, and the
+    reported vs reproduced table."""
+    cells = grid_cells(params, source)
+    tables, figures, plots = [], [], []
+    for dataset in grid_datasets(params, source):
+        tables += [TABLES_DIR / f"{dataset}.{fmt}" for fmt in TABLE_FORMATS]
+        figures += [FIGURES_DIR / f"{dataset}_{kind}.png" for kind in FIGURE_KINDS]
+        keys = dict.fromkeys(method_key(c) for c in cells if c.dataset == dataset)
+        plots += [PLOTS_DIR / dataset / f"{key}.csv" for key in keys]
+    tables += [TABLES_DIR / f"{COMPARISON_STEM}.{fmt}" for fmt in COMPARISON_FORMATS]
+    return {"tables": tables, "figures": figures, "plots": plots}
