@@ -43,7 +43,8 @@ def _overlay(image: np.ndarray, scoremap: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(image, 0.5, heat, 0.5, 0)
 
 
-def _predicted_boxes(scoremap: np.ndarray, threshold: float) -> np.ndarray:
+def predicted_boxes(scoremap: np.ndarray, threshold: float) -> np.ndarray:
+    """The protocol's boxes (every contour) of ``scoremap`` at CAM ``threshold``: K x 4, inclusive corners."""
     return scoremap_boxes(scoremap, [threshold], multi_contour=True)[0]
 
 
@@ -52,7 +53,7 @@ def tile(image: np.ndarray, scoremap: np.ndarray, gt: np.ndarray, threshold: flo
     scale = max(1, 192 // image.shape[0])
     panel = _overlay(image, scoremap)
     panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    for boxes, color in ((gt, GT_COLOR), (_predicted_boxes(scoremap, threshold), PRED_COLOR)):
+    for boxes, color in ((gt, GT_COLOR), (predicted_boxes(scoremap, threshold), PRED_COLOR)):
         for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4):
             cv2.rectangle(panel, (int(x0) * scale, int(y0) * scale), (int(x1) * scale, int(y1) * scale), color, 2)
     cv2.putText(panel, caption[-28:], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
@@ -119,7 +120,7 @@ def draw_assignments(
     size = settings.data.image_size
     panels = []
     for k in range(len(batch["image_id"])):
-        image = to_bgr(batch["image"][k])
+        image = to_bgr(batch["image"][k], dataset.normalization)
         labels = assignment[k].long().cpu().numpy()
         colors = cv2.resize(ASSIGNMENT_COLORS[labels], (size, size), interpolation=cv2.INTER_NEAREST)
         scale = max(1, 192 // size)

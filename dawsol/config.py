@@ -105,6 +105,7 @@ class ModelSettings:
     pretrained: str
     large_feature_map: bool
     width: float
+    frozen_stages: int = 0  # leading trunk stages kept fixed (dawsol.models.backbones.Trunk.freeze)
 
 
 @dataclass(frozen=True)

@@ -1,64 +1,135 @@
-"""``dawsol localize``: a trained checkpoint's CAM of the predicted class and its boxes, drawn on your own images."""
+"""``dawsol localize``: the CAM of the top classes and their boxes, drawn on your own images, with a JSON of them.
+
+Two kinds of model: a trained cell's checkpoint (its classes are the dataset's label indices),
+or an ImageNet-pretrained classifier used as it is (``--imagenet <backbone>``): global average
+pooling and one linear layer make any such network a CAM model, so its ImageNet head scores
+every pixel feature (names from torchvision's bundled ImageNet-1k category list).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
-from dawsol.atomic import atomic_write_bytes
-from dawsol.cell_figures import encode_png, figure_threshold, tile
+from dawsol.atomic import atomic_write_bytes, atomic_write_text
+from dawsol.cell_figures import encode_png, figure_threshold, predicted_boxes, tile
 from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
-from dawsol.data.datasets import eval_transform
+from dawsol.data.datasets import Normalization, eval_transform
 from dawsol.errors import DawsolError
 from dawsol.evaluation import prepare_scoremap
-from dawsol.runtime import select_device
+from dawsol.models import WSOLModel
+from dawsol.models.registry import BACKBONES, backbone, normalization
+
+IMAGENET_SIZE = 224
+IMAGENET_THRESHOLD = 0.2  # no validation split to choose one: the CAM paper's 20% of the peak
 
 
-@torch.inference_mode()
-def localize(
-    checkpoint: Path, images: Sequence[Path], out_dir: Path, device_name: str = "auto", threshold: float | None = None
-) -> list[Path]:
-    """Draw the CAM of the predicted class and its boxes on each image; returns the PNGs written.
+@dataclass
+class Localizer:
+    """A CAM model with what localisation needs: its input size and normalisation, class names, a CAM threshold."""
 
-    An unreadable image is an error before any PNG is written.
-    """
+    model: WSOLModel
+    image_size: int
+    normalization: Normalization
+    class_names: Sequence[str] | None
+    threshold: float
+
+    def name(self, index: int) -> str:
+        return self.class_names[index] if self.class_names is not None else f"class {index}"
+
+
+def checkpoint_localizer(checkpoint: Path, device: torch.device, threshold: float | None) -> Localizer:
+    """A trained cell's model; the threshold defaults to the one its last validation chose."""
     state = load_checkpoint(checkpoint)
-    device = select_device(device_name)
-    model = model_from_state(state, device)
-    data = stored_settings(state).data
+    settings = stored_settings(state)
     if threshold is None:
         validated = [r["val"] for r in state["records"] if r.get("val")]
         threshold = figure_threshold(validated[-1]) if validated else 0.5
-    if not 0 <= threshold < 1:
-        raise DawsolError(f"--threshold {threshold}: a CAM threshold lies in [0, 1)")
+    model = model_from_state(state, device)
+    return Localizer(model, settings.data.image_size, normalization(settings.model.backbone), None, threshold)
 
-    def read_rgb(image_path: Path) -> Image.Image:
-        try:
-            with Image.open(image_path) as handle:
-                return handle.convert("RGB")
-        except (OSError, ValueError):
-            raise DawsolError(f"{image_path}: not a readable image") from None
 
+def imagenet_localizer(name: str, device: torch.device, threshold: float | None) -> Localizer:
+    """Backbone ``name``'s ImageNet-1k classifier as a CAM model, unmodified and untrained by dawsol."""
+    entry = backbone(name)
+    if entry.imagenet_head is None or entry.classifier_trunk is None:
+        usable = ", ".join(n for n, b in BACKBONES.items() if b.classifier_trunk is not None)
+        raise DawsolError(
+            f"--imagenet {name}: its ImageNet head is not one linear layer on pooled trunk features (use {usable})"
+        )
+    full_state = entry.imagenet()
+    trunk = entry.classifier_trunk(lambda net: net.load_state_dict(full_state))  # the whole network, strictly
+    model = WSOLModel(trunk, 1000, name)
+    weight, bias = full_state[f"{entry.imagenet_head}.weight"], full_state[f"{entry.imagenet_head}.bias"]
+    model.classifier.load_state_dict({"weight": weight[:, :, None, None], "bias": bias})
+    categories = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]
+    chosen = IMAGENET_THRESHOLD if threshold is None else threshold
+    return Localizer(model.to(device).eval(), IMAGENET_SIZE, entry.normalization, categories, chosen)
+
+
+def _read_rgb(image_path: Path) -> Image.Image:
+    try:
+        with Image.open(image_path) as handle:
+            return handle.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise DawsolError(f"{image_path}: not a readable image") from None
+
+
+@torch.inference_mode()
+def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k: int = 1) -> list[Path]:
+    """For each image: ``<stem>_cam.png`` (the top class's CAM and boxes) and ``<stem>.json`` (the top
+    ``top_k`` classes with probability and boxes in the image's pixels); returns the files written.
+
+    An unreadable image is an error before any file is written.
+    """
+    if not 0 <= localizer.threshold < 1:
+        raise DawsolError(f"--threshold {localizer.threshold}: a CAM threshold lies in [0, 1)")
+    if top_k < 1:
+        raise DawsolError(f"--top-k {top_k}: at least 1")
     for image_path in images:  # every image is checked before anything is written
-        read_rgb(image_path)
-    transform = eval_transform(data.image_size)
+        _read_rgb(image_path)
+    model = localizer.model
+    device = next(model.parameters()).device
+    transform = eval_transform(localizer.image_size, localizer.normalization)
     written = []
     for image_path in images:
-        picture = read_rgb(image_path)
-        tensor = transform(picture)[None].to(device)
-        out = model(tensor)
-        predicted = out.logits.argmax(1)
-        cam = model.cams(out.features.float(), predicted)[0].double().cpu().numpy()
-        scoremap = np.clip(cv2.resize(prepare_scoremap(cam, data.image_size), picture.size, cv2.INTER_CUBIC), 0, 1)
-        caption = f"class {int(predicted[0])} p={torch.softmax(out.logits.float(), 1).max().item():.2f}"
+        picture = _read_rgb(image_path)
+        out = model(transform(picture)[None].to(device))
+        probabilities = torch.softmax(out.logits.float(), 1)[0]
+        top = probabilities.topk(min(top_k, len(probabilities)))
+        classes = top.indices.tolist()
+        cams = model.cams(out.features.float().expand(len(classes), -1, -1, -1), top.indices).double().cpu().numpy()
+        entries, scoremaps = [], []
+        for index, probability, cam in zip(classes, top.values.tolist(), cams, strict=True):
+            resized = cv2.resize(
+                prepare_scoremap(cam, localizer.image_size), picture.size, interpolation=cv2.INTER_CUBIC
+            )
+            scoremap = np.clip(resized, 0, 1)
+            scoremaps.append(scoremap)
+            boxes = predicted_boxes(scoremap, localizer.threshold)
+            entries.append(
+                {
+                    "class_index": index,
+                    "class_name": localizer.name(index),
+                    "probability": probability,
+                    "boxes": [[int(v) for v in box] for box in np.asarray(boxes).reshape(-1, 4)],
+                }
+            )
+        caption = f"{entries[0]['class_name']} p={entries[0]['probability']:.2f}"
         original = np.ascontiguousarray(np.asarray(picture)[:, :, ::-1])
-        panel = tile(original, scoremap, np.zeros((0, 4), np.int64), threshold, caption)
-        target = out_dir / f"{image_path.stem}_cam.png"
-        atomic_write_bytes(target, encode_png(panel))
-        written.append(target)
+        panel = tile(original, scoremaps[0], np.zeros((0, 4), np.int64), localizer.threshold, caption)
+        figure = out_dir / f"{image_path.stem}_cam.png"
+        atomic_write_bytes(figure, encode_png(panel))
+        report = {"image": str(image_path), "threshold": localizer.threshold, "top": entries}
+        listing = out_dir / f"{image_path.stem}.json"
+        atomic_write_text(listing, json.dumps(report, indent=2) + "\n")
+        written += [figure, listing]
     return written

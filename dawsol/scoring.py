@@ -25,6 +25,7 @@ from dawsol.da.tsa import SET_NAMES
 from dawsol.data.datasets import EvalDataset, collate_eval, read_dataset_split, sample_per_class, to_bgr
 from dawsol.errors import DawsolError
 from dawsol.evaluation import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
+from dawsol.models.registry import normalization
 from dawsol.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,14 @@ def eval_dataset(settings: Settings, split: str, image_ids: Sequence[str] | None
     if image_ids is None and split == "val" and settings.data.num_val_sample_per_class:
         meta = read_dataset_split(settings.dataset_dir, split)
         image_ids = sample_per_class(meta.image_ids, meta.labels, settings.data.num_val_sample_per_class, settings.seed)
-    return EvalDataset(settings.dataset_dir, split, settings.data.image_size, mask_root, image_ids=image_ids)
+    return EvalDataset(
+        settings.dataset_dir,
+        split,
+        settings.data.image_size,
+        mask_root,
+        image_ids=image_ids,
+        normalization=normalization(settings.model.backbone),
+    )
 
 
 @torch.inference_mode()
@@ -163,7 +171,7 @@ def score_split(
                 if len(result.image_ids) < keep:
                     result.image_ids.append(image_id)
                     result.scoremaps.append(scoremap)
-                    result.images.append(to_bgr(batch["image"][k]))
+                    result.images.append(to_bgr(batch["image"][k], dataset.normalization))
                     result.gt_boxes.append(np.asarray(gt_boxes).reshape(-1, 4))
     finally:
         model.train(was_training)

@@ -1,21 +1,28 @@
-"""``dawsol localize --checkpoint PATH IMAGE...``: CAMs and boxes on your own images."""
+"""``dawsol localize (--checkpoint PATH | --imagenet BACKBONE) IMAGE...``: CAMs and boxes on your own images."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "draw the CAM and predicted boxes of a trained checkpoint on your own images"
+HELP = "draw the CAM and boxes of the top classes on your own images: a trained checkpoint or an ImageNet classifier"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files (any format OpenCV/PIL reads)")
-    parser.add_argument("--checkpoint", required=True, help="a runs/<cell>/checkpoint.pt")
+    parser.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a runs/<cell>/checkpoint.pt")
+    model.add_argument(
+        "--imagenet",
+        metavar="BACKBONE",
+        help="an ImageNet-pretrained classifier as it is, no training (e.g. efficientnet_lite0, offline)",
+    )
     parser.add_argument("--out", default="localized", help="output folder (default: localized)")
+    parser.add_argument("--top-k", type=int, default=None, help="classes listed per image (default: 5 ImageNet, 1)")
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="CAM threshold for the boxes (default: the best threshold of the checkpoint's last validation)",
+        help="CAM threshold for the boxes (default: the checkpoint's last validation's choice; 0.2 for --imagenet)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
@@ -23,10 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dawsol.localize import localize
+    from dawsol.localize import checkpoint_localizer, imagenet_localizer, localize
+    from dawsol.runtime import select_device
 
-    for path in localize(
-        Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), args.device, args.threshold
-    ):
+    device = select_device(args.device)
+    if args.imagenet:
+        localizer = imagenet_localizer(args.imagenet, device, args.threshold)
+        top_k = args.top_k or 5
+    else:
+        localizer = checkpoint_localizer(Path(args.checkpoint), device, args.threshold)
+        top_k = args.top_k or 1
+    for path in localize(localizer, [Path(p) for p in args.images], Path(args.out), top_k):
         print(path)
     return 0

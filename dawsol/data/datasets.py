@@ -25,36 +25,41 @@ from dawsol.errors import DawsolError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# (mean, std) per RGB channel of pixels in [0, 1]; each backbone has its own (dawsol.models.registry)
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+IMAGENET_NORMALIZATION: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def train_transform(image_size: int, resize_size: int) -> transforms.Compose:
-    """The protocol's training transform."""
+def train_transform(
+    image_size: int, resize_size: int, normalization: Normalization = IMAGENET_NORMALIZATION
+) -> transforms.Compose:
+    """The protocol's training transform, normalised as the backbone expects."""
     return transforms.Compose(
         [
             transforms.Resize((resize_size, resize_size)),
             transforms.RandomCrop(image_size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Normalize(*normalization),
         ]
     )
 
 
-def eval_transform(image_size: int) -> transforms.Compose:
-    """The protocol's evaluation transform (no crop: the whole image, squashed)."""
+def eval_transform(image_size: int, normalization: Normalization = IMAGENET_NORMALIZATION) -> transforms.Compose:
+    """The protocol's evaluation transform (no crop: the whole image, squashed), normalised as the backbone expects."""
     return transforms.Compose(
         [
             transforms.Resize((image_size, image_size)),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Normalize(*normalization),
         ]
     )
 
 
-def to_bgr(image: torch.Tensor) -> np.ndarray:
+def to_bgr(image: torch.Tensor, normalization: Normalization = IMAGENET_NORMALIZATION) -> np.ndarray:
     """The inverse of the transforms' normalisation: a 3 x S x S tensor back to a uint8 BGR picture."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(normalization[0]).view(3, 1, 1)
+    std = torch.tensor(normalization[1]).view(3, 1, 1)
     rgb = (image.float().cpu() * std + mean).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
@@ -112,6 +117,7 @@ class TrainDataset(Dataset):
         image_size: int,
         resize_size: int,
         proxy: bool = False,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         meta = read_dataset_split(self.dataset_dir, split)
@@ -119,7 +125,7 @@ class TrainDataset(Dataset):
             raise DawsolError(f"{self.dataset_dir}/metadata/{split}: no image_ids_proxy.txt for proxy training")
         self.image_ids: list[str] = list(meta.proxy_ids if proxy else meta.image_ids)
         self.labels: list[int] = [meta.labels[i] for i in self.image_ids]
-        self.transform = train_transform(image_size, resize_size)
+        self.transform = train_transform(image_size, resize_size, normalization)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -146,6 +152,7 @@ class EvalDataset(Dataset):
         mask_root: str | Path | None = None,
         *,
         image_ids: Sequence[str] | None = None,
+        normalization: Normalization = IMAGENET_NORMALIZATION,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.mask_root = Path(mask_root) if mask_root is not None else self.dataset_dir
@@ -155,7 +162,8 @@ class EvalDataset(Dataset):
         if unknown:
             raise DawsolError(f"{self.dataset_dir}/metadata/{split}: no label for {unknown[0]}")
         self.image_size = image_size
-        self.transform = eval_transform(image_size)
+        self.normalization = normalization
+        self.transform = eval_transform(image_size, normalization)
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -25,21 +25,57 @@ from torchvision.models.inception import InceptionB
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from dawsol.errors import DawsolError
-from dawsol.models.pretrained import load_into, load_trunk, pretrained_state
 from dawsol.wsol.adl import ADL
 
 
 class Trunk(nn.Module):
-    """A feature extractor: ``forward(images) -> features [B, D, h, w]``."""
+    """A feature extractor: ``forward(images) -> features [B, D, h, w]``.
+
+    ``stages()`` lists its stages in input order (each a tuple of parameter-name prefixes);
+    ``freeze(n)`` fixes the first ``n``: no gradients (so autograd skips them), batch norm in
+    eval mode for good, and the optimizer never sees them (``model.frozen_stages``).
+    """
 
     feature_dim: int
     new_layers: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()
 
     def new_layer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of the layers added to the pretrained network."""
         for name, param in self.named_parameters():
             if name.split(".")[0] in self.new_layers:
                 yield name, param
+
+    def stages(self) -> list[tuple[str, ...]]:
+        """The trunk's stages in input order, as parameter-name prefixes (empty: it cannot be frozen by stage)."""
+        return []
+
+    def freeze(self, count: int) -> None:
+        """Freeze the first ``count`` stages; a DawsolError if the trunk has fewer (or none to freeze)."""
+        if count == 0:
+            return
+        stages = self.stages()
+        if count > len(stages):
+            raise DawsolError(
+                f"model.frozen_stages is {count} but this trunk has {len(stages)} stage(s) to freeze "
+                f"({type(self).__name__}); lower it"
+            )
+        self.frozen = tuple(prefix for stage in stages[:count] for prefix in stage)
+        for name, param in self.named_parameters():
+            if _under(name, self.frozen):
+                param.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Trunk:
+        super().train(mode)
+        for name, module in self.named_modules():
+            if self.frozen and _under(name, self.frozen):
+                module.eval()
+        return self
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def _stride_one(layer: nn.Sequential) -> None:
@@ -84,6 +120,9 @@ class ResNetTrunk(Trunk):
         self.feature_dim = net.fc.in_features
         self.adl_after = {("layer3", 0), ("layer4", 0), ("layer4", len(self.layer4) - 1)} if adl is not None else set()
         self.adl = adl
+
+    def stages(self) -> list[tuple[str, ...]]:
+        return [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -196,7 +235,9 @@ class InceptionTrunk(Trunk):
 TrunkBuilder = Callable[[Callable[[nn.Module], None], bool, float, "ADL | None"], Trunk]
 
 
-def _resnet_trunk(name: str) -> TrunkBuilder:
+def resnet_trunk(name: str) -> TrunkBuilder:
+    """The builder of ``resnet18`` (channels scaled by ``width``) or ``resnet50``."""
+
     def build(
         load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
     ) -> Trunk:
@@ -210,9 +251,10 @@ def _resnet_trunk(name: str) -> TrunkBuilder:
     return build
 
 
-def _vgg16_trunk(
+def vgg16_trunk(
     load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
 ) -> Trunk:
+    """VGG16's convolutions with the CAM modifications."""
     net = nn.Module()
     net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
     for module in net.features.modules():  # "he" initialisation, as torchvision's VGG
@@ -223,39 +265,11 @@ def _vgg16_trunk(
     return VGGTrunk(net.features, large_feature_map, adl)
 
 
-def _inception_v3_trunk(
+def inception_v3_trunk(
     load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
 ) -> Trunk:
+    """InceptionV3 with the SPG-style CAM modifications."""
     with torch.no_grad():
         net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
     load_pretrained(net)
     return InceptionTrunk(net, large_feature_map, adl)
-
-
-# The backbone registry: a name of params.yaml (the schema's ``backbones`` enum, held equal by a test) to
-# the builder of its trunk. A builder makes torchvision's network, hands it to ``load_pretrained`` (weights
-# in torchvision's layout, or nothing) and applies the CAM modifications.
-BACKBONES: dict[str, TrunkBuilder] = {
-    "resnet18": _resnet_trunk("resnet18"),
-    "resnet50": _resnet_trunk("resnet50"),
-    "inception_v3": _inception_v3_trunk,
-    "vgg16": _vgg16_trunk,
-}
-
-
-def build_trunk(backbone: str, pretrained: str, large_feature_map: bool, width: float, adl: ADL | None = None) -> Trunk:
-    """The WSOL trunk of ``backbone`` with ``pretrained`` weights loaded (see ``dawsol.models.pretrained``)."""
-    if backbone not in BACKBONES:
-        raise DawsolError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
-    state, of_trunk = pretrained_state(backbone, pretrained)
-    source = f"ImageNet weights for {backbone}" if pretrained == "imagenet" else pretrained
-    net_state = None if of_trunk else state
-
-    def load_pretrained(net: nn.Module) -> None:
-        if net_state is not None:
-            load_into(net, net_state, backbone, source)
-
-    trunk = BACKBONES[backbone](load_pretrained, large_feature_map, width, adl)
-    if of_trunk:
-        load_trunk(trunk, state, source)
-    return trunk

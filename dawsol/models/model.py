@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.models.backbones import BACKBONES, Trunk, build_trunk
+from dawsol.models.backbones import Trunk
+from dawsol.models.registry import backbone, build_trunk
 from dawsol.wsol.methods import trunk_layer
 
 
@@ -55,10 +56,10 @@ class WSOLModel(nn.Module):
         ``backbone``: pretrained trunk layers at ``lr`` (all of ResNet's, layer4 included);
         ``new_layers``: layers added to the pretrained trunk (VGG conv6, Inception SPG_A3_*) and
         ``classifier``: the estimator, both at ``lr * lr_classifier_ratio``. Every group carries
-        ``name`` and ``decay`` (True: the step schedule applies).
+        ``name`` and ``decay`` (True: the step schedule applies). Frozen trunk stages are in none.
         """
-        new = dict(self.trunk.new_layer_parameters())
-        pretrained = [p for name, p in self.trunk.named_parameters() if name not in new]
+        new = {name: p for name, p in self.trunk.new_layer_parameters() if p.requires_grad}
+        pretrained = [p for name, p in self.trunk.named_parameters() if name not in new and p.requires_grad]
         high_lr = train.lr * train.lr_classifier_ratio
         groups = [
             {"name": "backbone", "params": pretrained, "lr": train.lr, "decay": True},
@@ -70,9 +71,7 @@ class WSOLModel(nn.Module):
 
 def build_model(model: ModelSettings, num_classes: int, wsol: WSOLSettings) -> WSOLModel:
     """The WSOL model for ``model.backbone``, with the layer ``wsol.method`` adds to the trunk (ADL)."""
-    if model.backbone not in BACKBONES:
-        raise DawsolError(f"unknown backbone {model.backbone!r} (known: {', '.join(BACKBONES)})")
-    if model.width != 1.0 and model.backbone != "resnet18":
+    if model.width != 1.0 and not backbone(model.backbone).width_multiplier:
         raise DawsolError(
             f"model.width is {model.width} for {model.backbone}: only resnet18 takes a width multiplier "
             "(set model.width: 1.0 for this backbone in params.yaml)"
@@ -83,4 +82,5 @@ def build_model(model: ModelSettings, num_classes: int, wsol: WSOLSettings) -> W
             "width 1.0 (set model.pretrained: none or model.width: 1.0)"
         )
     trunk = build_trunk(model.backbone, model.pretrained, model.large_feature_map, model.width, trunk_layer(wsol))
+    trunk.freeze(model.frozen_stages)
     return WSOLModel(trunk, num_classes, model.backbone)

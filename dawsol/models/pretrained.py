@@ -1,39 +1,35 @@
-"""Pretrained backbone weights: torchvision's ImageNet weights, a local state dict or a dawsol checkpoint.
+"""Pretrained backbone weights: ImageNet weights, a local state dict or a dawsol checkpoint.
 
-``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (torchvision's weights API,
-cached under ``$TORCH_HOME/hub/checkpoints``) or a path: a state dict in torchvision's layout
-for that backbone (e.g. the ImageNet file downloaded by hand), or a dawsol checkpoint
-(``runs/<cell>/checkpoint.pt`` of a cell with the same backbone), whose trunk is taken and
-whose score estimator is left out, to fine-tune from another cell.
+``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (each backbone's own source,
+``dawsol.models.registry``: torchvision's weights API, cached under
+``$TORCH_HOME/hub/checkpoints``, for the torchvision backbones) or a path: a state dict in the
+layout of that backbone's network (e.g. the ImageNet file downloaded by hand), or a dawsol
+checkpoint (``runs/<cell>/checkpoint.pt`` of a cell with the same backbone), whose trunk is
+taken and whose score estimator is left out, to fine-tune from another cell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
 
-# backbone -> (torchvision weights enum name, key prefixes of heads the WSOL trunk drops)
-IMAGENET_WEIGHTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "resnet18": ("ResNet18_Weights", ("fc.",)),
-    "resnet50": ("ResNet50_Weights", ("fc.",)),
-    "inception_v3": ("Inception_V3_Weights", ("fc.", "AuxLogits.", "Mixed_7")),
-    "vgg16": ("VGG16_Weights", ("classifier.",)),
-}
+
+def torchvision_imagenet(backbone: str, enum_name: str) -> Callable[[], dict[str, Tensor]]:
+    """The loader of torchvision's ImageNet (IMAGENET1K_V1) state dict ``enum_name`` for ``backbone``."""
+    return lambda: torchvision_state_dict(backbone, enum_name)
 
 
-def imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet (IMAGENET1K_V1) state dict for ``backbone``, downloaded once.
+def torchvision_state_dict(backbone: str, enum_name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet (IMAGENET1K_V1) state dict ``enum_name``, downloaded once.
 
     Offline and uncached, raise DawsolError naming the file and where to put it.
     """
-    import torchvision
-
-    enum_name, _ = IMAGENET_WEIGHTS[backbone]
     weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     was_cached = cached.is_file()
@@ -77,12 +73,14 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
-def load_into(net: nn.Module, state: Mapping[str, Tensor], backbone: str, source: str) -> None:
-    """Load ``state`` into torchvision's ``net``; heads the trunk drops may be absent or extra.
+def load_into(
+    net: nn.Module, state: Mapping[str, Tensor], backbone: str, source: str, dropped: tuple[str, ...]
+) -> None:
+    """Load ``state`` into the backbone's full network ``net``; heads the trunk drops (key prefixes
+    ``dropped``) may be absent or extra.
 
     Any other missing or unexpected key, or a shape mismatch, raises DawsolError naming ``source``.
     """
-    dropped = IMAGENET_WEIGHTS[backbone][1]
     expected = net.state_dict()
     missing = [k for k in expected if k not in state and not k.startswith(dropped)]
     unexpected = [k for k in state if k not in expected and not k.startswith(dropped)]
@@ -100,22 +98,25 @@ def load_into(net: nn.Module, state: Mapping[str, Tensor], backbone: str, source
         )
     if problems:
         raise DawsolError(
-            f"model.pretrained: {source} is not a {backbone} state dict in torchvision's layout "
+            f"model.pretrained: {source} is not a {backbone} state dict in its network's layout "
             f"({'; '.join(problems)}); check model.pretrained and model.width"
         )
     net.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-def pretrained_state(backbone: str, pretrained: str) -> tuple[dict[str, Tensor] | None, bool]:
+def pretrained_state(
+    pretrained: str, imagenet: Callable[[], dict[str, Tensor]]
+) -> tuple[dict[str, Tensor] | None, bool]:
     """``model.pretrained``'s weights and whether they are a WSOL trunk's (from a dawsol checkpoint).
 
-    ``(None, False)`` for ``none``; otherwise the state dict, to load into torchvision's network
-    (``load_into``) or, for a trunk's, into the built trunk (``load_trunk``).
+    ``(None, False)`` for ``none``; ``imagenet()`` for ``imagenet``; otherwise the file's state
+    dict, to load into the backbone's network (``load_into``) or, for a trunk's, into the built
+    trunk (``load_trunk``).
     """
     if pretrained == "none":
         return None, False
     if pretrained == "imagenet":
-        return imagenet_state_dict(backbone), False
+        return imagenet(), False
     state = load_state_dict_file(Path(pretrained))
     if any(key.startswith(TRUNK_PREFIX) for key in state):
         return {k.removeprefix(TRUNK_PREFIX): v for k, v in state.items() if k.startswith(TRUNK_PREFIX)}, True
