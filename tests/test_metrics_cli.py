@@ -209,3 +209,13 @@ def test_cams_or_baseline_not_both(tmp_path):
     split = _dataset(tmp_path)
     with pytest.raises(DawsolError, match="either CAMs"):
         evaluate_split(split, tmp_path, baseline="oracle")
+
+
+def test_random_baseline_is_seeded_per_image_and_independent_of_workers(tmp_path):
+    split = _dataset(tmp_path)
+    code, one = _metrics(tmp_path, "--metadata", str(split), "--baseline", "random")
+    assert code == 0 and 0 < one["PxAP"] < 100 and one["MaxBoxAccV2"] < 100
+    code, two = _metrics(tmp_path, "--metadata", str(split), "--baseline", "random", "--workers", "2")
+    assert code == 0 and two == one
+    code, center = _metrics(tmp_path, "--metadata", str(split), "--baseline", "center")
+    assert center["PxAP"] != one["PxAP"]

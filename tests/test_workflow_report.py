@@ -118,3 +118,25 @@ def test_latex_table_compiles(fake_results: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:]
     assert (fake_results / "doc.pdf").stat().st_size > 1000
+
+
+def test_tables_carry_the_no_model_baselines_of_the_test_split(fake_results: Path, params_copy: Path) -> None:
+    """The centre and random rows equal `dawsol metrics --baseline` at the cells' size and thresholds; never bold."""
+    import json
+
+    from dawsol.config import resolve
+
+    assert main(["report", "--no-tracking"]) == 0
+    settings = resolve(grid_cells(load_params(params_copy), params_copy)[0], load_params(params_copy), params_copy)
+    csv = pd.read_csv(fake_results / "results/tables/synthetic.csv").set_index("method")
+    md = (fake_results / "results/tables/synthetic.md").read_text()
+    for name, label in (("center", "Centre baseline (no model)"), ("random", "Random 16x16 maps (no model)")):
+        out = fake_results / f"{name}.json"
+        args = ["metrics", "-q", "--metadata", "data/synthetic/metadata/test", "--baseline", name]
+        args += ["--size", str(settings.data.image_size), "--cam-curve-interval", str(settings.eval.cam_curve_interval)]
+        assert main([*args, "--out", str(out)]) == 0
+        expected = json.loads(out.read_text())
+        assert csv.loc[f"{name}-none", "MaxBoxAccV2_mean"] == pytest.approx(expected["MaxBoxAccV2"], abs=1e-4)
+        assert csv.loc[f"{name}-none", "GT-known Loc_mean"] == pytest.approx(expected["GT-known Loc"], abs=1e-4)
+        row = next(line for line in md.splitlines() if label in line)
+        assert "**" not in row and row.startswith("| — |")

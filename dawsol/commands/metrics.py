@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cams", type=Path, help="folder of <image_id>.npy files, one 2-D map per image, any size")
     source.add_argument(
-        "--baseline", choices=["center", "oracle"], help="evaluate a centred Gaussian or the ground truth instead"
+        "--baseline",
+        choices=["center", "random", "oracle"],
+        help="evaluate a centred Gaussian, seeded 16x16 noise or the ground truth instead",
     )
     parser.add_argument(
         "--mask-root", type=Path, default=None, help="root of the mask PNGs (default: the dataset folder)"

@@ -7,6 +7,7 @@ histograms, so the result is exactly that of one pass). Only one CAM per worker 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,8 @@ from dawsol.evaluation.scoremap import prepare_scoremap
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("center", "oracle")
+BASELINES = ("center", "random", "oracle")
+RANDOM_MAP_SIZE = 16  # the random baseline: uniform noise on a 16 x 16 grid, bicubic to the evaluation size
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ def center_scoremap(size: int) -> np.ndarray:
     return prepare_scoremap(np.exp(-squared / (2 * (size / 4) ** 2)), size)
 
 
+def random_scoremap(image_id: str, size: int) -> np.ndarray:
+    """The random baseline: uniform noise on a ``RANDOM_MAP_SIZE`` grid seeded by the image id, resized as a CAM is.
+
+    What a score map without any information about the image scores (as coarse as a CAM's map).
+    """
+    seed = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "little")
+    return prepare_scoremap(np.random.default_rng(seed).random((RANDOM_MAP_SIZE, RANDOM_MAP_SIZE)), size)
+
+
 def box_oracle_scoremap(boxes: np.ndarray, size: int) -> np.ndarray:
     """The box oracle: GT box k of K filled with 1 - k / K, earlier boxes on top (inclusive corners).
 
@@ -112,7 +123,12 @@ def _evaluate_chunk(
     mask = MaskAccumulator(settings.cam_curve_interval) if settings.with_masks else None
     center = center_scoremap(settings.size) if settings.baseline == "center" else None
     for task in tasks:
-        scoremap = center if settings.baseline is not None else load_cam(task.image_id, task.cam_path, settings.size)
+        if settings.baseline == "random":
+            scoremap = random_scoremap(task.image_id, settings.size)
+        elif settings.baseline is not None:
+            scoremap = center
+        else:
+            scoremap = load_cam(task.image_id, task.cam_path, settings.size)
         if box is not None:
             box_map = box_oracle_scoremap(task.boxes, settings.size) if settings.baseline == "oracle" else scoremap
             box.accumulate(box_map, task.boxes, task.correct_class)
@@ -219,7 +235,7 @@ def evaluate_split(
     baseline: str | None = None,
     progress: bool = False,
 ) -> tuple[BoxAccumulator | None, MaskAccumulator | None]:
-    """Evaluate one split: the CAMs in ``cam_dir/<image_id>.npy``, or a ``baseline`` (center, oracle).
+    """Evaluate one split: the CAMs in ``cam_dir/<image_id>.npy``, or a ``baseline`` (center, random, oracle).
 
     Returns the merged box accumulator (None without box labels) and mask accumulator (None
     without mask labels). Bad input raises DawsolError naming the image id and file.

@@ -12,12 +12,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from dawsol import tracking
 from dawsol.atomic import atomic_write_text
-from dawsol.config import Cell, grid_cells, grid_datasets, resolve
-from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key
+from dawsol.config import Cell, Settings, grid_cells, grid_datasets, resolve
+from dawsol.evaluation import metrics_dict
+from dawsol.evaluation.evaluator import evaluate_split
+from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key, split_file
 from dawsol.report.reported import write_comparison
-from dawsol.report.tables import BACKBONE_NAMES, Table, aggregate, load_metrics, method_label, write_tables
+from dawsol.report.tables import (
+    BACKBONE_NAMES,
+    Table,
+    aggregate,
+    baseline_rows,
+    load_metrics,
+    method_label,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,9 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
     tables = {}
     for dataset in grid_datasets(params, source):
         own = [c for c in cells if c.dataset == dataset]
-        table = aggregate(frame, dataset)
+        settings = resolve(_first_seed(own)[0], params, source)
+        baselines = baseline_rows(dataset, baseline_metrics(settings))
+        table = aggregate(pd.concat([frame, baselines], ignore_index=True), dataset)
         if len(table.code_versions) > 1:
             log.warning(
                 "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
@@ -53,7 +67,6 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
         figures.plot_training(figures.read_train_logs(own, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png")
 
         first = _first_seed(own)
-        settings = resolve(first[0], params, source)
         mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None
         figures.plot_cams(
             first,
@@ -66,6 +79,25 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
         log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
     write_comparison(cells, CELLS_DIR, TABLES_DIR)
     return tables
+
+
+def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The centre and random baselines on the test split of ``settings``' dataset, evaluated at the cell's
+    size and CAM thresholds (``dawsol metrics --baseline``), so they sit in the table beside the cells."""
+    mask_root = settings.data.mask_root
+    results = {}
+    for name in ("center", "random"):
+        box, mask = evaluate_split(
+            split_file(settings.dataset_dir, "test").parent,
+            mask_root=mask_root,
+            cam_curve_interval=settings.eval.cam_curve_interval,
+            iou_thresholds=settings.eval.iou_thresholds,
+            size=settings.data.image_size,
+            workers=settings.eval.workers,
+            baseline=name,
+        )
+        results[name] = metrics_dict(box, mask, settings.eval.iou_thresholds)
+    return results
 
 
 def _labels(cells: list[Cell]) -> dict[tuple[str, str], str]:

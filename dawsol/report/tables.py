@@ -19,6 +19,9 @@ from dawsol.config import Cell
 from dawsol.errors import DawsolError
 from dawsol.provenance import describe
 
+# the rows of score maps that need no model: what a number is worth (dawsol.report.baselines)
+BASELINE_BACKBONE = "baseline"
+BASELINE_LABELS = {"center": "Centre baseline (no model)", "random": "Random 16x16 maps (no model)"}
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
 WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL"}
 DA_NAMES = {
@@ -29,7 +32,14 @@ DA_NAMES = {
     "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
     "lu_only": "$L_u$ only",
 }
-BACKBONE_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "inception_v3": "InceptionV3", "vgg16": "VGG16"}
+BACKBONE_NAMES = {
+    "resnet18": "ResNet18",
+    "resnet50": "ResNet50",
+    "inception_v3": "InceptionV3",
+    "vgg16": "VGG16",
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    BASELINE_BACKBONE: "—",
+}
 DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
 
 
@@ -69,6 +79,23 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
     return pd.DataFrame(rows)
 
 
+def baseline_rows(dataset: str, metrics: dict[str, dict[str, object]]) -> pd.DataFrame:
+    """Table rows of the no-model baselines of ``dataset`` (baseline -> its ``metrics_dict`` on the test split)."""
+    rows = []
+    for name, values in metrics.items():
+        row = {
+            "dataset": dataset,
+            "backbone": BASELINE_BACKBONE,
+            "method": f"{name}-none",
+            "label": BASELINE_LABELS[name],
+            "seed": 0,
+            "code": None,
+        }
+        row.update({metric: _number(values.get(metric)) for metric in METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
@@ -84,11 +111,12 @@ class Table:
     code_versions: tuple[str, ...] = ()
 
     def best(self) -> pd.DataFrame:
-        """True where a row holds the best displayed mean of its metric within its backbone."""
+        """True where a row holds the best displayed mean of its metric within its backbone (never a baseline)."""
         rounded = self.stats[[f"{m}_mean" for m in self.metrics]].round(1)
         rounded.columns = list(self.metrics)
         best = rounded.groupby(self.stats["backbone"]).transform("max")
-        return rounded.eq(best) & rounded.notna()
+        model_rows = (self.stats["backbone"] != BASELINE_BACKBONE).to_numpy()[:, None]
+        return rounded.eq(best) & rounded.notna() & model_rows
 
     def display(self, bold: str) -> pd.DataFrame:
         """Strings ``mean ± std`` with the best wrapped by the ``bold`` format (``**{}**``)."""
@@ -137,12 +165,16 @@ def aggregate(frame: pd.DataFrame, dataset: str) -> Table:
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats.insert(0, "seeds", grouped.size())
     stats = stats.reset_index()
-    return Table(dataset, metrics, stats, int(stats["seeds"].max()), tuple(sorted(set(rows["code"]))))
+    methods = stats["backbone"] != BASELINE_BACKBONE
+    versions = tuple(sorted(set(rows["code"].dropna())))
+    return Table(dataset, metrics, stats, int(stats.loc[methods, "seeds"].max()), versions)
 
 
 def to_latex(table: Table) -> str:
     """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
-    shown = table.display(bold="\\textbf{{{}}}").map(lambda s: s.replace("±", "$\\pm$").replace("–", "--"))
+    shown = table.display(bold="\\textbf{{{}}}").map(
+        lambda s: s.replace("±", "$\\pm$").replace("–", "--").replace("—", "---")
+    )
     shown["Method"] = [_latex_label(label) for label in shown["Method"]]
     styler = shown.style.hide(axis="index")
     return styler.to_latex(
