@@ -1,7 +1,9 @@
 """``dawsol evaluate``: a trained cell's last checkpoint on val and test, written to ``results/cells/<cell>/``.
 
-The outputs of docs/architecture.md ("Cell outputs") are written atomically: old outputs are
-removed first, ``metrics.json`` (with the code version that computed it) is written last.
+The outputs of docs/architecture.md ("Cell outputs") are written atomically once every split is
+scored: a failure before then (a bad device, a bad checkpoint, an interrupted run) leaves the old
+outputs as they were; then the old ``metrics.json`` is removed first and the new one (with the
+code version that computed it) written last.
 """
 
 from __future__ import annotations
@@ -40,9 +42,6 @@ def evaluate_cell(
     if predictions is not None:
         ids = {split: list(eval_dataset(settings, split).image_ids) for split in SPLITS}
         labels = read_predictions(Path(predictions), ids)
-    outputs = evaluate_outputs(settings.cell)
-    for output in outputs.values():
-        output.unlink(missing_ok=True)
     device = select_device(device_name or settings.train.device)
     model = model_from_state(state, device)
     assigner = assigner_from_state(state, settings, model.feature_dim, device)
@@ -59,6 +58,10 @@ def evaluate_cell(
             assigner=assigner,
         )
         log.info("%s %s: %s", settings.cell.name, split, _summary(splits[split].metrics))
+    outputs = evaluate_outputs(settings.cell)
+    # Only now, with every number computed, are the old outputs replaced: metrics.json (the mark of a
+    # finished evaluation) goes first and comes back last, so a failure before here loses nothing.
+    outputs["metrics"].unlink(missing_ok=True)
     threshold = figure_threshold(splits["val"].metrics)
     cell = settings.cell
     document = {

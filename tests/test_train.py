@@ -442,3 +442,22 @@ def test_assigner_counts_use_the_feature_resolution_and_skip_the_ignore_band() -
     metrics = counts.metrics()
     assert metrics["object_pixels"] == {"universum": 50.0, "fake_target": 0.0, "true_target": 50.0}
     assert metrics["background_pixels"]["universum"] == 100.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_failed_re_evaluation_keeps_the_old_outputs(
+    tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dawsol evaluate --device cuda` without CUDA fails before it replaces anything."""
+    project = tmp_path / "again"
+    shutil.copytree(reference, project)
+    cell_dir = project / "results" / "cells" / CELL
+    before = {path.name: path.read_bytes() for path in cell_dir.iterdir()}
+    previous = Path.cwd()
+    os.chdir(project)
+    try:
+        code, err = run_cli(capsys, "evaluate", CELL, "--device", "cuda")
+    finally:
+        os.chdir(previous)
+    assert code == 1 and "'cuda' is not available" in err
+    assert {path.name: path.read_bytes() for path in cell_dir.iterdir()} == before
