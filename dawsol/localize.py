@@ -83,10 +83,32 @@ def _read_rgb(image_path: Path) -> Image.Image:
         raise DawsolError(f"{image_path}: not a readable image") from None
 
 
+def output_names(images: Sequence[Path]) -> list[str]:
+    """A distinct output name per input: its stem, with as many parent folders as tell it apart
+    (``test/000/00004.png`` and ``test/003/00004.png`` give ``000_00004`` and ``003_00004``)."""
+    resolved = [path.resolve() for path in images]
+    depth = [0] * len(images)
+
+    def name(index: int) -> str:
+        path = resolved[index]
+        parents = [part.name for part in list(path.parents)[: depth[index]]][::-1]
+        return "_".join([*parents, path.stem])
+
+    while True:
+        names = [name(i) for i in range(len(images))]
+        clashes = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in clashes and resolved.count(resolved[i]) == 1]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
 @torch.inference_mode()
 def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k: int = 1) -> list[Path]:
-    """For each image: ``<stem>_cam.png`` (the top class's CAM and boxes) and ``<stem>.json`` (the top
-    ``top_k`` classes with probability and boxes in the image's pixels); returns the files written.
+    """For each image: ``<name>_cam.png`` (the top class's CAM and boxes) and ``<name>.json`` (the top
+    ``top_k`` classes with probability and boxes in the image's pixels), ``<name>`` its stem
+    (``output_names``: with parent folders where stems clash); returns the files written.
 
     An unreadable image is an error before any file is written.
     """
@@ -100,7 +122,7 @@ def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k:
     device = next(model.parameters()).device
     transform = eval_transform(localizer.image_size, localizer.normalization)
     written = []
-    for image_path in images:
+    for image_path, stem in zip(images, output_names(images), strict=True):
         picture = _read_rgb(image_path)
         out = model(transform(picture)[None].to(device))
         probabilities = torch.softmax(out.logits.float(), 1)[0]
@@ -126,10 +148,10 @@ def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k:
         caption = f"{entries[0]['class_name']} p={entries[0]['probability']:.2f}"
         original = np.ascontiguousarray(np.asarray(picture)[:, :, ::-1])
         panel = tile(original, scoremaps[0], np.zeros((0, 4), np.int64), localizer.threshold, caption)
-        figure = out_dir / f"{image_path.stem}_cam.png"
+        figure = out_dir / f"{stem}_cam.png"
         atomic_write_bytes(figure, encode_png(panel))
         report = {"image": str(image_path), "threshold": localizer.threshold, "top": entries}
-        listing = out_dir / f"{image_path.stem}.json"
+        listing = out_dir / f"{stem}.json"
         atomic_write_text(listing, json.dumps(report, indent=2) + "\n")
         written += [figure, listing]
     return written

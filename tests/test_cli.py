@@ -59,3 +59,11 @@ def test_resolve_prints_settings(params_copy):
     result = _run("resolve", "synthetic/resnet18/cam-dann/seed2", "--params", str(params_copy), "--json")
     assert result.returncode == 0, result.stderr
     assert '"loss": "dann"' in result.stdout and '"cell": "synthetic/resnet18/cam-dann/seed2"' in result.stdout
+
+
+def test_resolve_says_when_a_cell_is_not_in_the_grid(params_copy):
+    inside = _run("resolve", "synthetic/resnet18/cam-dann/seed2", "--params", str(params_copy))
+    assert inside.returncode == 0 and "not a cell of the grid" not in inside.stderr
+    outside = _run("resolve", "synthetic/resnet18/has-mmd/seed7", "--params", str(params_copy))
+    assert outside.returncode == 0 and "loss: mmd" in outside.stdout
+    assert "synthetic/resnet18/has-mmd/seed7 is not a cell of the grid" in outside.stderr

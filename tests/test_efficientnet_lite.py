@@ -206,3 +206,13 @@ def test_localize_an_imagenet_classifier_on_sklearn_sample_photos(tmp_path, caps
     assert drawn.size[0] >= width
     assert cli.main(["localize", "--imagenet", "vgg16", photos[0], "--out", str(out)]) == 1
     assert "vgg16: its ImageNet head is not one linear layer" in capsys.readouterr().err
+
+
+def test_localize_output_names_never_overwrite_each_other(tmp_path):
+    from dawsol.localize import output_names
+
+    paths = [tmp_path / "test/000/00004.png", tmp_path / "test/003/00004.png", tmp_path / "other.png"]
+    assert output_names(paths) == ["000_00004", "003_00004", "other"]
+    deep = [tmp_path / "a/x/img.png", tmp_path / "b/x/img.png"]
+    assert output_names(deep) == ["a_x_img", "b_x_img"]
+    assert output_names([tmp_path / "same.png", tmp_path / "same.png"]) == ["same", "same"]  # one file twice

@@ -180,6 +180,25 @@ def test_ui_listens_on_loopback_by_default(store: str) -> None:
     command = tracking.serve_command()
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--backend-store-uri") + 1] == store
+    assert 1 <= int(command[command.index("--workers") + 1]) <= max(1, (os.cpu_count() or 1) // 2)
+
+
+@pytest.mark.parametrize("port", ["busy", "70000"])
+def test_ui_on_a_busy_or_invalid_port_is_a_one_line_error(
+    store: str, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from dawsol import cli
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        number = str(holder.getsockname()[1]) if port == "busy" else port
+        assert cli.main(["tracking", "ui", "--port", number, "--params", str(PROJECT_ROOT / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (f"127.0.0.1:{number}" in err and "pick another --port" in err) or "1..65535" in err
 
 
 def test_tracking_init_command(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,3 +207,19 @@ def test_tracking_init_command(store: str, tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["tracking", "init", "--params", str(PROJECT_ROOT / "params.yaml")]) == 0
     assert "experiment 'dawsol'" in capsys.readouterr().out
     assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_counts_and_thresholds_are_not_logged_as_metrics() -> None:
+    split = {
+        "num_images": 200,
+        "cam_curve_interval": 0.001,
+        "MaxBoxAccV2": 30.0,
+        "best_threshold": {"50": 0.2},
+        "chosen_threshold": {"GT-known Loc": 0.3},
+        "pIoU_threshold": 0.4,
+        "BoxAcc": {"50": 31.0},
+    }
+    assert dict(tracking.metric_items(split, "test.final.")) == {
+        "test.final.MaxBoxAccV2": 30.0,
+        "test.final.BoxAcc.50": 31.0,
+    }

@@ -58,6 +58,8 @@ def test_report_tables_mean_std_and_bold_best(fake_results: Path) -> None:
 
     for kind in ("cams", "boxacc", "pxpr", "training"):
         assert (fake_results / f"results/figures/synthetic_{kind}.png").stat().st_size > 1000
+    html = (fake_results / "results/tables/synthetic.html").read_text()
+    assert '<meta charset="utf-8">' in html and "±" in html  # a browser shows "±", not "Â±"
     plot = pd.read_csv(fake_results / "results/plots/synthetic/resnet18_cam-mmd.csv")
     assert len(plot) == 12 and {"threshold", "BoxAcc_50", "precision", "recall"} <= set(plot.columns)
 

@@ -17,10 +17,15 @@ def run(args: argparse.Namespace) -> int:
     import subprocess
 
     from dawsol import tracking
+    from dawsol.errors import DawsolError
 
     if args.action == "init":
         _, experiment_id = tracking.init_store()
         print(f"MLflow store {tracking.tracking_uri()}: experiment {tracking.experiment_name()!r} ({experiment_id})")
         return 0
+    tracking.check_port_free(args.host, args.port)
     tracking.init_store()
-    return subprocess.call(tracking.serve_command(args.host, args.port))
+    code = subprocess.call(tracking.serve_command(args.host, args.port))
+    if code != 0:
+        raise DawsolError(f"mlflow ui on {args.host}:{args.port} stopped with exit code {code}")
+    return 0

@@ -221,7 +221,8 @@ def to_html(table: Table) -> str:
     shown = table.display(bold="<b>{}</b>")
     shown["Method"] = [label.replace("$L_u$", "L<sub>u</sub>") for label in shown["Method"]]
     body = shown.to_html(index=False, escape=False, border=0, classes="dawsol")
-    return f"<html><body><p>{table.caption()}</p>\n{body}\n</body></html>\n"
+    head = '<head><meta charset="utf-8"></head>'
+    return f"<html>{head}<body><p>{table.caption()}</p>\n{body}\n</body></html>\n"
 
 
 def write_tables(table: Table, out_dir: Path) -> list[Path]:
