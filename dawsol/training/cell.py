@@ -28,7 +28,7 @@ from dawsol.layout import checkpoint_path, require_prepared, resume_path, train_
 from dawsol.runtime import Interrupted, restore_rng, rng_state, seed_everything, select_device
 from dawsol.scoring import score_split
 from dawsol.tracking import CellRun
-from dawsol.training.loop import Position, Sink, TrainingLoop
+from dawsol.training.loop import EpochLoop, Position, Sink
 from dawsol.training.optim import validation_due
 from dawsol.training.parts import TrainingParts, build_parts
 from dawsol.training.sinks import ConsoleSink, MLflowSink, TrainLogSink
@@ -110,7 +110,7 @@ def train_cell(
         sinks += [TrainLogSink(train_log_path(cell)), ConsoleSink(cell.name, settings.train.epochs)]
         if tracker is not None:
             sinks.append(MLflowSink(tracker))
-    loop = TrainingLoop(parts, position, validate, save, sinks, sys.stderr.isatty() if progress is None else progress)
+    loop = EpochLoop(parts, position, validate, save, sinks, sys.stderr.isatty() if progress is None else progress)
     log.info(
         "%s: training on %s x %d process(es), %d images, %d iterations per epoch",
         cell.name,

@@ -1,6 +1,6 @@
 """The epoch loop: built parts in, each finished epoch's record out to the sinks; stops cleanly on a signal.
 
-``TrainingLoop`` is handed the parts (``dawsol.training.parts``), where training stands
+``EpochLoop`` is handed the parts (``dawsol.training.parts``), where training stands
 (``Position``), a validation function, a checkpoint writer and the sinks; it trains the
 remaining epochs. After every epoch it saves a checkpoint, then hands the epoch's record
 (docs/architecture.md, ``train_log.jsonl``) to every sink. SIGTERM or SIGINT finish the
@@ -76,7 +76,7 @@ class Position:
         return cls(state["epoch"], state["batch"], EpochStats.from_dict(state["stats"]), list(state["records"]))
 
 
-class TrainingLoop:
+class EpochLoop:
     """Trains the remaining epochs of ``parts`` from ``position``.
 
     ``validate(epoch, stop)`` returns the val metrics after 1-based ``epoch`` (or None when no
