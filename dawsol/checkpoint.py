@@ -88,6 +88,19 @@ def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, t
             f"{path}: checkpoint is for backbone {state['backbone']!r} but cell {settings.cell.name} uses "
             f"{settings.model.backbone!r}; delete {path.parent} to retrain this cell"
         )
+    if state.get("imported"):  # only what shapes the imported weights' model has to agree
+        stored = stored_settings(state)
+        same = (stored.model, stored.data.num_classes, stored.wsol.method) == (
+            dataclasses.replace(settings.model, pretrained=stored.model.pretrained),
+            settings.data.num_classes,
+            settings.wsol.method,
+        )
+        if not same:
+            raise DawsolError(
+                f"{path}: imported for other model settings than cell {settings.cell.name} has now; run "
+                f"dawsol import-checkpoint {state['imported'].get('source')} --cell {settings.cell.name} again"
+            )
+        return
     if training:
         same = state["settings_digest"] == settings.digest()
     else:
@@ -110,6 +123,11 @@ def resumable_checkpoint(settings: Settings) -> tuple[dict[str, Any], Path] | No
     path = checkpoint_path(settings.cell)
     if path.exists():
         state = load_checkpoint(path)
+        if state.get("imported"):
+            raise DawsolError(
+                f"{path}: imported from {state['imported'].get('source')} (dawsol import-checkpoint), not trained "
+                "by dawsol; evaluate it, or delete it to train this cell"
+            )
         check_compatible(state, settings, path)
         return state, path
     resume = resume_path(settings.cell)
@@ -130,13 +148,16 @@ def resumable_checkpoint(settings: Settings) -> tuple[dict[str, Any], Path] | No
 
 
 def trained_checkpoint(settings: Settings) -> dict[str, Any]:
-    """The cell's finished checkpoint, fit for evaluating with ``settings``; a DawsolError otherwise."""
+    """The cell's finished (or imported) checkpoint, fit for evaluating with ``settings``; a DawsolError otherwise."""
     path = checkpoint_path(settings.cell)
     if not path.is_file():
-        raise DawsolError(f"{path}: no checkpoint; run: dawsol train {settings.cell.name}")
+        raise DawsolError(
+            f"{path}: no checkpoint; run: dawsol train {settings.cell.name} "
+            f"(or dawsol import-checkpoint FILE --cell {settings.cell.name})"
+        )
     state = load_checkpoint(path)
     check_compatible(state, settings, path, training=False)
-    if state["epoch"] < settings.train.epochs:
+    if not state.get("imported") and state["epoch"] < settings.train.epochs:
         raise DawsolError(
             f"{path}: training stopped at epoch {state['epoch']} of {settings.train.epochs}; "
             f"run: dawsol train {settings.cell.name}"
@@ -186,6 +207,32 @@ def training_state(
         "rng": dict(rng),
         "records": records,
         "mlflow_run_id": run_id,
+    }
+
+
+def imported_state(settings: Settings, model: nn.Module, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint of a model dawsol did not train (``dawsol import-checkpoint``): the cell, its settings,
+    the weights and ``imported`` (where they came from: source, sha256, format, architecture, epoch);
+    the training state is empty, not invented."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "cell": settings.cell.name,
+        "backbone": settings.model.backbone,
+        "settings_digest": settings.digest(),
+        "settings": settings.to_dict(),
+        "code": code_version(),
+        "num_classes": settings.data.num_classes,
+        "imported": dict(provenance),
+        "epoch": None,
+        "epochs": None,
+        "batch": None,
+        "stats": None,
+        "model": model.state_dict(),
+        "optimizer": None,
+        "da": None,
+        "rng": None,
+        "records": [],
+        "mlflow_run_id": None,
     }
 
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "metrics": "dawsol.commands.metrics",
     "train": "dawsol.commands.train",
     "evaluate": "dawsol.commands.evaluate",
+    "import-checkpoint": "dawsol.commands.import_checkpoint",
     "localize": "dawsol.commands.localize",
     "tracking": "dawsol.commands.tracking",
     "estimate": "dawsol.commands.estimate",

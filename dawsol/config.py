@@ -400,6 +400,22 @@ def resolve(
     )
 
 
+def grid_imports(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> dict[Cell, Path]:
+    """The grid's imported cells (``imports`` of params.yaml): cell -> the checkpoint file it is imported from.
+
+    An imported cell is evaluated, never trained (``dawsol import-checkpoint``); a key that names no
+    cell of the grid is an error naming it.
+    """
+    cells = set(grid_cells(params, source))
+    imports = {}
+    for name, file in (params.get("imports") or {}).items():
+        cell = parse_cell(name)
+        if cell not in cells:
+            raise DawsolError(f'{source}: imports."{name}" is not a cell of the grid')
+        imports[cell] = Path(file)
+    return imports
+
+
 def grid_datasets(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[str]:
     """The grid's datasets that have at least one cell, in grid order."""
     return list(dict.fromkeys(cell.dataset for cell in grid_cells(params, source)))

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from dawsol.config import Cell, grid_cells, grid_datasets
-from dawsol.layout import RUNS_DIR, evaluate_outputs, report_outputs, settings_output, train_outputs
+from dawsol.config import Cell, grid_cells, grid_datasets, grid_imports, parse_cell
+from dawsol.layout import RUNS_DIR, evaluate_outputs, report_inputs, report_outputs, settings_output, train_outputs
 from dawsol.pipeline import cli, dataset_dir, prepare_params
 
 
@@ -49,15 +49,34 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
         "params": [{params_file: None}],
         "outs": [{p: {"cache": False}} for p in posix([settings_output(c) for c in cells])],
     }
+    imports = grid_imports(params, source)
     items = {_slug(c.name): {"cell": c.name, "data": data_dirs[c.dataset], **_cell_paths(c)} for c in cells}
-    stages["train"] = {
-        "foreach": items,
-        "do": {
-            "cmd": cli("train", "${item.cell}", source=source, profile=profile),
-            "deps": ["${item.settings}", "${item.data}"],
-            "outs": ["${item.checkpoint}", "${item.train_log}"],
-        },
-    }
+    trained = {key: item for key, item in items.items() if parse_cell(item["cell"]) not in imports}
+    if trained:
+        stages["train"] = {
+            "foreach": trained,
+            "do": {
+                "cmd": cli("train", "${item.cell}", source=source, profile=profile),
+                "deps": ["${item.settings}", "${item.data}"],
+                "outs": ["${item.checkpoint}", "${item.train_log}"],
+            },
+        }
+    if imports:  # imported cells: the checkpoint from its file, no training
+        imported = {
+            key: {**item, "source": imports[parse_cell(item["cell"])].as_posix()}
+            for key, item in items.items()
+            if parse_cell(item["cell"]) in imports
+        }
+        stages["import"] = {
+            "foreach": imported,
+            "do": {
+                "cmd": cli(
+                    "import-checkpoint", "${item.source}", "--cell", "${item.cell}", source=source, profile=profile
+                ),
+                "deps": ["${item.settings}", "${item.source}"],
+                "outs": ["${item.checkpoint}"],
+            },
+        }
     stages["evaluate"] = {
         "foreach": items,
         "do": {
@@ -68,9 +87,7 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
         },
     }
     report_outs = report_outputs(params, source)
-    report_deps = [data_dirs[d] for d in names]
-    for c in cells:
-        report_deps += posix([*evaluate_outputs(c).values(), train_outputs(c)["train_log"]])
+    report_deps = [data_dirs[d] for d in names] + posix(report_inputs(params, source))
     stages["report"] = {
         "cmd": cli("report", source=source, profile=profile),
         "params": [{params_file: ["grid"]}],

@@ -2,7 +2,8 @@
 
 ``estimate(params, source)`` counts, per cell, the training images (train split x epochs) and
 the evaluation images (a val pass every ``eval_every`` epochs and after the last, then the final
-val + test pass of ``dawsol evaluate``). Split sizes come from the prepared metadata when the
+val + test pass of ``dawsol evaluate``); an imported cell (params.yaml ``imports``) has only the
+final val + test pass. Split sizes come from the prepared metadata when the
 dataset is prepared, else from the official split sizes (``KNOWN_SPLIT_SIZES``).
 
 The throughput is measured, not assumed: ``benchmark`` runs a few real training steps (the
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dawsol.config import Settings, grid_cells, resolve
+from dawsol.config import Settings, grid_cells, grid_imports, resolve
 from dawsol.errors import DawsolError
 from dawsol.layout import SPLITS, split_file
 from dawsol.runtime import deterministic
@@ -77,8 +78,13 @@ def split_sizes(settings: Settings) -> tuple[dict[str, int], str]:
     return dict(KNOWN_SPLIT_SIZES[dataset]), "known"
 
 
-def workload(settings: Settings, sizes: Mapping[str, int]) -> tuple[int, int]:
-    """(train images, eval images) of one cell: train x epochs; val passes during training + val + test."""
+def workload(settings: Settings, sizes: Mapping[str, int], imported: bool = False) -> tuple[int, int]:
+    """(train images, eval images) of one cell: train x epochs; val passes during training + val + test.
+
+    An ``imported`` cell is not trained: only ``dawsol evaluate``'s val + test pass.
+    """
+    if imported:
+        return 0, sizes["val"] + sizes["test"]
     train = settings.train
     val_passes = sum(1 for epoch in range(1, train.epochs + 1) if validation_due(train, epoch))
     train_images = sizes["train"] * train.epochs
@@ -172,6 +178,7 @@ def estimate(
     ``on_benchmark(settings, throughput)`` is called after each benchmark (progress reporting).
     """
     names = cells if cells is not None else [cell.name for cell in grid_cells(params, source)]
+    imported = grid_imports(params, source)
     measured: dict[tuple[Any, ...], Throughput] = {}
     results = []
     for name in names:
@@ -183,7 +190,7 @@ def estimate(
                 on_benchmark(settings, measured[key])
         throughput = measured[key]
         sizes, origin = split_sizes(settings)
-        train_images, eval_images = workload(settings, sizes)
+        train_images, eval_images = workload(settings, sizes, imported=settings.cell in imported)
         seconds = train_images / throughput.train_images_per_s + eval_images / throughput.eval_images_per_s
         results.append(CellEstimate(name, train_images, eval_images, sizes, origin, throughput, seconds / 3600))
     return results

@@ -73,6 +73,7 @@ def evaluate_cell(
         "seed": cell.seed,
         "settings_digest": settings.digest(),
         "code": {"trained": state.get("code"), "evaluated": code_version()},
+        **({"imported": state["imported"]} if state.get("imported") else {}),
         "splits": {split: result.metrics for split, result in splits.items()},
     }
     write_curves(
@@ -98,5 +99,8 @@ def _track_evaluation(settings: Settings, document: Mapping[str, Any], outputs: 
     for split, metrics in document["splits"].items():
         run.log_metrics(metrics, prefix=f"{split}.final.")
     run.set_code_tags(document["code"]["evaluated"], prefix="evaluated_")
+    if document.get("imported"):
+        run.set_tag("imported", "true")
+        run.set_tag("imported_sha256", str(document["imported"].get("sha256")))
     for output in outputs.values():
         run.log_artifact(output, "evaluation")

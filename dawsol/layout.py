@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dawsol.config import Cell, Settings, grid_cells, grid_datasets
+from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports
 from dawsol.errors import DawsolError
 
 DVC_YAML = Path("dvc.yaml")
@@ -110,3 +110,15 @@ def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, l
         plots += [PLOTS_DIR / dataset / f"{key}.csv" for key in keys]
     tables += [TABLES_DIR / f"{COMPARISON_STEM}.{fmt}" for fmt in COMPARISON_FORMATS]
     return {"tables": tables, "figures": figures, "plots": plots}
+
+
+def report_inputs(params: Mapping[str, Any], source: str | Path) -> list[Path]:
+    """What ``dawsol report`` reads of the cells: every cell's evaluation outputs, and the training log of
+    every cell dawsol trained (an imported cell has none)."""
+    imported = grid_imports(params, source)
+    paths = []
+    for cell in grid_cells(params, source):
+        paths += list(evaluate_outputs(cell).values())
+        if cell not in imported:
+            paths.append(train_log_path(cell))
+    return paths

@@ -29,7 +29,8 @@ def params_copy(tmp_path: Path) -> Path:
     return target
 
 
-# The suite writes about 0.6 GB of temporary files (full-size VGG16 checkpoints, project copies);
+# The suite writes about 2 GB of temporary files over its run (full-size VGG16 checkpoints, the importer's
+# 60-200 MB official-layout files, project copies), each deleted once its test passes;
 # a nearly full disk shows up as scattered "database or disk is full" / setup errors.
 LOW_DISK_BYTES = 2 * 1024**3
 

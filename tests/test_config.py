@@ -236,3 +236,17 @@ def test_grid_extra_must_name_known_cells(params_copy):
     path = _edit(params_copy, mutate)
     with pytest.raises(DawsolError, match="unknown DA method 'nosuch'"):
         grid_cells(load_params(path), path)
+
+
+def test_imports_must_name_cells_of_the_grid(params_copy):
+    from dawsol.config import grid_imports
+    from dawsol.errors import DawsolError
+
+    params = load_params(params_copy)
+    params["imports"] = {"synthetic/resnet18/cam-mmd/seed0": "released/model.pth.tar"}
+    assert grid_imports(params, params_copy) == {
+        parse_cell("synthetic/resnet18/cam-mmd/seed0"): Path("released/model.pth.tar")
+    }
+    params["imports"] = {"synthetic/resnet18/cam-mmd/seed9": "released/model.pth.tar"}
+    with pytest.raises(DawsolError, match=r'imports."synthetic/resnet18/cam-mmd/seed9" is not a cell of the grid'):
+        grid_imports(params, params_copy)

@@ -115,3 +115,14 @@ def test_benchmark_leaves_the_process_determinism_as_it_found_it():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def test_the_released_profile_counts_evaluation_images_only():
+    from dawsol.config import grid_imports
+
+    params = load_params(PROJECT_ROOT / "params.yaml", "released")
+    imported = grid_imports(params, PROJECT_ROOT / "params.yaml")
+    assert len(imported) == 6 and all(str(path).startswith("checkpoints/released/") for path in imported.values())
+    settings = resolve("cub/resnet50/cam-mmd/seed0", params)
+    assert settings.cell in imported
+    assert workload(settings, KNOWN_SPLIT_SIZES["cub"], imported=True) == (0, 1000 + 5794)

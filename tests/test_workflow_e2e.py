@@ -98,3 +98,49 @@ def test_dvc_tiny_repro(project: Path) -> None:
         "evaluate@synthetic-resnet18-cam-mmd-seed0",
         "report",
     }
+
+
+def write_wsolevaluation_vgg16(path: Path, num_classes: int) -> None:
+    """A checkpoint in wsolevaluation's layout (VGG16-CAM, 14x14 map), random weights: what its main.py saves."""
+    import torch
+
+    from dawsol.config import ModelSettings, WSOLSettings
+    from dawsol.models import build_model
+
+    model = build_model(ModelSettings("vgg16", "none", False, 1.0), num_classes, WSOLSettings("cam"))
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "classifier.weight":
+            state["fc.weight"] = tensor.flatten(1)  # wsolevaluation's head is a Linear [K, D]
+        elif name == "classifier.bias":
+            state["fc.bias"] = tensor
+        else:
+            state[name.removeprefix("trunk.")] = tensor
+    torch.save({"architecture": "vgg16", "epoch": 3, "state_dict": state, "optimizer": {}}, path)
+
+
+@pytest.mark.slow
+def test_an_imported_cell_is_evaluated_and_reported_without_training(project: Path) -> None:
+    """params.yaml `imports`: Snakemake imports the file instead of training, evaluates and reports the cell."""
+    make_tiny(project)
+    imported = "synthetic/vgg16/cam-none/seed0"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["grid"]["extra"] = [imported]
+    params["imports"] = {imported: "checkpoints/vgg16.pth.tar"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "checkpoints").mkdir()
+    write_wsolevaluation_vgg16(project / "checkpoints/vgg16.pth.tar", params["synthetic"]["num_classes"])
+
+    jobs = dry_run_jobs(run_tool(["snakemake", "-n", "--cores", "2"], project).stdout)
+    assert jobs["import_checkpoint"] == 1 and jobs["train"] == len(TINY_CELLS) and jobs["evaluate"] == 3
+    run_tool(["snakemake", "--cores", "2"], project, timeout=600)
+    check_results(project)
+    metrics = json.loads((project / "results/cells" / imported / "metrics.json").read_text())
+    assert metrics["imported"]["format"] == "wsolevaluation" and len(metrics["imported"]["sha256"]) == 64
+    assert not (project / "runs" / imported / "train_log.jsonl").exists()
+    assert "| VGG16 | CAM |" in (project / "results/tables/synthetic.md").read_text()
+
+    run_tool(["dawsol", "dvc-yaml"], project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert list(stages["import"]["foreach"]) == ["synthetic-vgg16-cam-none-seed0"]
+    assert "synthetic-vgg16-cam-none-seed0" not in stages["train"]["foreach"]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dawsol import tracking
 from dawsol.atomic import atomic_write_text
-from dawsol.config import Cell, Settings, grid_cells, grid_datasets, resolve
+from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports, resolve
 from dawsol.evaluation import metrics_dict
 from dawsol.evaluation.evaluator import evaluate_split
 from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key, split_file
@@ -39,6 +39,7 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
     from dawsol.report import figures
 
     cells = grid_cells(params, source)
+    imports = grid_imports(params, source)
     frame = load_metrics(cells, CELLS_DIR)
     tables = {}
     for dataset in grid_datasets(params, source):
@@ -64,7 +65,10 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
             atomic_write_text(PLOTS_DIR / dataset / f"{key}.csv", curve.to_csv(index=False, float_format="%.6g"))
         figures.plot_box_curves(curves, labels, FIGURES_DIR / f"{dataset}_boxacc.png")
         figures.plot_pixel_pr(curves, labels, FIGURES_DIR / f"{dataset}_pxpr.png")
-        figures.plot_training(figures.read_train_logs(own, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png")
+        trained = [c for c in own if c not in imports]  # an imported cell has no training log
+        figures.plot_training(
+            figures.read_train_logs(trained, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png"
+        )
 
         first = _first_seed(own)
         mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None

@@ -117,7 +117,8 @@ def read_train_logs(cells: Sequence[Cell], runs_dir: Path) -> pd.DataFrame:
             val = entry.get("val") or {}
             row.update({f"val_{m}": val.get(m) for m in VAL_SERIES})
             rows.append({**row, "backbone": cell.backbone, "method": cell.method, "seed": cell.seed})
-    frame = pd.DataFrame(rows)
+    columns = ["epoch", *TRAIN_SERIES, *(f"val_{m}" for m in VAL_SERIES), "backbone", "method", "seed"]
+    frame = pd.DataFrame(rows, columns=columns)  # no rows where every cell was imported
     numeric = [c for c in frame.columns if c not in ("backbone", "method")]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame

@@ -1,19 +1,29 @@
 # Shared helpers for the rules: the grid's cells, paths and commands come from dawsol
 # (dawsol.config, dawsol.layout and dawsol.pipeline), never re-derived here.
+import re
+
 from dawsol import layout, pipeline
-from dawsol.config import grid_cells, grid_datasets, load_params, parse_cell, resolve, tree_digest
+from dawsol.config import grid_cells, grid_datasets, grid_imports, load_params, parse_cell, resolve, tree_digest
 
 PARAMS = "params.yaml"
 PARAMS_TREE = load_params(PARAMS, PROFILE)
 CELLS = grid_cells(PARAMS_TREE, PARAMS)
+# imported cells (params.yaml `imports`) get their checkpoint from a file, the others from training
+IMPORTS = {cell.name: path.as_posix() for cell, path in grid_imports(PARAMS_TREE, PARAMS).items()}
+NEVER = "(?!)"  # a wildcard constraint that matches no cell
+IMPORTED_CELLS = "|".join(re.escape(name) for name in IMPORTS) or NEVER
+TRAINED_CELLS = "|".join(re.escape(c.name) for c in CELLS if c.name not in IMPORTS) or NEVER
 DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
 DATA_DIRS = {d: pipeline.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
 REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
 REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
 
 
+CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+"
+
+
 wildcard_constraints:
-    cell=r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+",
+    cell=CELL_PATTERN,
 
 
 def dawsol(command, *args):

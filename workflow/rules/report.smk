@@ -5,11 +5,7 @@
 rule report:
     input:
         data=list(DATA_DIRS.values()),
-        cells=[
-            path.as_posix()
-            for cell in CELLS
-            for path in [*layout.evaluate_outputs(cell).values(), layout.train_outputs(cell)["train_log"]]
-        ],
+        cells=[path.as_posix() for path in layout.report_inputs(PARAMS_TREE, PARAMS)],
     output:
         report_targets(),
     params:
