@@ -175,6 +175,19 @@ def stored_settings(state: Mapping[str, Any]) -> Settings:
         ) from None
 
 
+def _cell_header(settings: Settings) -> dict[str, Any]:
+    """What every checkpoint says of its cell: format, cell, backbone, settings (and digest), code, K."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "cell": settings.cell.name,
+        "backbone": settings.model.backbone,
+        "settings_digest": settings.digest(),
+        "settings": settings.to_dict(),
+        "code": code_version(),
+        "num_classes": settings.data.num_classes,
+    }
+
+
 def training_state(
     settings: Settings,
     model: nn.Module,
@@ -190,13 +203,7 @@ def training_state(
 ) -> dict[str, Any]:
     """The checkpoint of a training run after ``epoch`` finished epochs and ``batch`` batches of the next."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "cell": settings.cell.name,
-        "backbone": settings.model.backbone,
-        "settings_digest": settings.digest(),
-        "settings": settings.to_dict(),
-        "code": code_version(),
-        "num_classes": settings.data.num_classes,
+        **_cell_header(settings),
         "epoch": epoch,
         "epochs": settings.train.epochs,
         "batch": batch,
@@ -215,13 +222,7 @@ def imported_state(settings: Settings, model: nn.Module, provenance: Mapping[str
     the weights and ``imported`` (where they came from: source, sha256, format, architecture, epoch);
     the training state is empty, not invented."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "cell": settings.cell.name,
-        "backbone": settings.model.backbone,
-        "settings_digest": settings.digest(),
-        "settings": settings.to_dict(),
-        "code": code_version(),
-        "num_classes": settings.data.num_classes,
+        **_cell_header(settings),
         "imported": dict(provenance),
         "epoch": None,
         "epochs": None,
