@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dawsol.atomic import atomic_path
-from dawsol.config import Settings
+from dawsol.config import Settings, tree_digest
 from dawsol.da import DALoss
 from dawsol.errors import DawsolError
 from dawsol.layout import checkpoint_path, resume_path
@@ -81,7 +81,9 @@ def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, t
     """Refuse a checkpoint of another backbone or other settings, saying what to do.
 
     Training compares the whole settings digest; evaluation (``training=False``) compares the
-    weights digest, which leaves out the ``eval`` block (it does not change the weights).
+    weights digest, which leaves out the ``eval`` block (it does not change the weights). Both read
+    the stored settings back first (``Settings.from_dict``), so a setting added to dawsol since, at
+    its default, changes nothing.
     """
     if state["backbone"] != settings.model.backbone:
         raise DawsolError(
@@ -102,7 +104,12 @@ def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, t
             )
         return
     if training:
-        same = state["settings_digest"] == settings.digest()
+        same = state["settings_digest"] == settings.digest() or (
+            # written before a setting was added to dawsol: its own settings, read back with the new
+            # setting at its default, are today's
+            tree_digest(state["settings"]) == state["settings_digest"]
+            and stored_settings(state).digest() == settings.digest()
+        )
     else:
         same = stored_settings(state).weights_digest() == settings.weights_digest()
     if not same:

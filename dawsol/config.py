@@ -22,7 +22,6 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
 
 from dawsol.errors import DawsolError
 
@@ -267,6 +266,8 @@ def _error_location(error: Any) -> str:
 
 def validate_params(params: Any, source: str | Path) -> None:
     """Validate a params tree against the schema; raise DawsolError naming key and file."""
+    from jsonschema import Draft202012Validator  # here, not at the top: it is half of `dawsol --help`'s import time
+
     validator = Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
@@ -298,6 +299,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
             known = ", ".join(sorted(profiles)) or "none"
             raise DawsolError(f"{path}: unknown profile {profile!r} (known: {known})")
         params = deep_merge(params, profiles[profile])
+        if "imports" in profiles[profile]:  # a profile's imports replace the base's (its grid does too)
+            params["imports"] = copy.deepcopy(profiles[profile]["imports"])
         validate_params(params, f"{path} (profile {profile})")
     return params
 

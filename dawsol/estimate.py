@@ -9,7 +9,8 @@ dataset is prepared, else from the official split sizes (``KNOWN_SPLIT_SIZES``).
 The throughput is measured, not assumed: ``benchmark`` runs a few real training steps (the
 cell's model, WSOL augmentation and DA loss, through training's own ``train_step``) and a
 few forward passes in evaluation mode on random input, once per distinct model configuration,
-under training's determinism settings (restored afterwards: the process is left as it was).
+under training's determinism settings (restored afterwards; the benchmark does draw from the
+global RNGs).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def benchmark_key(settings: Settings) -> tuple[Any, ...]:
         settings.model.backbone,
         settings.model.large_feature_map,
         settings.model.width,
+        settings.model.frozen_stages,
         settings.wsol.method,
         None if da is None else (da.loss, da.use_tsa, da.use_ld, da.use_lu, da.sample_num_source),
         settings.data.image_size,

@@ -18,6 +18,7 @@ from dawsol.atomic import atomic_write_text
 from dawsol.cell_figures import figure_threshold, write_cam_samples, write_cams_png
 from dawsol.checkpoint import assigner_from_state, model_from_state, trained_checkpoint
 from dawsol.config import Settings
+from dawsol.data.datasets import read_dataset_split
 from dawsol.evaluation import write_curves
 from dawsol.evaluation.predictions import read_predictions
 from dawsol.layout import evaluate_outputs, require_prepared
@@ -40,8 +41,9 @@ def evaluate_cell(
     state = trained_checkpoint(settings)
     labels: dict[str, dict[str, int]] = {}
     if predictions is not None:
-        ids = {split: list(eval_dataset(settings, split).image_ids) for split in SPLITS}
-        labels = read_predictions(Path(predictions), ids)
+        every = {split: read_dataset_split(settings.dataset_dir, split).image_ids for split in SPLITS}
+        scored = {split: list(eval_dataset(settings, split).image_ids) for split in SPLITS}
+        labels = read_predictions(Path(predictions), every, scored)
     device = select_device(device_name or settings.train.device)
     model = model_from_state(state, device)
     assigner = assigner_from_state(state, settings, model.feature_dim, device)

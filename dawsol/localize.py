@@ -84,24 +84,36 @@ def _read_rgb(image_path: Path) -> Image.Image:
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
-    """A distinct output name per input: its stem, with as many parent folders as tell it apart
-    (``test/000/00004.png`` and ``test/003/00004.png`` give ``000_00004`` and ``003_00004``)."""
+    """A distinct output name per input: its stem, with its suffix where a file of the same stem sits in
+    the same folder (``x.png``, ``x.jpg``: ``x_png``, ``x_jpg``), and with as many parent folders as tell
+    it apart (``test/000/00004.png``, ``test/003/00004.png``: ``000_00004``, ``003_00004``); one file
+    given twice keeps one name."""
     resolved = [path.resolve() for path in images]
+    stems = [
+        f"{path.stem}_{path.suffix.lstrip('.')}"
+        if any(o != path and o.parent == path.parent and o.stem == path.stem for o in resolved)
+        else path.stem
+        for path in resolved
+    ]
+    folders = [[part.name for part in path.parents if part.name][::-1] for path in resolved]
     depth = [0] * len(images)
 
-    def name(index: int) -> str:
-        path = resolved[index]
-        parents = [part.name for part in list(path.parents)[: depth[index]]][::-1]
-        return "_".join([*parents, path.stem])
+    def names() -> list[str]:
+        return [
+            "_".join([*folders[i][len(folders[i]) - depth[i] :], stems[i]]) if depth[i] else stems[i]
+            for i in range(len(images))
+        ]
 
-    while True:
-        names = [name(i) for i in range(len(images))]
-        clashes = {n for n in names if names.count(n) > 1}
-        grow = [i for i, n in enumerate(names) if n in clashes and resolved.count(resolved[i]) == 1]
-        if not grow:
-            return names
+    current = names()
+    while grow := [
+        i
+        for i, n in enumerate(current)
+        if current.count(n) > 1 and resolved.count(resolved[i]) == 1 and depth[i] < len(folders[i])
+    ]:
         for i in grow:
             depth[i] += 1
+        current = names()
+    return current
 
 
 @torch.inference_mode()

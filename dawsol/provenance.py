@@ -7,6 +7,7 @@ params, not the code), so every checkpoint, ``metrics.json`` and MLflow run reco
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -27,26 +28,35 @@ def _git(root: Path, *args: str) -> str:
 
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
-    """``{"dawsol": version, "git_commit": sha or None, "git_dirty": bool or None}`` of the running library.
+    """The running library's version: ``dawsol`` (release), ``git_commit``, ``library`` and ``git_dirty``.
 
-    ``git_commit`` is None where dawsol does not run from a git checkout (an installed wheel);
-    ``git_dirty`` is True when the library's tracked files differ from that commit.
+    ``library`` is a hash of the committed ``dawsol/`` tree and ``pyproject.toml``: commits that
+    change only docs or results keep it. ``git_dirty`` is True when those paths differ from the
+    commit (untracked files under ``dawsol/`` included). All but ``dawsol`` are None where dawsol
+    does not run from a git checkout (an installed wheel).
     """
     root = PACKAGE_ROOT.parent
     try:
         if Path(_git(root, "rev-parse", "--show-toplevel")).resolve() != root.resolve():
             raise ValueError("dawsol is not the top of this git checkout")
         commit = _git(root, "rev-parse", "HEAD")
-        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS))
+        objects = _git(root, "rev-parse", *(f"HEAD:{path}" for path in CODE_PATHS))
+        dirty = bool(_git(root, "status", "--porcelain", "--", *CODE_PATHS))
     except (OSError, ValueError, subprocess.SubprocessError):
-        return {"dawsol": __version__, "git_commit": None, "git_dirty": None}
-    return {"dawsol": __version__, "git_commit": commit, "git_dirty": dirty}
+        return {"dawsol": __version__, "git_commit": None, "library": None, "git_dirty": None}
+    library = hashlib.sha256(objects.encode()).hexdigest()[:12]
+    return {"dawsol": __version__, "git_commit": commit, "library": library, "git_dirty": dirty}
 
 
 def describe(code: dict[str, Any] | None) -> str:
-    """A short label of a code version: ``0.1.0 @ 1a2b3c4d5e6f`` (``+dirty`` when the library was edited)."""
+    """A short label of a code version, equal for equal library code: ``0.1.0 library 1a2b3c4d5e6f``
+    (``+dirty`` when the library was edited; the commit where no library hash was recorded)."""
     if not code:
         return "unknown"
-    commit = code.get("git_commit")
-    label = f"{code.get('dawsol')} @ {commit[:12]}" if commit else str(code.get("dawsol"))
+    if code.get("library"):
+        label = f"{code.get('dawsol')} library {code['library']}"
+    elif code.get("git_commit"):
+        label = f"{code.get('dawsol')} @ {code['git_commit'][:12]}"
+    else:
+        label = str(code.get("dawsol"))
     return label + ("+dirty" if code.get("git_dirty") else "")

@@ -144,6 +144,7 @@ def code_tags(code: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return {
         f"{prefix}dawsol_version": str(code.get("dawsol")),
         f"{prefix}git_commit": str(code.get("git_commit") or "unknown"),
+        f"{prefix}library": str(code.get("library") or "unknown"),
         f"{prefix}git_dirty": str(code.get("git_dirty")).lower(),
     }
 

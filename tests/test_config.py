@@ -250,3 +250,19 @@ def test_imports_must_name_cells_of_the_grid(params_copy):
     params["imports"] = {"synthetic/resnet18/cam-mmd/seed9": "released/model.pth.tar"}
     with pytest.raises(DawsolError, match=r'imports."synthetic/resnet18/cam-mmd/seed9" is not a cell of the grid'):
         grid_imports(params, params_copy)
+
+
+def test_a_profile_replaces_the_base_imports_and_train_refuses_an_imported_cell(params_copy, capsys):
+    import yaml
+
+    from dawsol.cli import main
+    from dawsol.config import grid_imports
+
+    params = yaml.safe_load(params_copy.read_text())
+    params["imports"] = {"synthetic/resnet18/cam-mmd/seed0": "mine.pth.tar"}
+    params_copy.write_text(yaml.safe_dump(params, sort_keys=False))
+    released = load_params(params_copy, "released")
+    assert all(str(p).startswith("checkpoints/released/") for p in grid_imports(released, params_copy).values())
+    assert main(["train", "synthetic/resnet18/cam-mmd/seed0", "--params", str(params_copy), "--no-tracking"]) == 1
+    error = capsys.readouterr().err
+    assert "is imported" in error and "dawsol import-checkpoint mine.pth.tar" in error and error.count("\n") == 1

@@ -216,3 +216,30 @@ def test_localize_output_names_never_overwrite_each_other(tmp_path):
     deep = [tmp_path / "a/x/img.png", tmp_path / "b/x/img.png"]
     assert output_names(deep) == ["a_x_img", "b_x_img"]
     assert output_names([tmp_path / "same.png", tmp_path / "same.png"]) == ["same", "same"]  # one file twice
+    assert output_names([tmp_path / "a/x.png", tmp_path / "a/x.jpg"]) == ["x_png", "x_jpg"]  # only the suffix differs
+
+
+def test_training_and_evaluation_normalise_as_the_backbone_expects(tmp_path, monkeypatch):
+    """Train and eval transforms of a cell use its backbone's normalisation ([-1, 1] for the lite models)."""
+    from torchvision import transforms
+    from train_fixtures import prepare_tiny_data, write_project
+
+    from dawsol.config import load_params, resolve
+    from dawsol.models.registry import BACKBONES
+    from dawsol.scoring import eval_dataset
+    from dawsol.training.parts import train_dataset
+
+    data = prepare_tiny_data(tmp_path / "data_src" / "synthetic")
+    monkeypatch.chdir(write_project(tmp_path / "norm", data))
+    params = load_params("params.yaml")
+
+    def normalize(transform: transforms.Compose) -> tuple:
+        step = next(t for t in transform.transforms if isinstance(t, transforms.Normalize))
+        return tuple(step.mean), tuple(step.std)
+
+    for name, entry in BACKBONES.items():
+        settings = resolve(f"synthetic/{name}/cam-none/seed0", params)
+        expected = (tuple(entry.normalization[0]), tuple(entry.normalization[1]))
+        assert normalize(train_dataset(settings).transform) == expected, name
+        assert normalize(eval_dataset(settings, "val").transform) == expected, name
+    assert BACKBONES["efficientnet_lite0"].normalization == LITE_NORMALIZATION

@@ -55,3 +55,10 @@ def test_bad_files_are_one_line_errors_naming_file_and_line(tmp_path, text, mess
 def test_a_header_is_only_a_first_line(tmp_path):
     with pytest.raises(DawsolError, match=r"preds\.csv:2: expected"):
         read_predictions(_write(tmp_path, "test/a.png,0\nimage_id,label\n"), SPLITS)
+
+
+def test_a_file_of_the_whole_split_serves_a_sampled_subset(tmp_path):
+    path = _write(tmp_path, "val/a.png,1\nval/b.png,0\n")
+    assert read_predictions(path, SPLITS, {"val": ["val/b.png"], "test": SPLITS["test"]}) == {"val": {"val/b.png": 0}}
+    with pytest.raises(DawsolError, match=r"no prediction for image 'val/b\.png' of the val split"):
+        read_predictions(_write(tmp_path, "val/a.png,1\n"), SPLITS, {"val": ["val/b.png"], "test": SPLITS["test"]})

@@ -23,17 +23,19 @@ def test_code_version_is_this_checkout():
     if head.returncode != 0:
         pytest.skip("not a git checkout")
     assert code["git_commit"] == head.stdout.strip()
-    assert isinstance(code["git_dirty"], bool)
+    assert isinstance(code["git_dirty"], bool) and len(code["library"]) == 12
     assert code["dawsol"]
 
 
 def test_describe_and_tags():
-    assert describe(CODE) == "0.1.0 @ aaaaaaaaaaaa"
+    assert describe(CODE) == "0.1.0 @ aaaaaaaaaaaa"  # recorded before the library hash
     assert describe({**CODE, "git_dirty": True}) == "0.1.0 @ aaaaaaaaaaaa+dirty"
+    assert describe({**CODE, "library": "c" * 12}) == describe({**CODE, "git_commit": "d" * 40, "library": "c" * 12})
     assert describe(None) == "unknown"
     assert code_tags(CODE, "evaluated_") == {
         "evaluated_dawsol_version": "0.1.0",
         "evaluated_git_commit": "a" * 40,
+        "evaluated_library": "unknown",
         "evaluated_git_dirty": "false",
     }
 

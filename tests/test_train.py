@@ -461,3 +461,20 @@ def test_a_failed_re_evaluation_keeps_the_old_outputs(
         os.chdir(previous)
     assert code == 1 and "'cuda' is not available" in err
     assert {path.name: path.read_bytes() for path in cell_dir.iterdir()} == before
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint written before model.frozen_stages existed resumes: read back, its settings are today's."""
+    from dawsol.checkpoint import check_compatible
+    from dawsol.config import tree_digest
+
+    monkeypatch.chdir(reference)
+    state = load_checkpoint(checkpoint_of(reference))
+    settings = resolve(CELL, load_params("params.yaml"), "params.yaml")
+    del state["settings"]["model"]["frozen_stages"]
+    state["settings_digest"] = tree_digest(state["settings"])
+    check_compatible(state, settings, checkpoint_of(reference))  # no error
+    state["settings"]["train"]["lr"] *= 2
+    state["settings_digest"] = tree_digest(state["settings"])
+    with pytest.raises(DawsolError, match="other settings"):
+        check_compatible(state, settings, checkpoint_of(reference))

@@ -142,3 +142,18 @@ def test_tables_carry_the_no_model_baselines_of_the_test_split(fake_results: Pat
         assert csv.loc[f"{name}-none", "GT-known Loc_mean"] == pytest.approx(expected["GT-known Loc"], abs=1e-4)
         row = next(line for line in md.splitlines() if label in line)
         assert "**" not in row and row.startswith("| — |")
+
+
+def test_the_baselines_are_evaluated_once_per_split_and_settings(
+    fake_results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dawsol.report as report
+
+    calls = []
+    real = report.evaluate_split
+    monkeypatch.setattr(report, "evaluate_split", lambda *a, **k: calls.append(k["baseline"]) or real(*a, **k))
+    assert main(["report", "--no-tracking"]) == 0
+    first = (fake_results / "results/tables/synthetic.csv").read_text()
+    assert main(["report", "--no-tracking"]) == 0
+    assert calls == ["center", "random"]  # the second report read runs/baselines/
+    assert (fake_results / "results/tables/synthetic.csv").read_text() == first

@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     if args.imagenet:
         localizer = imagenet_localizer(args.imagenet, device, args.threshold)
-        top_k = args.top_k or 5
+        top_k = 5 if args.top_k is None else args.top_k
     else:
         localizer = checkpoint_localizer(Path(args.checkpoint), device, args.threshold)
-        top_k = args.top_k or 1
+        top_k = 1 if args.top_k is None else args.top_k
     for path in localize(localizer, [Path(p) for p in args.images], Path(args.out), top_k):
         print(path)
     return 0

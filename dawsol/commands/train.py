@@ -18,14 +18,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from dawsol.config import load_params, resolve
+    from dawsol.config import grid_imports, load_params, resolve
     from dawsol.distributed import launch_command, run_launcher, shutdown
+    from dawsol.errors import DawsolError
     from dawsol.pipeline import train_gpus
     from dawsol.runtime import Interrupted
     from dawsol.training import train_cell
 
     params = load_params(args.params, args.profile)
     settings = resolve(args.cell, params, args.params)
+    imported = grid_imports(params, args.params)
+    if settings.cell in imported:
+        raise DawsolError(
+            f"{settings.cell.name} is imported (imports in {args.params}), not trained: "
+            f"run dawsol import-checkpoint {imported[settings.cell]} --cell {settings.cell.name}"
+        )
     device = args.device or settings.train.device
     if device in ("auto", "cuda"):  # a multi-GPU cell started as one process: run it under torchrun
         command = launch_command(train_gpus(params, settings.cell), _dawsol_args(args))

@@ -18,11 +18,15 @@ def _is_label(text: str) -> bool:
     return text.strip().lstrip("-").isdigit()
 
 
-def read_predictions(path: Path, splits: Mapping[str, Sequence[str]]) -> dict[str, dict[str, int]]:
+def read_predictions(
+    path: Path, splits: Mapping[str, Sequence[str]], evaluated: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, int]]:
     """The predictions of each split in ``splits`` (name -> its image ids) that the file covers.
 
-    Raises a DawsolError naming the file and line for a malformed line, an id of no split, a
-    second prediction for an id, a split covered in part, or a file that covers none of them.
+    ``evaluated`` (default: all of ``splits``) are the ids that will be scored, e.g. a sampled val
+    subset: a split the file speaks of must cover those. Raises a DawsolError naming the file and
+    line for a malformed line, an id of no split, a second prediction for an id, a split covered
+    in part, or a file that covers none of them.
     """
     owner = {image_id: split for split, ids in splits.items() for image_id in ids}
     try:
@@ -48,12 +52,13 @@ def read_predictions(path: Path, splits: Mapping[str, Sequence[str]]) -> dict[st
             raise DawsolError(f"{path}:{number}: a second prediction for image {image_id!r}")
         found[image_id] = int(value)
     covered: dict[str, dict[str, int]] = {}
-    for split, ids in splits.items():
-        present = {i: found[i] for i in ids if i in found}
+    for split, all_ids in splits.items():
+        ids = (evaluated or splits)[split]
+        spoken = any(i in found for i in all_ids)
         missing = [i for i in ids if i not in found]
-        if (present and missing) or (not found and ids):
+        if (spoken and missing) or (not found and ids):
             count = f"{len(missing)} of {len(ids)} missing"
             raise DawsolError(f"{path}: no prediction for image {missing[0]!r} of the {split} split ({count})")
-        if present:
-            covered[split] = present
+        if spoken:
+            covered[split] = {i: found[i] for i in ids}
     return covered

@@ -7,6 +7,8 @@ train_log.jsonl`` and the prepared test split) and written to the paths
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +18,7 @@ import pandas as pd
 
 from dawsol import tracking
 from dawsol.atomic import atomic_write_text
-from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports, resolve
+from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports, resolve, tree_digest
 from dawsol.evaluation import metrics_dict
 from dawsol.evaluation.evaluator import evaluate_split
 from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key, split_file
@@ -87,20 +89,42 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
 
 def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
     """The centre and random baselines on the test split of ``settings``' dataset, evaluated at the cell's
-    size and CAM thresholds (``dawsol metrics --baseline``), so they sit in the table beside the cells."""
+    size and CAM thresholds (``dawsol metrics --baseline``), so they sit in the table beside the cells.
+
+    Kept in ``runs/baselines/<dataset>/`` under a key of the split's metadata and those settings:
+    a second report (ILSVRC's 50,000 test images) reads them instead of evaluating again.
+    """
+    metadata = split_file(settings.dataset_dir, "test").parent
     mask_root = settings.data.mask_root
+    ev = settings.eval
     results = {}
     for name in ("center", "random"):
+        files = sorted(path for path in metadata.iterdir() if path.is_file())
+        key = tree_digest(
+            {
+                "baseline": name,
+                "metadata": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files},
+                "size": settings.data.image_size,
+                "interval": ev.cam_curve_interval,
+                "iou": list(ev.iou_thresholds),
+                "mask_root": mask_root,
+            }
+        )
+        cached = RUNS_DIR / "baselines" / settings.cell.dataset / f"{name}-{key}.json"
+        if cached.is_file():
+            results[name] = json.loads(cached.read_text())
+            continue
         box, mask = evaluate_split(
-            split_file(settings.dataset_dir, "test").parent,
+            metadata,
             mask_root=mask_root,
-            cam_curve_interval=settings.eval.cam_curve_interval,
-            iou_thresholds=settings.eval.iou_thresholds,
+            cam_curve_interval=ev.cam_curve_interval,
+            iou_thresholds=ev.iou_thresholds,
             size=settings.data.image_size,
-            workers=settings.eval.workers,
+            workers=ev.workers,
             baseline=name,
         )
-        results[name] = metrics_dict(box, mask, settings.eval.iou_thresholds)
+        results[name] = metrics_dict(box, mask, ev.iou_thresholds)
+        atomic_write_text(cached, json.dumps(results[name]))
     return results
 
 

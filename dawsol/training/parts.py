@@ -20,6 +20,7 @@ from dawsol.da import DALoss
 from dawsol.data.datasets import TrainDataset
 from dawsol.errors import DawsolError
 from dawsol.models import WSOLModel, build_model
+from dawsol.models.registry import normalization
 from dawsol.training.objective import Objective
 from dawsol.training.optim import build_optimizer
 from dawsol.training.sampling import TrainBatches
@@ -37,6 +38,17 @@ def build_components(
     if settings.da is not None:
         da_loss = DALoss(settings.da, settings.data.num_classes, model.feature_dim).to(device)
     return model, da_loss, input_augmentation(settings.wsol)
+
+
+def train_dataset(settings: Settings) -> TrainDataset:
+    """The cell's prepared train split, transformed and normalised as its backbone expects."""
+    return TrainDataset(
+        settings.dataset_dir,
+        split="train",
+        image_size=settings.data.image_size,
+        resize_size=settings.data.resize_size,
+        normalization=normalization(settings.model.backbone),
+    )
 
 
 @dataclass
@@ -72,12 +84,7 @@ def build_parts(
     if (train.bf16 or train.channels_last) and device.type != "cuda":
         log.info("bf16 / channels_last apply on CUDA only; training in float32 on %s", device.type)
     if dataset is None:
-        dataset = TrainDataset(
-            settings.dataset_dir,
-            split="train",
-            image_size=settings.data.image_size,
-            resize_size=settings.data.resize_size,
-        )
+        dataset = train_dataset(settings)
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DawsolError(
             f"{settings.dataset_dir}: the train split is empty; run: dawsol prepare {settings.cell.dataset}"
