@@ -129,11 +129,6 @@ class EfficientNetLite0(nn.Module):
         nn.init.uniform_(self._fc.weight, -bound, bound)
         nn.init.zeros_(self._fc.bias)
 
-    def stages(self) -> list[tuple[str, ...]]:
-        """The stem, Lite0's seven block stages, the head."""
-        blocks = [tuple(f"_blocks.{i}" for i in indices) for indices in self.stage_blocks]
-        return [("_conv_stem", "_bn0"), *blocks, ("_conv_head", "_bn1")]
-
     def forward(self, images: Tensor) -> Tensor:
         x = F.relu6(self._bn0(self._conv_stem(images)))
         for block in self._blocks:
