@@ -1,0 +1,257 @@
+"""Post-hoc localization maps of a trained WSOL model: CAM, GradCAM, GradCAM++, PCS and BagCAMs (docs/posthoc.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dawsol.errors import DawsolError
+from dawsol.evaluation import prepare_scoremap
+from dawsol.models.backbones import ResNetTrunk, Trunk, VGGTrunk
+from dawsol.models.efficientnet_lite import EfficientNetLiteTrunk
+from dawsol.models.model import WSOLModel
+
+# The official target-layer name per backbone (docs/posthoc.md section 3): resnet50's is the official default;
+# the others, which have none, take the same place: the input of the trunk's last stage.
+DEFAULT_TARGET_LAYERS: dict[str, str] = {
+    "resnet18": "layer3",
+    "resnet50": "layer3",
+    "inception_v3": "SPG_A3_1b",
+    "vgg16": "features",
+    "efficientnet_lite0": "_blocks",
+}
+
+# Containers whose children the trunk's forward calls one by one (a hook on the container never fires):
+# their name stands for their last child, whose output is theirs.
+_ITERATED: dict[type[Trunk], tuple[str, ...]] = {
+    ResNetTrunk: ("layer1", "layer2", "layer3", "layer4"),
+    VGGTrunk: ("features",),
+    EfficientNetLiteTrunk: ("_blocks",),
+}
+
+# Modules whose output goes straight into a functional ReLU (ReLU6) that BagCAMs guides as if it were a module
+# (docs/posthoc.md section 4): VGG's conv6 (a module in the official trunk) and Lite0's head activation.
+_GUIDED_FUNCTIONAL: dict[type[Trunk], tuple[str, ...]] = {
+    VGGTrunk: ("conv6",),
+    EfficientNetLiteTrunk: ("_bn1",),
+}
+
+GRADCAMPP_EPS = 1e-7
+
+
+class TargetLayer(NamedTuple):
+    """A resolved target layer: the setting's name, the path of the hooked trunk module, the module."""
+
+    name: str
+    path: str
+    module: nn.Module
+
+
+class Capture(NamedTuple):
+    """The target layer's output ``A`` [B, C, h, w], the score's gradient there, the GT logits ``y_c`` [B]."""
+
+    activation: Tensor
+    gradient: Tensor
+    scores: Tensor
+    guided_calls: int  # ReLU calls above the target whose gradient was rectified (0 without ``guided``)
+    layer: TargetLayer
+
+
+Extractor = Callable[[WSOLModel, Tensor, Tensor, str | None], Tensor]
+
+
+def target_layer(model: WSOLModel, name: str | None = None) -> TargetLayer:
+    """Resolve ``name`` (a dotted module path inside ``model.trunk``; None: the backbone's default).
+
+    A container the trunk iterates (ResNet's ``layerN``, VGG's ``features``, Lite0's ``_blocks``)
+    resolves to its last child. An unknown name raises a DawsolError listing the trunk's children.
+    """
+    backbone = model.backbone_name
+    if name is None:
+        if backbone not in DEFAULT_TARGET_LAYERS:
+            raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set posthoc.target_layer")
+        name = DEFAULT_TARGET_LAYERS[backbone]
+    modules = dict(model.trunk.named_modules())
+    if not name or name not in modules:
+        children = ", ".join(child for child, _ in model.trunk.named_children())
+        raise DawsolError(
+            f"posthoc target layer {name!r} is not a module of the {backbone} trunk; "
+            f"candidates: {children} (or a dotted submodule of one, e.g. {next(n for n in modules if '.' in n)})"
+        )
+    path = name
+    if name in _ITERATED.get(type(model.trunk), ()):
+        path = f"{name}.{len(modules[name]) - 1}"
+    return TargetLayer(name, path, modules[path])
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _positive_part(grad: Tensor) -> Tensor:
+    return grad.clamp(min=0)
+
+
+def capture(
+    model: WSOLModel,
+    images: Tensor,
+    labels: Tensor,
+    layer: str | None = None,
+    *,
+    log_score: bool = False,
+    guided: bool = False,
+) -> Capture:
+    """The target layer's output and the gradient of each image's GT score with respect to it, batched.
+
+    The score is the raw logit ``y_c`` (``log_score``: its natural log, i.e. a seed of ``1 / y_c``).
+    The trunk runs without gradients up to the target layer, whose output becomes a leaf, so
+    autograd stops there and no parameter gets a ``.grad``. ``guided`` rectifies the gradient of
+    every ``nn.ReLU`` module call above the target (and of the trunk's guided functional ReLU).
+    Runs in eval mode and float32, also from inside ``torch.inference_mode``; every hook is removed.
+    """
+    target = target_layer(model, layer)
+    leaves: list[Tensor] = []
+    guided_calls = 0
+
+    def take(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise DawsolError(f"posthoc target layer {target.path!r} returns {type(output).__name__}, not a tensor")
+        if leaves:
+            raise DawsolError(
+                f"posthoc target layer {target.path!r} runs more than once per forward pass, so its output is "
+                "ambiguous: name a module that runs once (e.g. a whole block)"
+            )
+        leaf = output.detach().requires_grad_()
+        leaves.append(leaf)
+        torch.set_grad_enabled(True)  # autograd from here on; the enclosing no_grad restores the mode
+        return leaf.clone()  # later in-place ops (e.g. an in-place ReLU) must not touch the captured values
+
+    def guide(module: nn.Module, args: tuple, output: Tensor) -> None:
+        nonlocal guided_calls
+        if output.requires_grad:  # above the target: below it no graph is recorded
+            output.register_hook(_positive_part)
+            guided_calls += 1
+
+    modules = dict(model.trunk.named_modules())
+    with ExitStack() as hooks:
+        # a ReLU module's guide runs before ``take``: the rule acts on the ReLU's input, so a ReLU at the
+        # target itself is below the captured output; a functional ReLU follows its module's output
+        if guided:
+            for module in modules.values():
+                if isinstance(module, nn.ReLU):
+                    hooks.callback(module.register_forward_hook(guide).remove)
+        hooks.callback(target.module.register_forward_hook(take).remove)
+        if guided:
+            for path in _GUIDED_FUNCTIONAL.get(type(model.trunk), ()):
+                hooks.callback(modules[path].register_forward_hook(guide).remove)
+        with (
+            torch.inference_mode(False),
+            torch.no_grad(),
+            torch.autocast(images.device.type, enabled=False),
+            _evaluating(model),
+        ):
+            labels = labels.clone()  # an inference-mode tensor cannot be saved for backward
+            logits = model(images).logits.float()
+    if not leaves:
+        raise DawsolError(
+            f"posthoc target layer {target.path!r} does not run in the {model.backbone_name} forward pass: "
+            "name a module the trunk calls"
+        )
+    with torch.inference_mode(False), torch.enable_grad():
+        scores = logits.gather(1, labels[:, None]).squeeze(1)
+        seed = scores.detach().reciprocal() if log_score else torch.ones_like(scores)
+        (gradient,) = torch.autograd.grad(scores, leaves[0], grad_outputs=seed)
+    activation = leaves[0].detach().float()
+    return Capture(activation, gradient.float(), scores.detach(), guided_calls, target)
+
+
+def cam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
+    """CAM ``W_c^T F + b_c`` at the feature resolution (docs/posthoc.md section 2.1); ``layer`` does not apply."""
+    with torch.no_grad(), _evaluating(model):
+        return model.cams(model(images).features.float(), labels)
+
+
+def gradcam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
+    """GradCAM: ReLU of the activation weighted by the spatial mean of ``d y_c / dA`` (section 2.2)."""
+    c = capture(model, images, labels, layer)
+    alpha = c.gradient.mean(dim=(2, 3), keepdim=True)
+    return F.relu((alpha * c.activation).sum(1))
+
+
+def gradcampp(
+    model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None, *, exp_score: bool = False
+) -> Tensor:
+    """GradCAM++ (section 2.3); ``exp_score`` keeps the reference's ``exp(y_c)`` factor (overflow included)."""
+    c = capture(model, images, labels, layer)
+    g, a = c.gradient, c.activation
+    denominator = 2 * g.pow(2) + (a * g.pow(3)).sum(dim=(2, 3), keepdim=True)
+    denominator = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    coefficients = g.pow(2) / (denominator + GRADCAMPP_EPS)
+    positive = F.relu(c.scores.exp()[:, None, None, None] * g) if exp_score else F.relu(g)
+    weights = (coefficients * positive).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * a).sum(1))
+
+
+def pcs(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
+    """PCS: ReLU of the per-position gradient x activation summed over channels (section 2.4)."""
+    c = capture(model, images, labels, layer)
+    return F.relu((c.gradient * c.activation).sum(1))
+
+
+def bagcams(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
+    """BagCAMs: guided gradient of ``log y_c`` times activation, rectified per channel, then summed (section 2.5)."""
+    c = capture(model, images, labels, layer, log_score=True, guided=True)
+    t = c.gradient * c.activation
+    mu = 1 + t.mean(dim=(2, 3), keepdim=True)
+    return F.relu(mu * t).sum(1)
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "cam": cam,
+    "gradcam": gradcam,
+    "gradcampp": gradcampp,
+    "pcs": pcs,
+    "bagcams": bagcams,
+}
+
+
+def _check_method(method: str) -> None:
+    if method not in EXTRACTORS:
+        raise DawsolError(f"unknown posthoc method {method!r} (known: {', '.join(EXTRACTORS)})")
+
+
+def extractor(method: str, *, gradcampp_exp_score: bool = False) -> Extractor:
+    """The extractor ``method`` (a key of ``EXTRACTORS``), GradCAM++ with ``exp(y_c)`` if asked."""
+    _check_method(method)
+    if method == "gradcampp" and gradcampp_exp_score:
+        return partial(gradcampp, exp_score=True)
+    return EXTRACTORS[method]
+
+
+def score_maps(method: str, maps: Tensor, input_size: tuple[int, int], size: int) -> list[np.ndarray]:
+    """Raw maps ``[B, h, w]`` of ``method`` as the protocol's float64 ``size`` x ``size`` score maps.
+
+    CAM: the chain of ``dawsol.scoring`` (float64, ``prepare_scoremap``). The gradient methods:
+    bilinear to the input images' ``input_size`` (H, W), per-image min-max in float32 (a constant
+    map gives NaN), float64, then ``prepare_scoremap`` (an identity resize at equal size; NaN: zeros).
+    """
+    _check_method(method)
+    if method != "cam":
+        maps = F.interpolate(maps[:, None].float(), size=input_size, mode="bilinear", align_corners=False)[:, 0]
+        low = maps.amin(dim=(1, 2), keepdim=True)
+        maps = (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low)
+    return [prepare_scoremap(m, size) for m in maps.double().cpu().numpy()]
