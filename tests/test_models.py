@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
+import threading
 import urllib.error
 from functools import cache
 from pathlib import Path
@@ -12,7 +16,7 @@ import torchvision
 
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.models import build_model
+from dawsol.models import build_model, pretrained
 from dawsol.models.backbones import _scaled_resnet18
 
 CAM = WSOLSettings("cam")
@@ -183,19 +187,85 @@ def test_imagenet_offline_and_uncached_names_the_file(tmp_path: Path, monkeypatc
     assert str(expected) in str(err.value)
 
 
+def _named_by_hash(folder: Path, state: dict) -> Path:
+    """``state`` saved as ``resnet18-<its sha256 prefix>.pth``, the way torch.hub names its files."""
+    raw = folder / "raw.pth"
+    torch.save(state, raw)
+    named = folder / f"resnet18-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth"
+    raw.rename(named)
+    return named
+
+
 def test_imagenet_uses_the_cache_under_torch_home(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
     torch.manual_seed(2)
     reference = torchvision.models.resnet18()
-    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    cached.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), cached)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    cached = _named_by_hash(cache, reference.state_dict())
+    monkeypatch.setattr(pretrained, "imagenet_url", lambda enum: f"https://example.invalid/models/{cached.name}")
     model = build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
     assert torch.equal(model.trunk.layer1[0].conv2.weight, reference.layer1[0].conv2.weight)
     cached.write_bytes(b"truncated")
+    with pytest.raises(DawsolError, match="sha256") as error:
+        build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
+    assert str(cached) in str(error.value) and "\n" not in str(error.value)
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: what a poisoned cache file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_poisoned_cache_file_is_refused_and_runs_no_code(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    marker = tmp_path / "pwned"
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"  # torchvision's real name
+    cached.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": _Payload(marker)}, cached)
+    with pytest.raises(DawsolError, match="sha256"):
+        build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
+    # even with a name that matches its hash, weights_only refuses to unpickle the payload
+    named = _named_by_hash(cached.parent, {"conv1.weight": _Payload(marker)})
+    monkeypatch.setattr(pretrained, "imagenet_url", lambda enum: f"https://example.invalid/{named.name}")
     with pytest.raises(DawsolError, match="unreadable"):
         build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
+    assert not marker.exists()
+
+
+def test_imagenet_weights_download_from_a_server_and_a_bad_one_leaves_nothing(tmp_path: Path, monkeypatch):
+    """A real HTTP download (a local server): the file lands in the cache only when its hash matches its name."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18()
+    good = _named_by_hash(served, reference.state_dict())
+    bad = served / "resnet18-00000000.pth"
+    bad.write_bytes(good.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setattr(pretrained, "imagenet_url", lambda enum: f"{base}/{bad.name}")
+        with pytest.raises(DawsolError, match="cannot download"):
+            build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
+        cache = tmp_path / "torch" / "hub" / "checkpoints"
+        assert not any(cache.iterdir())  # no partial or wrong file left behind
+        monkeypatch.setattr(pretrained, "imagenet_url", lambda enum: f"{base}/{good.name}")
+        model = build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
+        assert torch.equal(model.trunk.conv1.weight, reference.conv1.weight)
+        assert (cache / good.name).read_bytes() == good.read_bytes()
+    finally:
+        server.shutdown()
 
 
 def test_width_only_for_resnet18_and_not_with_imagenet():

@@ -10,6 +10,8 @@ taken and whose score estimator is left out, to fine-tune from another cell.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,27 +27,55 @@ def torchvision_imagenet(backbone: str, enum_name: str) -> Callable[[], dict[str
     return lambda: torchvision_state_dict(backbone, enum_name)
 
 
-def torchvision_state_dict(backbone: str, enum_name: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet (IMAGENET1K_V1) state dict ``enum_name``, downloaded once.
+def imagenet_url(enum_name: str) -> str:
+    """Where torchvision's ImageNet (IMAGENET1K_V1) weights ``enum_name`` download from."""
+    return getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
 
-    Offline and uncached, raise DawsolError naming the file and where to put it.
+
+def torchvision_state_dict(backbone: str, enum_name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet (IMAGENET1K_V1) state dict ``enum_name``, downloaded once into torch's cache.
+
+    The file is only ever read by ``load_verified`` (sha256 against the prefix its name carries, then
+    ``weights_only``), never by torchvision's own loader, which unpickles anything. Offline and
+    uncached, raise DawsolError naming the file and where to put it.
     """
-    weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    was_cached = cached.is_file()
-    try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:
-        if was_cached:
+    url = imagenet_url(enum_name)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not cached.is_file():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            # a temporary file, renamed into place once its hash checks out: an interrupted download leaves nothing
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(cached), progress=False)
+        except Exception as exc:
             raise DawsolError(
-                f"cached ImageNet weights {cached} for {backbone} are unreadable ({exc}); "
-                "delete the file and run again to re-download it"
+                f"cannot download ImageNet weights for {backbone} from {url} ({exc}); "
+                f"offline, put that file at {cached} (set TORCH_HOME to change the cache folder) "
+                "or set model.pretrained to a local state dict"
             ) from None
+    return load_verified(cached, f"ImageNet weights for {backbone}")
+
+
+def _hash_prefix(path: Path) -> str | None:
+    """The sha256 prefix torch.hub file names carry (``resnet18-f37072fd.pth``), or None."""
+    match = re.search(r"-([0-9a-f]{6,64})\.[a-z]+$", path.name)
+    return match.group(1) if match else None
+
+
+def load_verified(path: Path, what: str) -> dict[str, Tensor]:
+    """A cached weights file, after checking its sha256 against its name's prefix, loaded with ``weights_only``."""
+    prefix = _hash_prefix(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if prefix is not None and not digest.startswith(prefix):
         raise DawsolError(
-            f"cannot download ImageNet weights for {backbone} from {weights.url} ({exc}); "
-            f"offline, put that file at {cached} (set TORCH_HOME to change the cache folder) "
-            "or set model.pretrained to a local state dict"
-        ) from None
+            f"{what}: {path} has sha256 {digest[:16]}..., not the {prefix} its name promises (a damaged or "
+            "replaced file); delete it and run again to download it"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DawsolError(f"{what}: {path} is unreadable ({exc}); delete it and run again to download it") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DawsolError(f"{what}: {path} does not hold a state dict; delete it and run again to download it")
     return dict(state)
 
 
