@@ -89,12 +89,15 @@ def write_cams_png(path: Path, result: SplitResult, threshold: float) -> None:
 
 
 def write_cam_samples(path: Path, result: SplitResult) -> None:
-    """``cam_samples.npz``: ``image_ids`` and ``cams`` (N x S x S float16) of the kept images."""
+    """``cam_samples.npz``: ``image_ids`` and ``cams`` (N x S x S float16) of the kept images, and
+    ``cams_<method>`` of each post-hoc method (``dawsol.posthoc``) on the same images."""
     buffer = io.BytesIO()
+    extra = {f"cams_{name}": np.stack(r.scoremaps).astype(np.float16) for name, r in result.posthoc.items()}
     np.savez_compressed(
         buffer,
         image_ids=np.array(result.image_ids),
         cams=np.stack(result.scoremaps).astype(np.float16),
+        **extra,
     )
     atomic_write_bytes(path, buffer.getvalue())
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "dawsol.commands.evaluate",
     "import-checkpoint": "dawsol.commands.import_checkpoint",
     "localize": "dawsol.commands.localize",
+    "cams": "dawsol.commands.cams",
     "tracking": "dawsol.commands.tracking",
     "estimate": "dawsol.commands.estimate",
 }

@@ -1,10 +1,12 @@
 """params.yaml -> validated params -> one frozen settings object per cell.
 
-A cell is ``<dataset>/<backbone>/<wsol>-<da>/seed<k>``. Its settings merge, later wins:
+A cell is ``<dataset>/<backbone>/<wsol>-<da>/seed<k>``, a search trial
+``.../seed<k>-trial<j>``. Its settings merge, later wins:
 ``defaults < datasets.<dataset> < backbones.<backbone> < pairs."<dataset>/<backbone>" <
-cells."<cell>"``. Method-specific blocks (``wsol.<method>``, ``da.<method>``) are kept only
-for the cell's own methods, so a change to one method's hyperparameters changes only the
-resolved settings of that method's cells.
+tuned."<dataset>/<backbone>/<wsol>-<da>" < cells."<cell>"``; a trial skips ``tuned`` (what a
+search chose) and ends with its drawn values (``dawsol.search.space``). Method-specific blocks
+(``wsol.<method>``, ``da.<method>``) are kept only for the cell's own methods, so a change to
+one method's hyperparameters changes only the resolved settings of that method's cells.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import fnmatch
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,6 +27,7 @@ from typing import Any
 import yaml
 
 from dawsol.errors import DawsolError
+from dawsol.search.space import apply_draws, draw
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -39,9 +43,12 @@ DA_COMMON_KEYS = (
     "use_ld",
     "use_lu",
 )
+MAX_SEED = 2**32 - 1
+# a cell name, as a regular expression without anchors (also Snakemake's {cell} wildcard constraint)
+CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+(?:-trial[0-9]+)?"
 _CELL_RE = re.compile(
     r"^(?P<dataset>[a-z][a-z0-9_]*)/(?P<backbone>[a-z][a-z0-9_]*)/"
-    r"(?P<wsol>[a-z][a-z0-9_]*)-(?P<da>[a-z][a-z0-9_]*)/seed(?P<seed>[0-9]+)$"
+    r"(?P<wsol>[a-z][a-z0-9_]*)-(?P<da>[a-z][a-z0-9_]*)/seed(?P<seed>[0-9]+)(?:-trial(?P<trial>[0-9]+))?$"
 )
 
 
@@ -54,16 +61,23 @@ class Cell:
     wsol: str
     da: str
     seed: int
+    trial: int | None = None  # a search trial (docs/search.md): settings drawn from params.yaml `search`
 
     @property
     def name(self) -> str:
-        """The canonical ``<dataset>/<backbone>/<wsol>-<da>/seed<k>`` form."""
-        return f"{self.dataset}/{self.backbone}/{self.wsol}-{self.da}/seed{self.seed}"
+        """The canonical ``<dataset>/<backbone>/<wsol>-<da>/seed<k>[-trial<j>]`` form."""
+        trial = "" if self.trial is None else f"-trial{self.trial}"
+        return f"{self.dataset}/{self.backbone}/{self.wsol}-{self.da}/seed{self.seed}{trial}"
 
     @property
     def method(self) -> str:
         """``<wsol>-<da>``, the method column of the tables."""
         return f"{self.wsol}-{self.da}"
+
+    @property
+    def group(self) -> str:
+        """``<dataset>/<backbone>/<wsol>-<da>``: the key of params.yaml ``tuned`` and of a search."""
+        return f"{self.dataset}/{self.backbone}/{self.method}"
 
     def __str__(self) -> str:
         return self.name
@@ -75,15 +89,18 @@ def parse_cell(name: str) -> Cell:
     if match is None:
         raise DawsolError(
             f"malformed cell {name!r}: expected <dataset>/<backbone>/<wsol>-<da>/seed<k>, "
-            "e.g. synthetic/resnet18/cam-mmd/seed0"
+            "e.g. synthetic/resnet18/cam-mmd/seed0 (a search trial: .../seed0-trial3)"
         )
     groups = match.groupdict()
+    if int(groups["seed"]) > MAX_SEED:
+        raise DawsolError(f"cell {name!r}: seed {groups['seed']} is above {MAX_SEED} (2^32 - 1, numpy's limit)")
     return Cell(
         dataset=groups["dataset"],
         backbone=groups["backbone"],
         wsol=groups["wsol"],
         da=groups["da"],
         seed=int(groups["seed"]),
+        trial=None if groups["trial"] is None else int(groups["trial"]),
     )
 
 
@@ -152,6 +169,10 @@ class EvalSettings:
     iou_thresholds: tuple[int, ...]
     batch_size: int
     workers: int
+    # the localization maps evaluated (dawsol.posthoc.EXTRACTORS; the cell's own CAM always) and the gradient
+    # methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
+    cam_methods: tuple[str, ...] = ("cam",)
+    target_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +205,11 @@ class Settings:
             "train": asdict(self.train),
             "wsol": {"method": self.wsol.method, **dict(self.wsol.options)},
             "da": None if self.da is None else asdict(self.da),
-            "eval": {**asdict(self.eval), "iou_thresholds": list(self.eval.iou_thresholds)},
+            "eval": {
+                **asdict(self.eval),
+                "iou_thresholds": list(self.eval.iou_thresholds),
+                "cam_methods": list(self.eval.cam_methods),
+            },
         }
 
     def flat(self) -> dict[str, Any]:
@@ -206,6 +231,7 @@ class Settings:
         da = tree.get("da")
         evaluation = dict(tree["eval"])
         evaluation["iou_thresholds"] = tuple(evaluation["iou_thresholds"])
+        evaluation["cam_methods"] = tuple(evaluation.get("cam_methods", ("cam",)))
         return cls(
             cell=parse_cell(tree["cell"]),
             data=DataSettings(**tree["data"]),
@@ -317,6 +343,11 @@ def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
         unknown = [f"{kind} {name!r}" for kind, name, known in parts if name not in known]
         if unknown:
             raise DawsolError(f'{source}: pairs."{key}" names an unknown {" and ".join(unknown)}')
+    for key in params.get("tuned") or {}:
+        try:
+            check_cell(parse_cell(f"{key}/seed0"), params, source)
+        except DawsolError as exc:
+            raise DawsolError(f'{source}: tuned."{key}" (expected <dataset>/<backbone>/<wsol>-<da>): {exc}') from None
     for key in params.get("cells") or {}:
         try:
             check_cell(parse_cell(key), params, source)
@@ -367,13 +398,17 @@ def resolve(
         cell = parse_cell(cell)
     check_cell(cell, params, source)
     tree: dict[str, Any] = copy.deepcopy(params["defaults"])
+    tuned = {} if cell.trial is not None else (params.get("tuned") or {}).get(cell.group) or {}
     for layer in (
         params["datasets"].get(cell.dataset) or {},
         params["backbones"].get(cell.backbone) or {},
         params.get("pairs", {}).get(f"{cell.dataset}/{cell.backbone}") or {},
+        tuned,
         params.get("cells", {}).get(cell.name) or {},
     ):
         tree = deep_merge(tree, layer)
+    if cell.trial is not None:
+        apply_draws(tree, draw(params.get("search") or {}, cell.wsol, cell.da, cell.trial), f"{source}: {cell}")
 
     wsol_tree = tree.get("wsol", {})
     wsol = WSOLSettings(method=cell.wsol, options=MappingProxyType(dict(wsol_tree.get(cell.wsol, {}))))
@@ -388,8 +423,15 @@ def resolve(
             raise DawsolError(f"{source}: da.{cell.da}.loss is missing (mmd or dann)")
         da = _build(DASettings, method, f"da.{cell.da}", source, method=cell.da)
 
+    data_tree = _require(tree, "data", "defaults", source)
+    if data_tree.get("image_size", 0) > data_tree.get("resize_size", math.inf):
+        raise DawsolError(
+            f"{source}: cell {cell}: data.image_size {data_tree['image_size']} is above data.resize_size "
+            f"{data_tree['resize_size']} (training crops image_size out of the resized image)"
+        )
     eval_tree = dict(_require(tree, "eval", "defaults", source))
     eval_tree["iou_thresholds"] = tuple(_require(eval_tree, "iou_thresholds", "eval", source))
+    eval_tree["cam_methods"] = tuple(_require(eval_tree, "cam_methods", "eval", source))
     return Settings(
         cell=cell,
         data=_build(DataSettings, _require(tree, "data", "defaults", source), "data", source),
@@ -425,20 +467,25 @@ def grid_datasets(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS
 
 
 def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> list[Cell]:
-    """The cells of ``params['grid']``: the product of its lists, less the excluded globs, plus ``extra``."""
+    """The cells of ``params['grid']``: the product of its lists, less the excluded globs, plus ``extra``.
+
+    With ``grid.trials: N`` (a search, docs/search.md) each cell of the product is N trial cells instead.
+    """
     grid = params["grid"]
     excluded = grid.get("exclude", [])
+    trials = [None] if not grid.get("trials") else list(range(grid["trials"]))
     cells = []
     for dataset in grid["datasets"]:
         for backbone in grid["backbones"]:
             for wsol in grid["wsol"]:
                 for da in grid["da"]:
                     for seed in grid["seeds"]:
-                        cell = Cell(dataset, backbone, wsol, da, seed)
-                        if any(fnmatch.fnmatchcase(cell.name, pattern) for pattern in excluded):
-                            continue
-                        check_cell(cell, params, source)
-                        cells.append(cell)
+                        for trial in trials:
+                            cell = Cell(dataset, backbone, wsol, da, seed, trial)
+                            if any(fnmatch.fnmatchcase(cell.name, pattern) for pattern in excluded):
+                                continue
+                            check_cell(cell, params, source)
+                            cells.append(cell)
     for name in grid.get("extra", []):
         cell = parse_cell(name)
         check_cell(cell, params, source)

@@ -13,7 +13,15 @@ from typing import Any
 import yaml
 
 from dawsol.config import Cell, grid_cells, grid_datasets, grid_imports, parse_cell
-from dawsol.layout import RUNS_DIR, evaluate_outputs, report_inputs, report_outputs, settings_output, train_outputs
+from dawsol.layout import (
+    RUNS_DIR,
+    evaluate_outputs,
+    report_inputs,
+    report_outputs,
+    settings_output,
+    train_outputs,
+    weights_settings_output,
+)
 from dawsol.pipeline import cli, dataset_dir, prepare_params
 
 
@@ -47,7 +55,10 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
             cli("settings", "--out-dir", RUNS_DIR.as_posix(), source=source, profile=profile),
         ],
         "params": [{params_file: None}],
-        "outs": [{p: {"cache": False}} for p in posix([settings_output(c) for c in cells])],
+        "outs": [
+            {p: {"cache": False}}
+            for p in posix([path for c in cells for path in (settings_output(c), weights_settings_output(c))])
+        ],
     }
     imports = grid_imports(params, source)
     items = {_slug(c.name): {"cell": c.name, "data": data_dirs[c.dataset], **_cell_paths(c)} for c in cells}
@@ -57,7 +68,7 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
             "foreach": trained,
             "do": {
                 "cmd": cli("train", "${item.cell}", source=source, profile=profile),
-                "deps": ["${item.settings}", "${item.data}"],
+                "deps": ["${item.weights_settings}", "${item.data}"],
                 "outs": ["${item.checkpoint}", "${item.train_log}"],
             },
         }
@@ -73,7 +84,7 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
                 "cmd": cli(
                     "import-checkpoint", "${item.source}", "--cell", "${item.cell}", source=source, profile=profile
                 ),
-                "deps": ["${item.settings}", "${item.source}"],
+                "deps": ["${item.weights_settings}", "${item.source}"],
                 "outs": ["${item.checkpoint}"],
             },
         }
@@ -82,7 +93,7 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
         "do": {
             "cmd": cli("evaluate", "${item.cell}", source=source, profile=profile),
             "deps": ["${item.settings}", "${item.data}", "${item.checkpoint}"],
-            "outs": [{f"${{item.{k}}}": {"cache": False}} for k in ("curves", "cams", "cam_samples")],
+            "outs": [{f"${{item.{k}}}": {"cache": False}} for k in ("curves", "posthoc_curves", "cams", "cam_samples")],
             "metrics": [{"${item.metrics}": {"cache": False}}],
         },
     }
@@ -92,14 +103,21 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
         "cmd": cli("report", source=source, profile=profile),
         "params": [{params_file: ["grid"]}],
         "deps": report_deps,
-        "outs": [{p: {"cache": False}} for p in posix(report_outs["tables"] + report_outs["plots"])],
+        "outs": [
+            {p: {"cache": False}} for p in posix(report_outs["tables"] + report_outs["plots"] + report_outs["search"])
+        ],
         "plots": [{p: {"cache": False}} for p in posix(report_outs["figures"])],
     }
     return {"stages": stages, "plots": _dvc_plots(params, source)}
 
 
 def _cell_paths(cell: Cell) -> dict[str, str]:
-    paths = {**train_outputs(cell), **evaluate_outputs(cell), "settings": settings_output(cell)}
+    paths = {
+        **train_outputs(cell),
+        **evaluate_outputs(cell),
+        "settings": settings_output(cell),
+        "weights_settings": weights_settings_output(cell),
+    }
     return {key: path.as_posix() for key, path in paths.items()}
 
 
@@ -107,7 +125,7 @@ def _dvc_plots(params: Mapping[str, Any], source: str | Path) -> list[dict[str, 
     """Top-level DVC plots: per dataset, BoxAcc vs threshold and pixel precision vs recall per method."""
     plots: list[dict[str, Any]] = []
     outs = report_outputs(params, source)["plots"]
-    for dataset in grid_datasets(params, source):
+    for dataset in dict.fromkeys(p.parent.name for p in outs):
         files = [p.as_posix() for p in outs if p.parent.name == dataset]
         plots.append(
             {

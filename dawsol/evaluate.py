@@ -19,9 +19,10 @@ from dawsol.cell_figures import figure_threshold, write_cam_samples, write_cams_
 from dawsol.checkpoint import assigner_from_state, model_from_state, trained_checkpoint
 from dawsol.config import Settings
 from dawsol.data.datasets import read_dataset_split
-from dawsol.evaluation import write_curves
+from dawsol.evaluation import write_curves, write_posthoc_curves
 from dawsol.evaluation.predictions import read_predictions
 from dawsol.layout import evaluate_outputs, require_prepared
+from dawsol.posthoc import target_layer
 from dawsol.provenance import code_version
 from dawsol.runtime import select_device
 from dawsol.scoring import SplitResult, eval_dataset, score_split
@@ -58,8 +59,11 @@ def evaluate_cell(
             predictions=labels.get(split),
             keep=SAMPLE_COUNT if split == "test" else 0,
             assigner=assigner,
+            posthoc=settings.eval.cam_methods,
         )
         log.info("%s %s: %s", settings.cell.name, split, _summary(splits[split].metrics))
+        for name, extracted in splits[split].posthoc.items():
+            log.info("%s %s %s: %s", settings.cell.name, split, name, _summary(extracted.metrics))
     outputs = evaluate_outputs(settings.cell)
     # Only now, with every number computed, are the old outputs replaced: metrics.json (the mark of a
     # finished evaluation) goes first and comes back last, so a failure before here loses nothing.
@@ -77,10 +81,19 @@ def evaluate_cell(
         "code": {"trained": state.get("code"), "evaluated": code_version()},
         **({"imported": state["imported"]} if state.get("imported") else {}),
         "splits": {split: result.metrics for split, result in splits.items()},
+        "extractors": _extractor_blocks(settings, model, splits),
     }
     write_curves(
         outputs["curves"],
         {split: (result.box, result.mask) for split, result in splits.items()},
+        settings.eval.iou_thresholds,
+    )
+    write_posthoc_curves(
+        outputs["posthoc_curves"],
+        {
+            name: {split: (result.posthoc[name].box, result.posthoc[name].mask) for split, result in splits.items()}
+            for name in splits["test"].posthoc
+        },
         settings.eval.iou_thresholds,
     )
     write_cams_png(outputs["cams"], splits["test"], threshold)
@@ -89,6 +102,19 @@ def evaluate_cell(
     if tracking:
         _track_evaluation(settings, document, outputs)
     return document
+
+
+def _extractor_blocks(settings: Settings, model: Any, splits: Mapping[str, SplitResult]) -> dict[str, Any]:
+    """``metrics.json``'s ``extractors``: per post-hoc method its settings and its val and test metrics."""
+    blocks = {}
+    for name in splits["test"].posthoc:
+        layer = target_layer(model, settings.eval.target_layer)
+        blocks[name] = {
+            "target_layer": layer.name,
+            "target_module": layer.path,
+            "splits": {split: result.posthoc[name].metrics for split, result in splits.items()},
+        }
+    return blocks
 
 
 def _summary(metrics: Mapping[str, Any]) -> str:
@@ -100,6 +126,9 @@ def _track_evaluation(settings: Settings, document: Mapping[str, Any], outputs: 
     run = CellRun.find(settings)
     for split, metrics in document["splits"].items():
         run.log_metrics(metrics, prefix=f"{split}.final.")
+    for name, block in document["extractors"].items():
+        for split, metrics in block["splits"].items():
+            run.log_metrics(metrics, prefix=f"{name}.{split}.final.")
     run.set_code_tags(document["code"]["evaluated"], prefix="evaluated_")
     if document.get("imported"):
         run.set_tag("imported", "true")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports
+from dawsol.config import Cell, Settings, grid_cells, grid_imports
 from dawsol.errors import DawsolError
 
 DVC_YAML = Path("dvc.yaml")
@@ -20,6 +20,9 @@ CELLS_DIR = RESULTS / "cells"
 TABLES_DIR = RESULTS / "tables"
 FIGURES_DIR = RESULTS / "figures"
 PLOTS_DIR = RESULTS / "plots"
+SEARCH_DIR = RESULTS / "search"
+SEARCH_FORMATS = ("csv", "md", "png")
+TUNED_FILE = SEARCH_DIR / "tuned.yaml"
 RUNS_DIR = Path("runs")
 TABLE_FORMATS = ("tex", "csv", "md", "html")
 # the reported vs reproduced table over the whole grid (dawsol.report.reported)
@@ -78,8 +81,13 @@ def resume_path(cell: Cell | str) -> Path:
 
 
 def settings_output(cell: Cell | str) -> Path:
-    """The resolved settings of one cell, DVC's per-cell re-run trigger."""
+    """The resolved settings of one cell, DVC's per-cell re-run trigger of its evaluation."""
     return RUNS_DIR / str(cell) / "resolved.json"
+
+
+def weights_settings_output(cell: Cell | str) -> Path:
+    """The resolved settings less ``eval`` (those that decide the weights), DVC's re-run trigger of training."""
+    return RUNS_DIR / str(cell) / "resolved_weights.json"
 
 
 def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
@@ -88,6 +96,7 @@ def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
     return {
         "metrics": cell_dir / "metrics.json",
         "curves": cell_dir / "curves.csv",
+        "posthoc_curves": cell_dir / "curves_posthoc.csv",
         "cams": cell_dir / "cams.png",
         "cam_samples": cell_dir / "cam_samples.npz",
     }
@@ -99,17 +108,23 @@ def method_key(cell: Cell) -> str:
 
 
 def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, list[Path]]:
-    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset, and the
-    reported vs reproduced table."""
+    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset and the reported vs
+    reproduced table, over the grid's cells; a search's table, figure and ``tuned.yaml`` over its trials."""
     cells = grid_cells(params, source)
-    tables, figures, plots = [], [], []
-    for dataset in grid_datasets(params, source):
+    trained = [c for c in cells if c.trial is None]
+    tables, figures, plots, search = [], [], [], []
+    for dataset in dict.fromkeys(c.dataset for c in trained):
         tables += [TABLES_DIR / f"{dataset}.{fmt}" for fmt in TABLE_FORMATS]
         figures += [FIGURES_DIR / f"{dataset}_{kind}.png" for kind in FIGURE_KINDS]
-        keys = dict.fromkeys(method_key(c) for c in cells if c.dataset == dataset)
+        keys = dict.fromkeys(method_key(c) for c in trained if c.dataset == dataset)
         plots += [PLOTS_DIR / dataset / f"{key}.csv" for key in keys]
-    tables += [TABLES_DIR / f"{COMPARISON_STEM}.{fmt}" for fmt in COMPARISON_FORMATS]
-    return {"tables": tables, "figures": figures, "plots": plots}
+    if trained:
+        tables += [TABLES_DIR / f"{COMPARISON_STEM}.{fmt}" for fmt in COMPARISON_FORMATS]
+    trial_datasets = dict.fromkeys(c.dataset for c in cells if c.trial is not None)
+    if trial_datasets:
+        search = [SEARCH_DIR / f"{dataset}.{fmt}" for dataset in trial_datasets for fmt in SEARCH_FORMATS]
+        search.append(TUNED_FILE)
+    return {"tables": tables, "figures": figures, "plots": plots, "search": search}
 
 
 def report_inputs(params: Mapping[str, Any], source: str | Path) -> list[Path]:

@@ -3,7 +3,9 @@
 ``score_split`` runs a model over a split as the paper does (docs/method.md section 3.5): CAMs
 of the ground-truth class, ``prepare_scoremap`` (bicubic to the evaluation size, min-max), the
 box and mask accumulators of ``dawsol.evaluation`` (docs/protocol.md section 2), and Top-1 Cls
-from the model's own logits. Training's validation and ``dawsol evaluate`` both use it.
+from the model's own logits. Training's validation and ``dawsol evaluate`` both use it; the
+latter also scores post-hoc maps of the same model (``dawsol.posthoc``, docs/posthoc.md) in the
+same pass, each with its own accumulators.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dawsol.data.datasets import EvalDataset, collate_eval, read_dataset_split, 
 from dawsol.errors import DawsolError
 from dawsol.evaluation import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
 from dawsol.models.registry import normalization
+from dawsol.posthoc import extractor, score_maps, target_layer
 from dawsol.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,17 @@ class SplitResult:
     scoremaps: list[np.ndarray] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     gt_boxes: list[np.ndarray] = field(default_factory=list)
+    # post-hoc maps of the same model (method -> its metrics, accumulators and kept score maps)
+    posthoc: dict[str, SplitResult] = field(default_factory=dict)
+
+
+@dataclass
+class _Scorer:
+    """One kind of map's accumulators over a split."""
+
+    box: Any = None
+    mask: Any = None
+    kept: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -95,7 +109,6 @@ def eval_dataset(settings: Settings, split: str, image_ids: Sequence[str] | None
     )
 
 
-@torch.inference_mode()
 def score_split(
     model: nn.Module,
     settings: Settings,
@@ -106,6 +119,7 @@ def score_split(
     predictions: Mapping[str, int] | None = None,
     keep: int = 0,
     assigner: nn.Module | None = None,
+    posthoc: Sequence[str] = (),
 ) -> SplitResult:
     """The protocol's metrics of ``model`` on ``split``, plus ``Top-1 Cls``.
 
@@ -113,10 +127,13 @@ def score_split(
     two-stage ``Top-1 Loc (two-stage)`` and ``Top-1 Cls (two-stage)``. ``keep`` keeps the first
     ``keep`` images, score maps and GT boxes for the figures. With a DA cell's ``assigner``
     (``TargetSampleAssigner``, anchors left unchanged), a split with masks adds ``TSA``: the share
-    of object and of background pixels in each assigner set (``AssignerCounts``). A set ``stop`` event raises
-    ``Interrupted`` between batches. Under torchrun each rank scores its contiguous
-    slice of the split and the accumulators (counts, histograms) are merged in rank order, so the
-    metrics equal one process's exactly; the kept images are rank 0's (the split's first).
+    of object and of background pixels in each assigner set (``AssignerCounts``). ``posthoc``
+    names extractors of ``dawsol.posthoc`` (other than ``cam``) scored on the same batches with
+    ``settings.eval.target_layer``; their results are ``result.posthoc[name]`` (Top-1 from the
+    same logits). A set ``stop`` event raises ``Interrupted`` between batches. Under torchrun
+    each rank scores its contiguous slice of the split and the accumulators (counts, histograms)
+    are merged in rank order, so the metrics equal one process's exactly; the kept images are
+    rank 0's (the split's first).
     """
     dataset = eval_dataset(settings, split)
     num_images = len(dataset)
@@ -127,11 +144,16 @@ def score_split(
         if missing:
             raise DawsolError(f"predictions: no prediction for {split} image {missing[0]!r} ({len(missing)} missing)")
     ev = settings.eval
+    extra = [name for name in posthoc if name != "cam"]
+    extractors = {name: extractor(name) for name in extra}
+    if extra:
+        target_layer(model, ev.target_layer)  # a bad layer name fails before the first batch
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=ev.batch_size, num_workers=settings.data.num_workers, collate_fn=collate_eval, shuffle=False
     )
     size = settings.data.image_size
-    box = mask = two_stage = None
+    scorers = {name: _Scorer() for name in ["cam", *extra]}
+    two_stage = None
     assigned = AssignerCounts() if assigner is not None else None
     correct = two_stage_correct = 0
     result = SplitResult(metrics={}, box=None, mask=None)
@@ -142,51 +164,77 @@ def score_split(
             if stop is not None and stop.is_set():
                 raise Interrupted
             labels = batch["label"].to(device)
-            out = model(batch["image"].to(device))
-            predicted = out.logits.argmax(1)
-            cams = model.cams(out.features.float(), labels).double().cpu().numpy()
+            images = batch["image"].to(device)
+            with torch.inference_mode():
+                out = model(images)
+                predicted = out.logits.argmax(1)
+                maps = {
+                    "cam": [
+                        prepare_scoremap(c, size)
+                        for c in model.cams(out.features.float(), labels).double().cpu().numpy()
+                    ]
+                }
+                assignment = None
+                if assigned is not None and any(m is not None for m in batch["mask"]):
+                    pixels = out.features.float().flatten(2).transpose(1, 2)
+                    assignment = assigner(pixels, out.pooled.float(), labels, update=False)
+                    assignment = assignment.view(out.features.shape[0], *out.features.shape[2:]).cpu().numpy()
+            for name, extract in extractors.items():
+                raw = extract(model, images, labels, ev.target_layer)
+                maps[name] = score_maps(name, raw, tuple(images.shape[2:]), size)
             hits = (predicted == labels).cpu().tolist()
             correct += sum(hits)
-            assignment = None
-            if assigned is not None and any(m is not None for m in batch["mask"]):
-                pixels = out.features.float().flatten(2).transpose(1, 2)
-                assignment = assigner(pixels, out.pooled.float(), labels, update=False)
-                assignment = assignment.view(out.features.shape[0], *out.features.shape[2:]).cpu().numpy()
             for k, image_id in enumerate(batch["image_id"]):
-                scoremap = prepare_scoremap(cams[k], size)
                 gt_boxes, gt_mask = batch["boxes"][k], batch["mask"][k]
-                if len(gt_boxes):
-                    box = box or BoxAccumulator(ev.iou_thresholds, ev.cam_curve_interval, multi_contour=True)
-                    box.accumulate(scoremap, gt_boxes, correct_class=bool(hits[k]))
-                    if predictions is not None:
-                        second = predictions[image_id] == int(batch["label"][k])
-                        two_stage_correct += second
-                        two_stage = two_stage or BoxAccumulator(ev.iou_thresholds, ev.cam_curve_interval)
-                        two_stage.accumulate(scoremap, gt_boxes, correct_class=second)
-                if gt_mask is not None:
-                    mask = mask or MaskAccumulator(ev.cam_curve_interval)
-                    mask.accumulate(scoremap, gt_mask)
-                    if assignment is not None:
-                        assigned.add(assignment[k], gt_mask)
+                for name, scorer in scorers.items():
+                    scoremap = maps[name][k]
+                    if len(gt_boxes):
+                        scorer.box = scorer.box or BoxAccumulator(
+                            ev.iou_thresholds, ev.cam_curve_interval, multi_contour=True
+                        )
+                        scorer.box.accumulate(scoremap, gt_boxes, correct_class=bool(hits[k]))
+                    if gt_mask is not None:
+                        scorer.mask = scorer.mask or MaskAccumulator(ev.cam_curve_interval)
+                        scorer.mask.accumulate(scoremap, gt_mask)
+                    if len(scorer.kept) < keep:
+                        scorer.kept.append(scoremap)
+                if len(gt_boxes) and predictions is not None:
+                    second = predictions[image_id] == int(batch["label"][k])
+                    two_stage_correct += second
+                    two_stage = two_stage or BoxAccumulator(ev.iou_thresholds, ev.cam_curve_interval)
+                    two_stage.accumulate(maps["cam"][k], gt_boxes, correct_class=second)
+                if gt_mask is not None and assignment is not None:
+                    assigned.add(assignment[k], gt_mask)
                 if len(result.image_ids) < keep:
                     result.image_ids.append(image_id)
-                    result.scoremaps.append(scoremap)
                     result.images.append(to_bgr(batch["image"][k], dataset.normalization))
                     result.gt_boxes.append(np.asarray(gt_boxes).reshape(-1, 4))
     finally:
         model.train(was_training)
+    names = list(scorers)
     if distributed.current().enabled:
-        parts = distributed.gather_objects((box, mask, two_stage, assigned, correct, two_stage_correct))
-        box, mask, two_stage, assigned = (_merge([part[i] for part in parts]) for i in range(4))
-        correct, two_stage_correct = sum(part[4] for part in parts), sum(part[5] for part in parts)
-    metrics = metrics_dict(box, mask, ev.iou_thresholds)
-    metrics["Top-1 Cls"] = 100.0 * correct / max(num_images, 1)
-    if two_stage is not None:
-        metrics["Top-1 Loc (two-stage)"] = metrics_dict(two_stage, None)["Top-1 Loc"]
-        metrics["Top-1 Cls (two-stage)"] = 100.0 * two_stage_correct / max(num_images, 1)
-    if assigned is not None and mask is not None:
-        metrics["TSA"] = assigned.metrics()
-    result.metrics, result.box, result.mask = metrics, box, mask
+        local = [(scorers[n].box, scorers[n].mask) for n in names]
+        parts = distributed.gather_objects((local, two_stage, assigned, correct, two_stage_correct))
+        for i, name in enumerate(names):
+            scorers[name].box = _merge([part[0][i][0] for part in parts])
+            scorers[name].mask = _merge([part[0][i][1] for part in parts])
+        two_stage, assigned = (_merge([part[i] for part in parts]) for i in (1, 2))
+        correct, two_stage_correct = sum(part[3] for part in parts), sum(part[4] for part in parts)
+    for name in names:
+        scorer = scorers[name]
+        metrics = metrics_dict(scorer.box, scorer.mask, ev.iou_thresholds)
+        metrics["Top-1 Cls"] = 100.0 * correct / max(num_images, 1)
+        if name == "cam":
+            if two_stage is not None:
+                metrics["Top-1 Loc (two-stage)"] = metrics_dict(two_stage, None)["Top-1 Loc"]
+                metrics["Top-1 Cls (two-stage)"] = 100.0 * two_stage_correct / max(num_images, 1)
+            if assigned is not None and scorer.mask is not None:
+                metrics["TSA"] = assigned.metrics()
+            result.metrics, result.box, result.mask, result.scoremaps = metrics, scorer.box, scorer.mask, scorer.kept
+        else:
+            result.posthoc[name] = SplitResult(
+                metrics, scorer.box, scorer.mask, result.image_ids, scorer.kept, result.images, result.gt_boxes
+            )
     return result
 
 

@@ -62,7 +62,7 @@ def test_resolve_prints_settings(params_copy):
 
 
 def test_resolve_says_when_a_cell_is_not_in_the_grid(params_copy):
-    inside = _run("resolve", "synthetic/resnet18/cam-dann/seed2", "--params", str(params_copy))
+    inside = _run("resolve", "synthetic/efficientnet_lite0/cam-dann/seed2", "--params", str(params_copy))
     assert inside.returncode == 0 and "not a cell of the grid" not in inside.stderr
     outside = _run("resolve", "synthetic/resnet18/has-mmd/seed7", "--params", str(params_copy))
     assert outside.returncode == 0 and "loss: mmd" in outside.stdout

@@ -115,10 +115,10 @@ def test_grid_cells_and_exclusions(params_copy):
     path = _edit(params_copy, mutate)
     names = [c.name for c in grid_cells(load_params(path), path)]
     assert names == [
-        "synthetic/resnet18/cam-none/seed0",
-        "synthetic/resnet18/cam-none/seed1",
-        "synthetic/resnet18/cam-mmd/seed0",
-        "synthetic/resnet18/cam-mmd/seed1",
+        "synthetic/efficientnet_lite0/cam-none/seed0",
+        "synthetic/efficientnet_lite0/cam-none/seed1",
+        "synthetic/efficientnet_lite0/cam-mmd/seed0",
+        "synthetic/efficientnet_lite0/cam-mmd/seed1",
     ]
 
 
@@ -243,12 +243,14 @@ def test_imports_must_name_cells_of_the_grid(params_copy):
     from dawsol.errors import DawsolError
 
     params = load_params(params_copy)
-    params["imports"] = {"synthetic/resnet18/cam-mmd/seed0": "released/model.pth.tar"}
+    params["imports"] = {"synthetic/efficientnet_lite0/cam-mmd/seed0": "released/model.pth.tar"}
     assert grid_imports(params, params_copy) == {
-        parse_cell("synthetic/resnet18/cam-mmd/seed0"): Path("released/model.pth.tar")
+        parse_cell("synthetic/efficientnet_lite0/cam-mmd/seed0"): Path("released/model.pth.tar")
     }
-    params["imports"] = {"synthetic/resnet18/cam-mmd/seed9": "released/model.pth.tar"}
-    with pytest.raises(DawsolError, match=r'imports."synthetic/resnet18/cam-mmd/seed9" is not a cell of the grid'):
+    params["imports"] = {"synthetic/efficientnet_lite0/cam-mmd/seed9": "released/model.pth.tar"}
+    with pytest.raises(
+        DawsolError, match=r'imports."synthetic/efficientnet_lite0/cam-mmd/seed9" is not a cell of the grid'
+    ):
         grid_imports(params, params_copy)
 
 
@@ -259,10 +261,32 @@ def test_a_profile_replaces_the_base_imports_and_train_refuses_an_imported_cell(
     from dawsol.config import grid_imports
 
     params = yaml.safe_load(params_copy.read_text())
-    params["imports"] = {"synthetic/resnet18/cam-mmd/seed0": "mine.pth.tar"}
+    params["imports"] = {"synthetic/efficientnet_lite0/cam-mmd/seed0": "mine.pth.tar"}
     params_copy.write_text(yaml.safe_dump(params, sort_keys=False))
     released = load_params(params_copy, "released")
     assert all(str(p).startswith("checkpoints/released/") for p in grid_imports(released, params_copy).values())
-    assert main(["train", "synthetic/resnet18/cam-mmd/seed0", "--params", str(params_copy), "--no-tracking"]) == 1
+    assert (
+        main(["train", "synthetic/efficientnet_lite0/cam-mmd/seed0", "--params", str(params_copy), "--no-tracking"])
+        == 1
+    )
     error = capsys.readouterr().err
     assert "is imported" in error and "dawsol import-checkpoint mine.pth.tar" in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["grid"].update(seeds=[10**22]), "seeds"),
+        (lambda p: p["synthetic"].update(seed=2**32), "synthetic.seed"),
+        (lambda p: p["datasets"]["synthetic"]["data"].update(image_size=128, resize_size=100), "resize_size"),
+    ],
+)
+def test_seeds_and_sizes_that_would_fail_later_fail_now_in_one_line(params_copy, mutate, expected):
+    path = _edit(params_copy, mutate)
+    with pytest.raises(DawsolError, match=expected) as error:
+        params = load_params(path)
+        for cell in grid_cells(params, path):
+            resolve(cell, params, path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(DawsolError, match="2\\^32"):
+        parse_cell("synthetic/resnet18/cam-mmd/seed" + "9" * 23)

@@ -51,7 +51,8 @@ def test_the_tiny_benchmark_is_valid_and_complete(tmp_path: Path) -> None:
         assert len(val.masks[image_id]) == len(val.boxes[image_id]) >= 1
         assert val.ignore_masks[image_id] is not None
         width, height = val.sizes[image_id]
-        assert 64 <= width <= 96 and 64 <= height <= 96
+        low, high = config.image_size
+        assert low <= width <= high and low <= height <= high
     # boxes live in localization.txt, masks in the parallel file
     assert (root / "metadata/val/mask_localization.txt").is_file()
     item = EvalDataset(root, "test", 32)[0]

@@ -93,7 +93,7 @@ def test_estimate_command_prints_json_with_totals(tmp_path):
     report = json.loads(out.stdout)
     assert report["device"] == "cpu"
     cells = [row["cell"] for row in report["cells"]]
-    assert len(cells) == 9 and cells[0] == "synthetic/resnet18/cam-none/seed0"
+    assert len(cells) == 9 and cells[0] == "synthetic/efficientnet_lite0/cam-none/seed0"
     assert report["total"]["train_images"] == sum(row["train_images"] for row in report["cells"]) == 9 * 36 * 3
     assert report["total"]["device_hours"] == pytest.approx(sum(row["device_hours"] for row in report["cells"]))
     table = subprocess.run(

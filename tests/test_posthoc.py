@@ -19,7 +19,15 @@ from dawsol.models import build_model
 from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, VGGTrunk
 from dawsol.models.registry import BACKBONES
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread for these tests, restored afterwards (other tests compare in- and out-of-process runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # (backbone, width, input side): small inputs (Inception needs at least 75 px), random weights
 CASES = {

@@ -11,6 +11,7 @@ import yaml
 from dawsol.config import SCHEMA_PATH, Settings, grid_cells, load_params, resolve, schema_wsol_methods
 from dawsol.da.loss import DA_LOSSES
 from dawsol.models.registry import BACKBONES
+from dawsol.posthoc import DEFAULT_TARGET_LAYERS, EXTRACTORS
 from dawsol.wsol import WSOL_METHODS
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,14 @@ def test_schema_da_losses_are_the_da_loss_registry():
     assert SCHEMA["$defs"]["da_method"]["properties"]["loss"]["enum"] == list(DA_LOSSES)
 
 
-@pytest.mark.parametrize("profile", [None, "paper"])
+def test_schema_cam_methods_are_the_extractor_registry():
+    assert SCHEMA["$defs"]["settings"]["properties"]["eval"]["properties"]["cam_methods"]["items"]["enum"] == list(
+        EXTRACTORS
+    )
+    assert set(DEFAULT_TARGET_LAYERS) == set(BACKBONES)  # every backbone has a default target layer
+
+
+@pytest.mark.parametrize("profile", [None, "paper", "search"])
 def test_settings_round_trip_through_to_dict(profile):
     params = load_params(PROJECT / "params.yaml", profile)
     for cell in grid_cells(params, PROJECT / "params.yaml"):

@@ -142,6 +142,24 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     assert log_of(project) == log_of(reference)
 
 
+def test_a_second_trainer_of_a_running_cell_is_refused_naming_the_first(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = write_project(tmp_path / "locked", tiny_data)
+    proc = start(project, "train", CELL, "--no-tracking")
+    owner = project / "runs" / CELL / ".train.owner"
+    wait_for(owner, proc)
+    try:
+        assert run_in(project, "train", CELL, "--no-tracking") == 1
+        error = capsys.readouterr().err.strip()
+        assert f"process {proc.pid}" in error and ".train.lock" in error and "\n" not in error
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a killed trainer releases the lock with its process
+        proc.communicate(timeout=60)
+    assert run_in(project, "train", CELL, "--no-tracking") == 0
+    assert not owner.exists()
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     tmp_path: Path,
     tiny_data: Path,
@@ -185,7 +203,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"settings.yaml", "train_log.jsonl", "assigner.png", "evaluation"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert evaluation == {f"evaluation/{n}" for n in ("metrics.json", "curves.csv", "cams.png", "cam_samples.npz")}
+    names = ("metrics.json", "curves.csv", "curves_posthoc.csv", "cams.png", "cam_samples.npz")
+    assert evaluation == {f"evaluation/{n}" for n in names}
 
 
 def test_checkpoint_round_trip_with_dann(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,7 +50,7 @@ def test_profile_selects_overlay(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run_tool(["snakemake", "-n", "--cores", "1", "--config", "profile=two", "-p"], project)
     assert dry_run_jobs(result.stdout)["train"] == 2
-    assert "dawsol train synthetic/resnet18/cam-none/seed1 --profile two" in result.stdout
+    assert "dawsol train synthetic/efficientnet_lite0/cam-none/seed1 --profile two" in result.stdout
 
 
 def test_slurm_dry_run(project: Path) -> None:
@@ -124,7 +124,7 @@ def test_dvc_yaml_check_detects_a_grid_change(project: Path) -> None:
     assert dvc_outputs(project)["train"] == {
         p.as_posix()
         for c in ("cam-none", "cam-mmd", "cam-dann")
-        for p in train_outputs(f"synthetic/resnet18/{c}/seed0").values()
+        for p in train_outputs(f"synthetic/efficientnet_lite0/{c}/seed0").values()
     }
 
 
@@ -163,19 +163,29 @@ def test_dvc_exp_run_with_a_changed_grid_fails_before_training(project: Path) ->
         p.as_posix()
         for c in ("cam-none", "cam-mmd", "cam-dann")
         for seed in (0, 1)
-        for p in train_outputs(f"synthetic/resnet18/{c}/seed{seed}").values()
+        for p in train_outputs(f"synthetic/efficientnet_lite0/{c}/seed{seed}").values()
     }
 
 
 def test_settings_change_only_the_cells_they_concern(project: Path) -> None:
-    """`dawsol settings` (DVC's per-cell trigger): a lambda1 change for MMD rewrites only MMD cells' files."""
+    """`dawsol settings` (DVC's per-cell trigger): a lambda1 change for MMD rewrites only MMD cells' files, and an
+    eval change rewrites resolved.json only, never resolved_weights.json (training's trigger)."""
     run_tool(["dawsol", "settings"], project)
     files = sorted((project / "runs").rglob("resolved.json"))
     assert len(files) == 9
     before = {f: f.read_text() for f in files}
+    weights = {f: f.with_name("resolved_weights.json").read_text() for f in files}
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["defaults"]["da"]["mmd"]["lambda1"] = 0.5
+    params["tuned"]["synthetic/efficientnet_lite0/cam-mmd"]["da"]["mmd"]["lambda1"] = 0.5
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_tool(["dawsol", "settings"], project)
     changed = {f.relative_to(project / "runs").parts[2] for f in files if f.read_text() != before[f]}
     assert changed == {"cam-mmd"}
+    before = {f: f.read_text() for f in files}
+    params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "gradcam"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_tool(["dawsol", "settings"], project)
+    assert all(f.read_text() != before[f] for f in files)
+    weights_now = {f: f.with_name("resolved_weights.json").read_text() for f in files}
+    changed_weights = {f.relative_to(project / "runs").parts[2] for f in files if weights_now[f] != weights[f]}
+    assert changed_weights == {"cam-mmd"}  # the lambda1 change only

@@ -26,7 +26,9 @@ def make_tiny(project: Path) -> None:
     params["datasets"]["synthetic"]["train"].update(epochs=2, batch_size=16, eval_every=2)
     params["datasets"]["synthetic"]["da"]["start_epoch"] = 0
     params["defaults"]["eval"]["cam_curve_interval"] = 0.01
-    params["grid"].update(da=["none", "mmd"], seeds=[0])
+    params["datasets"]["synthetic"]["data"].update(image_size=64, resize_size=72)
+    params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "bagcams"]
+    params["grid"].update(backbones=["resnet18"], da=["none", "mmd"], seeds=[0])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -43,6 +45,7 @@ def check_results(project: Path) -> None:
         assert (project / "runs" / cell / "checkpoint.pt").is_file()
     table = (project / "results/tables/synthetic.md").read_text()
     assert "| ResNet18 | CAM |" in table and "| ResNet18 | CAM + DA-WSOL-MMD |" in table
+    assert "| ResNet18 | CAM + DA-WSOL-MMD + BagCAMs |" in table  # eval.cam_methods: a row per post-hoc map
     for kind in ("cams", "boxacc", "pxpr", "training"):
         assert (project / f"results/figures/synthetic_{kind}.png").is_file()
 
@@ -61,6 +64,12 @@ def test_snakemake_tiny_end_to_end(project: Path) -> None:
     rerun = run_tool(["snakemake", "-n", "--cores", "2"], project).stdout
     assert dry_run_jobs(rerun) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
     assert f"cell={TINY_CELLS[1]}" in rerun and f"cell={TINY_CELLS[0]}" not in rerun
+    set_mmd_lambda1(project, 0.3)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "gradcam"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = run_tool(["snakemake", "-n", "--cores", "2"], project).stdout
+    assert dry_run_jobs(rerun) == {"evaluate": 2, "report": 1, "all": 1}  # another map: evaluation only
 
     run_tool(["snakemake", "--report", "results/report.html"], project)
     html = (project / "results/report.html").read_text(errors="replace")

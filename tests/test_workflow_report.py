@@ -29,14 +29,14 @@ def fake_results(tmp_path: Path, params_copy: Path, monkeypatch: pytest.MonkeyPa
 def _expected(da: str, metric: str) -> str:
     from dawsol.config import Cell
 
-    values = [cell_value(Cell("synthetic", "resnet18", "cam", da, s), metric) for s in (0, 1, 2)]
+    values = [cell_value(Cell("synthetic", "efficientnet_lite0", "cam", da, s), metric) for s in (0, 1, 2)]
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def test_report_tables_mean_std_and_bold_best(fake_results: Path) -> None:
     assert main(["report", "--no-tracking"]) == 0
     md = (fake_results / "results/tables/synthetic.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ResNet18")}
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| EfficientNet-Lite0")}
     assert set(rows) == {"CAM", "CAM + DA-WSOL-MMD", "CAM + DA-WSOL-DANN"}
     for metric in METRIC_NAMES:
         assert metric in md
@@ -60,16 +60,16 @@ def test_report_tables_mean_std_and_bold_best(fake_results: Path) -> None:
         assert (fake_results / f"results/figures/synthetic_{kind}.png").stat().st_size > 1000
     html = (fake_results / "results/tables/synthetic.html").read_text()
     assert '<meta charset="utf-8">' in html and "±" in html  # a browser shows "±", not "Â±"
-    plot = pd.read_csv(fake_results / "results/plots/synthetic/resnet18_cam-mmd.csv")
+    plot = pd.read_csv(fake_results / "results/plots/synthetic/efficientnet_lite0_cam-mmd.csv")
     assert len(plot) == 12 and {"threshold", "BoxAcc_50", "precision", "recall"} <= set(plot.columns)
 
 
 def test_report_missing_cell_is_one_line_error(fake_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (fake_results / "results/cells/synthetic/resnet18/cam-dann/seed1/metrics.json").unlink()
+    (fake_results / "results/cells/synthetic/efficientnet_lite0/cam-dann/seed1/metrics.json").unlink()
     assert main(["report", "--no-tracking"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "cam-dann/seed1/metrics.json" in err and "dawsol evaluate synthetic/resnet18/cam-dann/seed1" in err
+    assert "cam-dann/seed1/metrics.json" in err and "dawsol evaluate synthetic/efficientnet_lite0/cam-dann/seed1" in err
 
 
 def test_report_only_supported_columns(fake_results: Path, params_copy: Path) -> None:
@@ -94,7 +94,8 @@ def test_report_summary_run_in_mlflow(fake_results: Path) -> None:
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.metrics["synthetic.resnet18.cam-mmd.PxAP.mean"] == pytest.approx(40.0 + 10.0 + 1.0 + 0.5 * 4)
+    expected = 40.0 + 10.0 + 1.0 + 0.5 * 4
+    assert run.data.metrics["synthetic.efficientnet_lite0.cam-mmd.PxAP.mean"] == pytest.approx(expected)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
     assert "tables/synthetic.tex" in artifacts
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}

@@ -8,9 +8,12 @@ from pathlib import Path
 
 from dawsol.atomic import atomic_write_text
 from dawsol.config import grid_cells, load_params, resolve
-from dawsol.layout import RUNS_DIR, settings_output
+from dawsol.layout import RUNS_DIR, settings_output, weights_settings_output
 
-HELP = "write runs/<cell>/resolved.json (the resolved settings) for every cell of the grid"
+HELP = (
+    "write runs/<cell>/resolved.json (the resolved settings) and resolved_weights.json (all but eval) "
+    "for every cell of the grid"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +24,10 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.profile)
     for cell in grid_cells(params, args.params):
         tree = resolve(cell, params, args.params).to_dict()
-        path = Path(args.out_dir) / settings_output(cell).relative_to(RUNS_DIR)
-        text = json.dumps(tree, indent=2, sort_keys=True) + "\n"
-        if not path.is_file() or path.read_text() != text:
-            atomic_write_text(path, text)
+        weights = {key: value for key, value in tree.items() if key != "eval"}
+        for output, content in ((settings_output(cell), tree), (weights_settings_output(cell), weights)):
+            path = Path(args.out_dir) / output.relative_to(RUNS_DIR)
+            text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+            if not path.is_file() or path.read_text() != text:  # an unchanged file keeps DVC's stage up to date
+                atomic_write_text(path, text)
     return 0

@@ -8,7 +8,7 @@ of CAM files behind ``dawsol metrics`` (``dawsol.evaluation.evaluator``).
 
 from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
 from dawsol.evaluation.boxes import best_ious, multiple_iou, scoremap_boxes
-from dawsol.evaluation.output import metrics_dict, write_curves, write_metrics
+from dawsol.evaluation.output import metrics_dict, write_curves, write_metrics, write_posthoc_curves
 from dawsol.evaluation.scoremap import cam_thresholds, check_scoremap, normalize_scoremap, prepare_scoremap
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "scoremap_boxes",
     "write_curves",
     "write_metrics",
+    "write_posthoc_curves",
 ]

@@ -67,7 +67,31 @@ def write_curves(
     splits: Mapping[str, tuple[BoxAccumulator | None, MaskAccumulator | None]],
     iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
 ) -> None:
-    """Write ``split,threshold,BoxAcc_<d>...,precision,recall,IoU``: one row per CAM threshold per split.
+    """Write one kind of map's curves CSV (``curves_text``)."""
+    atomic_write_text(path, curves_text(splits, iou_thresholds))
+
+
+def write_posthoc_curves(
+    path: str | Path,
+    methods: Mapping[str, Mapping[str, tuple[BoxAccumulator | None, MaskAccumulator | None]]],
+    iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
+) -> None:
+    """The curves of several kinds of map in one CSV: ``method,`` then ``curves_text``'s columns.
+
+    With no method the file holds the header alone, so its path always exists.
+    """
+    lines = ["method," + curves_text({}, iou_thresholds).rstrip("\n")]
+    for method, splits in methods.items():
+        body = curves_text(splits, iou_thresholds).splitlines()[1:]
+        lines += [f"{method},{line}" for line in body]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def curves_text(
+    splits: Mapping[str, tuple[BoxAccumulator | None, MaskAccumulator | None]],
+    iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
+) -> str:
+    """The CSV ``split,threshold,BoxAcc_<d>...,precision,recall,IoU``: one row per CAM threshold per split.
 
     The BoxAcc columns follow the box accumulators' IoU thresholds (``iou_thresholds`` when there
     is none); a metric a split lacks is left empty.
@@ -90,4 +114,4 @@ def write_curves(
             row += [repr(float(curves[d][i])) if curves else "" for d in deltas]
             row += [repr(float(pixels[k][i])) if pixels else "" for k in ("precision", "recall", "IoU")]
             writer.writerow(row)
-    atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()

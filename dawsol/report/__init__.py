@@ -18,11 +18,12 @@ import pandas as pd
 
 from dawsol import tracking
 from dawsol.atomic import atomic_write_text
-from dawsol.config import Cell, Settings, grid_cells, grid_datasets, grid_imports, resolve, tree_digest
+from dawsol.config import Cell, Settings, grid_cells, grid_imports, resolve, tree_digest
 from dawsol.evaluation import metrics_dict
 from dawsol.evaluation.evaluator import evaluate_split
-from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, TABLES_DIR, method_key, split_file
+from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, SEARCH_DIR, TABLES_DIR, method_key, split_file
 from dawsol.report.reported import write_comparison
+from dawsol.report.search import SearchResult, write_search
 from dawsol.report.tables import (
     BACKBONE_NAMES,
     Table,
@@ -36,15 +37,31 @@ from dawsol.report.tables import (
 log = logging.getLogger(__name__)
 
 
+def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult | None:
+    """The search's table, figure and ``tuned.yaml`` if the grid has trial cells (docs/search.md)."""
+    trials = [c for c in grid_cells(params, source) if c.trial is not None]
+    if not trials:
+        return None
+    result = write_search(trials, params.get("search") or {}, CELLS_DIR, SEARCH_DIR)
+    for group, trial in result.chosen.items():
+        log.info("search: %s chose %s (val score %.2f)", group, trial.cell, trial.score)
+    return result
+
+
 def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Table]:
-    """Write every dataset's tables, figures and DVC plot data; return the tables by dataset."""
+    """Write every dataset's tables, figures and DVC plot data; return the tables by dataset.
+
+    Search trials are not rows of these tables (``build_search`` reports them).
+    """
     from dawsol.report import figures
 
-    cells = grid_cells(params, source)
+    cells = [c for c in grid_cells(params, source) if c.trial is None]
+    if not cells:
+        return {}
     imports = grid_imports(params, source)
     frame = load_metrics(cells, CELLS_DIR)
     tables = {}
-    for dataset in grid_datasets(params, source):
+    for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
         settings = resolve(_first_seed(own)[0], params, source)
         baselines = baseline_rows(dataset, baseline_metrics(settings))

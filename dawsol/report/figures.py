@@ -15,6 +15,7 @@ from dawsol.config import Cell
 from dawsol.data.groundtruth import load_mask, rescale_boxes
 from dawsol.data.metadata import read_split
 from dawsol.errors import DawsolError
+from dawsol.report.tables import EXTRACTOR_NAMES
 
 TRAIN_SERIES = ("loss", "loss_c", "loss_d", "loss_u", "train_acc")
 VAL_SERIES = ("MaxBoxAccV2", "PxAP")
@@ -161,22 +162,28 @@ def plot_cams(
     mask_root: Path | None,
     path: Path,
 ) -> None:
-    """Each method's CAM (one row per cell) on the same test images, with the ground truth."""
+    """Each method's CAM (one row per cell, and one per post-hoc map a cell has) on the same test images,
+    with the ground truth."""
     import cv2
 
     plt = _pyplot()
-    samples = []
-    for cell in cells:
+    samples, row_labels = [], []
+    for cell, label in zip(cells, labels, strict=True):
         npz = cells_dir / cell.name / "cam_samples.npz"
         if not npz.is_file():
             raise DawsolError(f"{npz}: missing (run `dawsol evaluate {cell.name}` first)")
         with np.load(npz, allow_pickle=False) as data:
-            samples.append(dict(zip((str(i) for i in data["image_ids"]), data["cams"].astype(np.float32), strict=True)))
+            ids = [str(i) for i in data["image_ids"]]
+            for key in ["cams", *(k for k in data.files if k.startswith("cams_"))]:
+                samples.append(dict(zip(ids, data[key].astype(np.float32), strict=True)))
+                name = key.removeprefix("cams_")
+                row_labels.append(label if key == "cams" else f"{label} + {EXTRACTOR_NAMES.get(name, name)}")
+    labels = row_labels
     ids = [i for i in samples[0] if all(i in s for s in samples)][:MAX_IMAGES]
     if not ids:
         raise DawsolError(f"{cells_dir}: the cells' cam_samples.npz share no image id; re-run `dawsol evaluate`")
     meta = read_split(dataset_dir / "metadata" / "test")
-    fig, axes = plt.subplots(len(cells), len(ids), figsize=(1.9 * len(ids), 2.0 * len(cells)), squeeze=False)
+    fig, axes = plt.subplots(len(samples), len(ids), figsize=(1.9 * len(ids), 2.0 * len(samples)), squeeze=False)
     for col, image_id in enumerate(ids):
         image = cv2.imread(str(dataset_dir / image_id), cv2.IMREAD_COLOR)
         if image is None:

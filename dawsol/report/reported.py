@@ -4,7 +4,9 @@
 holds the published numbers with their sources. For each row whose (dataset, backbone, method)
 is a cell method of the grid with results, the table adds the reproduced value (the test split,
 mean over seeds) and ``delta = reproduced - reported`` in percentage points. The ``two-stage``
-variant's Top-1 Loc is compared with ``Top-1 Loc (two-stage)`` (``dawsol evaluate --predictions``).
+variant's Top-1 Loc is compared with ``Top-1 Loc (two-stage)`` (``dawsol evaluate --predictions``);
+the ``bagcams`` variant with the cells' BagCAMs maps (``eval.cam_methods``), every other variant
+with the cells' own CAMs.
 Rows of no cell method (baselines, methods outside the grid) and means (backbone or dataset ``-``)
 are kept in the file and left out of the table.
 """
@@ -27,6 +29,7 @@ from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, _
 REPORTED_CSV = Path("results/reference/reported.csv")
 COLUMNS = ("dataset", "backbone", "method", "variant", "metric", "value", "source")
 TWO_STAGE = "Top-1 Loc (two-stage)"
+VARIANT_EXTRACTORS = {"bagcams": "bagcams"}  # a reported variant computed by a post-hoc map; the rest: the CAM
 
 
 def load_reported(path: Path = REPORTED_CSV) -> pd.DataFrame:
@@ -41,24 +44,29 @@ def load_reported(path: Path = REPORTED_CSV) -> pd.DataFrame:
 
 
 def reproduced_values(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
-    """Long format: one row per (dataset, backbone, method, metric) with the mean over the seeds found."""
+    """Long format: one row per (dataset, backbone, method, extractor, metric) with the mean over the seeds
+    found; ``extractor`` is ``cam`` for the cell's own maps, else the post-hoc method."""
     rows = []
     for cell in cells:
         path = cells_dir / cell.name / "metrics.json"
         if not path.is_file():
             continue
         try:
-            metrics = json.loads(path.read_text())["splits"][split]
+            data = json.loads(path.read_text())
+            maps = {"cam": data["splits"][split]}
+            maps.update({name: block["splits"][split] for name, block in (data.get("extractors") or {}).items()})
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DawsolError(
                 f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
             ) from None
-        for metric, value in metrics.items():
-            number = _number(value)
-            if not math.isnan(number):
-                rows.append((cell.dataset, cell.backbone, cell.method, metric, number, cell.seed))
-    frame = pd.DataFrame(rows, columns=["dataset", "backbone", "method", "metric", "value", "seed"])
-    grouped = frame.groupby(["dataset", "backbone", "method", "metric"], sort=False)
+        for extractor, metrics in maps.items():
+            for metric, value in metrics.items():
+                number = _number(value)
+                if not math.isnan(number):
+                    rows.append((cell.dataset, cell.backbone, cell.method, extractor, metric, number, cell.seed))
+    keys = ["dataset", "backbone", "method", "extractor", "metric"]
+    frame = pd.DataFrame(rows, columns=[*keys, "value", "seed"])
+    grouped = frame.groupby(keys, sort=False)
     return grouped.agg(reproduced=("value", "mean"), seeds=("seed", "nunique")).reset_index()
 
 
@@ -68,13 +76,16 @@ def compare(reported: pd.DataFrame, reproduced: pd.DataFrame) -> pd.DataFrame:
     wanted = reported.copy()
     two_stage_top1 = (wanted["variant"] == "two-stage") & (wanted["metric"] == "Top-1 Loc")
     wanted["lookup"] = wanted["metric"].where(~two_stage_top1, TWO_STAGE)
+    wanted["extractor"] = wanted["variant"].map(VARIANT_EXTRACTORS).fillna("cam")
     methods = reproduced[["dataset", "backbone", "method"]].drop_duplicates()
     wanted = wanted.merge(methods, on=["dataset", "backbone", "method"], how="inner")
     merged = wanted.merge(
-        reproduced.rename(columns={"metric": "lookup"}), on=["dataset", "backbone", "method", "lookup"], how="left"
+        reproduced.rename(columns={"metric": "lookup"}),
+        on=["dataset", "backbone", "method", "extractor", "lookup"],
+        how="left",
     )
     merged["delta"] = merged["reproduced"] - merged["value"]
-    merged = merged.rename(columns={"value": "reported"}).drop(columns="lookup")
+    merged = merged.rename(columns={"value": "reported"}).drop(columns=["lookup", "extractor"])
     return merged[[*keys[:3], "variant", "metric", "reported", "reproduced", "delta", "seeds", "source"]]
 
 

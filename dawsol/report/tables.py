@@ -32,6 +32,7 @@ DA_NAMES = {
     "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
     "lu_only": "$L_u$ only",
 }
+EXTRACTOR_NAMES = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "pcs": "PCS", "bagcams": "BagCAMs"}
 BACKBONE_NAMES = {
     "resnet18": "ResNet18",
     "resnet50": "ResNet50",
@@ -52,7 +53,8 @@ def method_label(cell: Cell) -> str:
 
 def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
     """One row per cell: dataset, backbone, method, label, seed, the code version(s) that trained and evaluated
-    it (``dawsol.provenance.describe``) and the split's metrics."""
+    it (``dawsol.provenance.describe``) and the split's metrics; one more per post-hoc map in its ``metrics.json``
+    (method ``<wsol>-<da>:<extractor>``, label e.g. ``CAM + DA-WSOL-MMD + BagCAMs``)."""
     rows = []
     for cell in cells:
         path = cells_dir / cell.name / "metrics.json"
@@ -76,6 +78,16 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
         }
         row.update({name: _number(metrics.get(name)) for name in METRICS})
         rows.append(row)
+        for name, block in (data.get("extractors") or {}).items():  # post-hoc maps of the same model
+            extracted = (block.get("splits") or {}).get(split) or {}
+            rows.append(
+                {
+                    **row,
+                    "method": f"{cell.method}:{name}",
+                    "label": f"{row['label']} + {EXTRACTOR_NAMES.get(name, name)}",
+                    **{metric: _number(extracted.get(metric)) for metric in METRICS},
+                }
+            )
     return pd.DataFrame(rows)
 
 

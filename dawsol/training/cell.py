@@ -10,21 +10,30 @@ other RNG state is saved with the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
+import torch
 import yaml
 
 from dawsol import distributed
 from dawsol.cell_figures import draw_assignments
 from dawsol.checkpoint import restore_training, resumable_checkpoint, save_checkpoint, training_state
-from dawsol.config import Settings
-from dawsol.layout import checkpoint_path, require_prepared, resume_path, train_log_path
+from dawsol.config import Cell, Settings
+from dawsol.errors import DawsolError
+from dawsol.layout import checkpoint_path, require_prepared, resume_path, run_dir, train_log_path
 from dawsol.runtime import Interrupted, restore_rng, rng_state, seed_everything, select_device
 from dawsol.scoring import score_split
 from dawsol.tracking import CellRun
@@ -58,6 +67,46 @@ def train_cell(
     """
     require_prepared(settings)
     ctx, device = distributed.init(select_device(device_name or settings.train.device))
+    with trainer_lock(settings.cell) if ctx.is_main else contextlib.nullcontext():
+        return _train_locked(settings, ctx, device, tracking, progress)
+
+
+@contextlib.contextmanager
+def trainer_lock(cell: Cell) -> Iterator[None]:
+    """Hold ``runs/<cell>/.train.lock`` while training: one trainer per cell.
+
+    The lock is the operating system's (``filelock``): a killed trainer releases it with its
+    process. A second ``dawsol train`` of the cell (a rerun after the workflow manager lost track
+    of the first, ``--unlock`` while it runs) fails at once, naming the holder from
+    ``.train.owner``, instead of training the cell twice into the same files.
+    """
+    folder = run_dir(cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(folder / ".train.lock")
+    owner = folder / ".train.owner"
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        try:
+            holder = json.loads(owner.read_text())
+            who = f"process {holder['pid']} on {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process"
+        raise DawsolError(
+            f"{cell}: {who} is training this cell (lock {folder / '.train.lock'}); wait for it or stop it first"
+        ) from None
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _train_locked(
+    settings: Settings, ctx: distributed.Dist, device: torch.device, tracking: bool, progress: bool | None
+) -> TrainOutcome:
     cell = settings.cell
     found = resumable_checkpoint(settings)
     state = None

@@ -3,7 +3,16 @@
 import re
 
 from dawsol import layout, pipeline
-from dawsol.config import grid_cells, grid_datasets, grid_imports, load_params, parse_cell, resolve, tree_digest
+from dawsol.config import (
+    CELL_PATTERN,
+    grid_cells,
+    grid_datasets,
+    grid_imports,
+    load_params,
+    parse_cell,
+    resolve,
+    tree_digest,
+)
 
 PARAMS = "params.yaml"
 PARAMS_TREE = load_params(PARAMS, PROFILE)
@@ -18,8 +27,6 @@ DATA_DIRS = {d: pipeline.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in
 REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
 REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
 
-
-CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+"
 
 
 wildcard_constraints:
@@ -41,6 +48,12 @@ def cell_digest(wildcards):
     return resolve(wildcards.cell, PARAMS_TREE, PARAMS).digest()
 
 
+def cell_weights_digest(wildcards):
+    """The digest of the settings that decide the cell's weights (all but `eval`): training's re-run trigger,
+    so a change of e.g. eval.cam_methods re-runs evaluation only."""
+    return resolve(wildcards.cell, PARAMS_TREE, PARAMS).weights_digest()
+
+
 def as_pattern(paths):
     """dawsol.layout's per-cell paths with the {cell} wildcard."""
     return {name: path.as_posix() for name, path in paths.items()}
@@ -55,6 +68,8 @@ def report_targets():
         stem, ext = name.rsplit(".", 1)
         if path.startswith("results/tables/") and ext == "html":
             outputs.append(report(path, caption="../report/table.rst", category="Tables", subcategory=stem))
+        elif path.startswith("results/search/") and ext == "png":
+            outputs.append(report(path, caption="../report/search.rst", category="Search", subcategory=stem))
         elif path.startswith("results/figures/"):
             dataset, kind = stem.rsplit("_", 1)
             outputs.append(report(path, caption=f"../report/{captions[kind]}", category="Figures", subcategory=dataset))

@@ -1,4 +1,4 @@
-# train: one job per cell; re-runs when the cell's resolved settings (digest) change.
+# train: one job per cell; re-runs when the settings that decide its weights change (all but `eval`).
 rule train:
     input:
         data=cell_data,
@@ -7,7 +7,7 @@ rule train:
     wildcard_constraints:
         cell=TRAINED_CELLS if IMPORTS else CELL_PATTERN,
     params:
-        settings=cell_digest,
+        settings=cell_weights_digest,
         command=lambda wildcards: dawsol("train", wildcards.cell),
     log:
         "logs/train/{cell}.log",
@@ -32,7 +32,7 @@ rule import_checkpoint:
     wildcard_constraints:
         cell=IMPORTED_CELLS,
     params:
-        settings=cell_digest,
+        settings=cell_weights_digest,
         command=lambda wildcards: dawsol("import-checkpoint", IMPORTS[wildcards.cell], "--cell", wildcards.cell),
     log:
         "logs/import/{cell}.log",

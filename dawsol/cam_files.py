@@ -1,0 +1,62 @@
+"""``dawsol cams``: one extractor's maps of a checkpoint on one split, as the protocol's ``<image_id>.npy`` files.
+
+Each file is the score map the protocol evaluates (docs/posthoc.md section 5: the extractor's own
+chain to ``size`` x ``size``, ``size`` the cell's ``data.image_size``), so ``dawsol metrics --cams``
+or any other tool reading wsolevaluation's layout scores it as ``dawsol evaluate`` does. The
+folder is written beside ``out`` and renamed onto it when complete: an interrupted run leaves an
+existing ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
+from dawsol.data.datasets import collate_eval
+from dawsol.errors import DawsolError
+from dawsol.posthoc import extractor, score_maps, target_layer
+from dawsol.scoring import eval_dataset
+
+
+def write_cam_files(
+    checkpoint: Path, method: str, split: str, out: Path, device: torch.device, layer: str | None = None
+) -> int:
+    """Write ``out/<image_id>.npy`` for every image of ``split``; return the number of files.
+
+    ``layer`` overrides the checkpoint's ``eval.target_layer`` (None: the backbone's default).
+    """
+    extract = extractor(method)
+    state = load_checkpoint(checkpoint)
+    settings = stored_settings(state)
+    model = model_from_state(state, device)
+    layer = layer if layer is not None else settings.eval.target_layer
+    if method != "cam":
+        target_layer(model, layer)  # a bad name fails before any work
+    dataset = eval_dataset(settings, split)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=settings.eval.batch_size, collate_fn=collate_eval)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for batch in loader:
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            maps = score_maps(
+                method, extract(model, images, labels, layer), tuple(images.shape[2:]), dataset.image_size
+            )
+            for image_id, scoremap in zip(batch["image_id"], maps, strict=True):
+                path = staging / f"{image_id}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, scoremap)  # float64, exactly what dawsol evaluate scores
+        if out.exists():
+            if not out.is_dir():
+                raise DawsolError(f"{out}: exists and is not a folder")
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return len(dataset)

@@ -1,0 +1,29 @@
+"""``dawsol cams --checkpoint CKPT --method M --split S --out DIR``: a checkpoint's maps as ``<image_id>.npy`` files."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write one extractor's score maps (cam, gradcam, gradcampp, pcs, bagcams) of a checkpoint on a split"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a runs/<cell>/checkpoint.pt")
+    parser.add_argument("--method", required=True, help="the extractor: cam, gradcam, gradcampp, pcs or bagcams")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--out", required=True, help="output folder: <out>/<image_id>.npy")
+    parser.add_argument("--layer", default=None, help="target layer of the gradient methods (default: the cell's)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dawsol.cam_files import write_cam_files
+    from dawsol.runtime import select_device
+
+    count = write_cam_files(
+        Path(args.checkpoint), args.method, args.split, Path(args.out), select_device(args.device), args.layer
+    )
+    print(f"{args.out}: {count} score maps ({args.method}, {args.split})")
+    return 0
