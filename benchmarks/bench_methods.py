@@ -10,8 +10,8 @@
    official way, ``sklearn.cluster.k_means`` per image on host copies from the same init, on three
    kinds of features (``assigner[].features``): ``synthetic`` (side x side x D post-ReLU clusters),
    ``model`` (the cell's backbone on its real train images, its own map size and D) and ``slow``
-   (structureless features where Lloyd needs many iterations; ``sklearn_mean_iterations`` says how
-   many). Target on the CPU: ``sklearn_s / kmeans3_s >= 3``.
+   (features spread along a segment, seeded at one end, where Lloyd needs many iterations;
+   ``sklearn_mean_iterations`` says how many). Target on the CPU: ``sklearn_s / kmeans3_s >= 3``.
 
 Usage (from the project root): ``python benchmarks/bench_methods.py [--output bench.json]``.
 Prints one JSON object; ``--cell`` picks the settings (backbone, input size, batch, sampling).
@@ -168,13 +168,14 @@ def model_features(params: Path, cell: str, batch: int) -> tuple[torch.Tensor, t
 
 
 def slow_features(batch: int, side: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Structureless post-ReLU features (one Gaussian blob), seeded at three nearby points: Lloyd
-    has no clusters to find and creeps towards a split for many iterations."""
+    """Post-ReLU features spread evenly along a segment between two prototypes (no clusters), seeded at
+    three nearby points at one end: Lloyd's centres creep along the segment for many iterations."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, side * side, dim, generator=gen).relu()
-    mean = x.mean(1)
-    init = torch.stack([mean * 0.98, mean, mean * 1.02], dim=1)
-    return x, init
+    start, end = torch.randn(2, dim, generator=gen).relu()
+    position = torch.rand(batch, side * side, 1, generator=gen)
+    x = (position * end + (1 - position) * start + 0.05 * torch.randn(batch, side * side, dim, generator=gen)).relu()
+    init = torch.stack([start, 0.95 * start + 0.05 * end, 0.9 * start + 0.1 * end]).expand(batch, 3, dim)
+    return x, init.contiguous()
 
 
 def synthetic_features(batch: int, side: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
