@@ -4,7 +4,8 @@ Each file is the score map the protocol evaluates (docs/posthoc.md section 5: th
 chain to ``size`` x ``size``, ``size`` the cell's ``data.image_size``), so ``dawsol metrics --cams``
 or any other tool reading wsolevaluation's layout scores it as ``dawsol evaluate`` does. The
 folder is written beside ``out`` and renamed onto it when complete: an interrupted run leaves an
-existing ``out`` as it was.
+existing ``out`` as it was. Only an empty folder or one this command wrote (``.dawsol-cams`` in it)
+is replaced; any other existing ``out`` is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ from dawsol.data.datasets import collate_eval
 from dawsol.errors import DawsolError
 from dawsol.posthoc import extractor, score_maps, target_layer
 from dawsol.scoring import eval_dataset
+
+MARKER = ".dawsol-cams"  # marks a folder this command wrote, the only kind it replaces
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished ``staging`` folder at ``out``: an old ``out`` is renamed aside first and removed
+    last, so ``out`` is always either the old folder or the new one."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    aside.rmdir()
+    out.rename(aside)
+    staging.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_cam_files(
@@ -39,6 +55,9 @@ def write_cam_files(
         target_layer(model, layer)  # a bad name fails before any work
     dataset = eval_dataset(settings, split)
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.eval.batch_size, collate_fn=collate_eval)
+    out = out.resolve()
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
+        raise DawsolError(f"{out}: exists and is not a folder dawsol cams wrote; pick another --out or empty it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -51,11 +70,8 @@ def write_cam_files(
                 path = staging / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.save(path, scoremap)  # float64, exactly what dawsol evaluate scores
-        if out.exists():
-            if not out.is_dir():
-                raise DawsolError(f"{out}: exists and is not a folder")
-            shutil.rmtree(out)
-        staging.rename(out)
+        (staging / MARKER).write_text(f"{checkpoint} {method} {split}\n")
+        _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dawsol.atomic import atomic_path
-from dawsol.config import Settings, tree_digest
+from dawsol.config import Settings
 from dawsol.da import DALoss
 from dawsol.errors import DawsolError
 from dawsol.layout import checkpoint_path, resume_path
@@ -77,13 +77,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, training: bool = True) -> None:
+def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path) -> None:
     """Refuse a checkpoint of another backbone or other settings, saying what to do.
 
-    Training compares the whole settings digest; evaluation (``training=False``) compares the
-    weights digest, which leaves out the ``eval`` block (it does not change the weights). Both read
-    the stored settings back first (``Settings.from_dict``), so a setting added to dawsol since, at
-    its default, changes nothing.
+    Training (resuming) and evaluation compare the weights digest, which leaves out the ``eval``
+    block: it does not change the weights, so changing it re-evaluates a cell and never retrains
+    it. The stored settings are read back first (``Settings.from_dict``), so a setting added to
+    dawsol since, at its default, changes nothing.
     """
     if state["backbone"] != settings.model.backbone:
         raise DawsolError(
@@ -103,19 +103,11 @@ def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path, t
                 f"dawsol import-checkpoint {state['imported'].get('source')} --cell {settings.cell.name} again"
             )
         return
-    if training:
-        same = state["settings_digest"] == settings.digest() or (
-            # written before a setting was added to dawsol: its own settings, read back with the new
-            # setting at its default, are today's
-            tree_digest(state["settings"]) == state["settings_digest"]
-            and stored_settings(state).digest() == settings.digest()
-        )
-    else:
-        same = stored_settings(state).weights_digest() == settings.weights_digest()
-    if not same:
+    stored = stored_settings(state).weights_digest()
+    if stored != settings.weights_digest():
         raise DawsolError(
-            f"{path}: checkpoint was trained with other settings (digest {state['settings_digest']}, now "
-            f"{settings.digest()}); restore params.yaml or delete {path.parent} to retrain"
+            f"{path}: checkpoint was trained with other settings (weights digest {stored}, now "
+            f"{settings.weights_digest()}); restore params.yaml or delete {path.parent} to retrain"
         )
 
 
@@ -163,7 +155,7 @@ def trained_checkpoint(settings: Settings) -> dict[str, Any]:
             f"(or dawsol import-checkpoint FILE --cell {settings.cell.name})"
         )
     state = load_checkpoint(path)
-    check_compatible(state, settings, path, training=False)
+    check_compatible(state, settings, path)
     if not state.get("imported") and state["epoch"] < settings.train.epochs:
         raise DawsolError(
             f"{path}: training stopped at epoch {state['epoch']} of {settings.train.epochs}; "

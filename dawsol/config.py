@@ -220,9 +220,13 @@ class Settings:
         """A short hash of the resolved settings: equal digests, equal training."""
         return tree_digest(self.to_dict())
 
+    def weights_dict(self) -> dict[str, Any]:
+        """``to_dict`` less the ``eval`` block: the settings that decide the trained weights."""
+        return {key: value for key, value in self.to_dict().items() if key != "eval"}
+
     def weights_digest(self) -> str:
-        """A short hash of the settings that decide the trained weights: all but the ``eval`` block."""
-        return tree_digest({key: value for key, value in self.to_dict().items() if key != "eval"})
+        """A short hash of ``weights_dict``: training's re-run trigger."""
+        return tree_digest(self.weights_dict())
 
     @classmethod
     def from_dict(cls, tree: Mapping[str, Any]) -> Settings:
@@ -343,6 +347,16 @@ def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
         unknown = [f"{kind} {name!r}" for kind, name, known in parts if name not in known]
         if unknown:
             raise DawsolError(f'{source}: pairs."{key}" names an unknown {" and ".join(unknown)}')
+    blocks = {
+        "all",
+        *schema_wsol_methods(),
+        *(k for k, v in params["defaults"].get("da", {}).items() if isinstance(v, Mapping)),
+    }
+    for block in (params.get("search") or {}).get("space") or {}:
+        if block not in blocks:
+            raise DawsolError(
+                f"{source}: search.space.{block} names no method (use all, a WSOL method or a DA method of defaults.da)"
+            )
     for key in params.get("tuned") or {}:
         try:
             check_cell(parse_cell(f"{key}/seed0"), params, source)

@@ -101,7 +101,7 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
     report_deps = [data_dirs[d] for d in names] + posix(report_inputs(params, source))
     stages["report"] = {
         "cmd": cli("report", source=source, profile=profile),
-        "params": [{params_file: ["grid"]}],
+        "params": [{params_file: ["grid", "search"]}],
         "deps": report_deps,
         "outs": [
             {p: {"cache": False}} for p in posix(report_outs["tables"] + report_outs["plots"] + report_outs["search"])

@@ -22,6 +22,7 @@ from dawsol.data.datasets import read_dataset_split
 from dawsol.evaluation import write_curves, write_posthoc_curves
 from dawsol.evaluation.predictions import read_predictions
 from dawsol.layout import evaluate_outputs, require_prepared
+from dawsol.models import WSOLModel
 from dawsol.posthoc import target_layer
 from dawsol.provenance import code_version
 from dawsol.runtime import select_device
@@ -104,11 +105,13 @@ def evaluate_cell(
     return document
 
 
-def _extractor_blocks(settings: Settings, model: Any, splits: Mapping[str, SplitResult]) -> dict[str, Any]:
+def _extractor_blocks(settings: Settings, model: WSOLModel, splits: Mapping[str, SplitResult]) -> dict[str, Any]:
     """``metrics.json``'s ``extractors``: per post-hoc method its settings and its val and test metrics."""
+    if not splits["test"].posthoc:
+        return {}
+    layer = target_layer(model, settings.eval.target_layer)
     blocks = {}
     for name in splits["test"].posthoc:
-        layer = target_layer(model, settings.eval.target_layer)
         blocks[name] = {
             "target_layer": layer.name,
             "target_module": layer.path,

@@ -76,7 +76,7 @@ def target_layer(model: WSOLModel, name: str | None = None) -> TargetLayer:
     backbone = model.backbone_name
     if name is None:
         if backbone not in DEFAULT_TARGET_LAYERS:
-            raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set posthoc.target_layer")
+            raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set eval.target_layer")
         name = DEFAULT_TARGET_LAYERS[backbone]
     modules = dict(model.trunk.named_modules())
     if not name or name not in modules:

@@ -128,6 +128,20 @@ def test_dawsol_cams_writes_the_protocols_maps_that_dawsol_metrics_reads(project
     assert standalone["MaxBoxAccV2"] == pytest.approx(test["MaxBoxAccV2"], abs=1e-9)
 
 
+def test_dawsol_cams_replaces_only_its_own_folders(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = project / "runs" / CELL / "checkpoint.pt"
+    mine = project / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    code = run_in(project, "cams", "--checkpoint", str(checkpoint), "--method", "cam", "--out", str(mine))
+    assert code == 1 and "not a folder dawsol cams wrote" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "precious"
+    out = project / "cam_maps"
+    for _ in range(2):  # a second run replaces the first's folder
+        assert run_in(project, "cams", "--checkpoint", str(checkpoint), "--method", "cam", "--out", str(out)) == 0
+    assert (out / ".dawsol-cams").is_file() and not list(project.glob(".cam_maps.*"))
+
+
 def test_bad_method_and_layer_are_one_line_errors(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = project / "runs" / CELL / "checkpoint.pt"
     code = run_in(

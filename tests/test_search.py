@@ -114,6 +114,9 @@ def test_a_trial_resolves_to_its_draws_and_skips_tuned(params_copy):
         (lambda p: p.update(search={"space": {"all": {"train.lr": {"log_uniform": [0, 1]}}}}), "search"),
         (lambda p: p.update(search={"space": {"all": {"train.lr": {"choice": [1], "int": [1, 2]}}}}), "search"),
         (lambda p: p.update(tuned={"synthetic/resnet99/cam-mmd": {}}), "tuned"),
+        (lambda p: p.update(search={"space": {"mdd": {"train.lr": {"choice": [0.1]}}}}), "search.space.mdd"),
+        (lambda p: p.update(search={"space": {"all": {"train.epochs": {"uniform": [3, 5]}}}}), "integer setting"),
+        (lambda p: p.update(search={"space": {"all": {"train.epochs": {"int": [5, 2]}}}}), "wrong way round"),
     ],
 )
 def test_bad_search_and_tuned_keys_are_one_line_errors(params_copy, mutate, expected):
@@ -168,6 +171,30 @@ def test_selection_uses_val_only_breaks_ties_low_and_writes_the_tuned_block(tmp_
     table = (tmp_path / "search" / "synthetic.md").read_text()
     bold = [line for line in table.splitlines() if line.startswith("| **")]
     assert len(bold) == 2 and "| **1** |" in bold[0] and "| **2** |" in bold[1]  # the chosen trials
+
+
+def test_several_seeds_are_averaged_before_choosing(tmp_path):
+    """Trial j trains once per seed with the same draws: the choice is by the mean, not the luckiest seed."""
+    cells = [Cell("synthetic", "resnet18", "cam", "none", seed, trial) for seed in (0, 1) for trial in (0, 1)]
+    scores = {(0, 0): 50, (1, 0): 10, (0, 1): 29, (1, 1): 29}  # trial 0: one lucky seed, mean 30; trial 1: 29
+    for cell in cells:
+        value = scores[(cell.seed, cell.trial)]
+        _write_metrics(tmp_path, cell, {"MaxBoxAccV2": value, "PxAP": value}, {})
+    chosen = choose(read_trials(cells, SEARCH, tmp_path))["synthetic/resnet18/cam-none"]
+    assert (chosen.cell.trial, chosen.score) == (0, 30.0)
+    scores[(1, 0)] = 0  # now trial 0's mean is 25
+    _write_metrics(tmp_path, cells[2], {"MaxBoxAccV2": 0, "PxAP": 0}, {})  # seed 1, trial 0
+    assert choose(read_trials(cells, SEARCH, tmp_path))["synthetic/resnet18/cam-none"].cell.trial == 1
+
+
+def test_a_trial_evaluated_under_other_settings_is_refused(tmp_path):
+    cell = _trial_cells("cam-none", 1)[0]
+    path = tmp_path / cell.name / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings_digest": "old", "splits": {"val": {"MaxBoxAccV2": 1.0}}}))
+    with pytest.raises(DawsolError, match="other settings"):
+        read_trials([cell], SEARCH, tmp_path, {cell: "new"})
+    assert len(read_trials([cell], SEARCH, tmp_path, {cell: "old"})) == 1
 
 
 def test_a_trial_without_val_metrics_is_named(tmp_path):

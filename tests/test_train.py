@@ -200,6 +200,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val.MaxBoxAccV2")] == [1, 2, 3]
     final = metrics_of(project)["splits"]["test"]["MaxBoxAccV2"]
     assert run.data.metrics["test.final.MaxBoxAccV2"] == pytest.approx(final)
+    # the post-hoc maps of eval.cam_methods (the synthetic datasets' [cam, bagcams]) are metrics of their own
+    bagcams = metrics_of(project)["extractors"]["bagcams"]["splits"]["test"]["PxAP"]
+    assert run.data.metrics["bagcams.test.final.PxAP"] == pytest.approx(bagcams)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"settings.yaml", "train_log.jsonl", "assigner.png", "evaluation"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
@@ -401,11 +404,14 @@ def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, m
 
 def test_a_stale_resume_link_is_discarded(tmp_path: Path, tiny_data: Path, reference: Path) -> None:
     """A resume link left by a run of other settings (e.g. before a params change) never resumes."""
+    from dawsol.config import tree_digest
+
     project = write_project(tmp_path / "stale", tiny_data)
     run_dir = checkpoint_of(project).parent
     run_dir.mkdir(parents=True)
     stale = load_checkpoint(checkpoint_of(reference))
-    stale.update(settings_digest="0" * 16, epoch=1)
+    stale["settings"]["train"]["lr"] *= 2  # trained with another learning rate
+    stale.update(settings_digest=tree_digest(stale["settings"]), epoch=1)
     torch.save(stale, run_dir / ".resume.pt")
     assert run_in(project, "train", CELL, "--no-tracking") == 0
     assert run_in(project, "evaluate", CELL, "--no-tracking") == 0
@@ -497,3 +503,19 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(reference: Path, m
     state["settings_digest"] = tree_digest(state["settings"])
     with pytest.raises(DawsolError, match="other settings"):
         check_compatible(state, settings, checkpoint_of(reference))
+
+
+def test_an_eval_change_leaves_a_trained_cell_trained(
+    reference: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Eval settings do not shape the weights: `dawsol train` after an eval change trains nothing."""
+    import yaml
+
+    params = yaml.safe_load((reference / "params.yaml").read_text())
+    params["defaults"]["eval"]["cam_curve_interval"] = 0.02
+    changed = reference / "params_eval.yaml"
+    changed.write_text(yaml.safe_dump(params, sort_keys=False))
+    before = checkpoint_of(reference).read_bytes()
+    caplog.set_level(logging.INFO)
+    assert run_in(reference, "train", CELL, "--params", str(changed), "--no-tracking") == 0
+    assert "already trained" in caplog.text and checkpoint_of(reference).read_bytes() == before

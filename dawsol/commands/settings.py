@@ -23,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.profile)
     for cell in grid_cells(params, args.params):
-        tree = resolve(cell, params, args.params).to_dict()
-        weights = {key: value for key, value in tree.items() if key != "eval"}
-        for output, content in ((settings_output(cell), tree), (weights_settings_output(cell), weights)):
+        settings = resolve(cell, params, args.params)
+        outputs = (
+            (settings_output(cell), settings.to_dict()),
+            (weights_settings_output(cell), settings.weights_dict()),
+        )
+        for output, content in outputs:
             path = Path(args.out_dir) / output.relative_to(RUNS_DIR)
             text = json.dumps(content, indent=2, sort_keys=True) + "\n"
             if not path.is_file() or path.read_text() != text:  # an unchanged file keeps DVC's stage up to date

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.pipeline import train_gpus
     from dawsol.runtime import Interrupted
     from dawsol.training import train_cell
+    from dawsol.training.cell import trainer_lock
 
     params = load_params(args.params, args.profile)
     settings = resolve(args.cell, params, args.params)
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if device in ("auto", "cuda"):  # a multi-GPU cell started as one process: run it under torchrun
         command = launch_command(train_gpus(params, settings.cell), _dawsol_args(args))
         if command is not None:
-            return run_launcher(command)
+            with trainer_lock(settings.cell):  # the ranks torchrun starts run under this process's lock
+                return run_launcher(command)
     try:
         train_cell(settings, device_name=args.device, tracking=not args.no_tracking)
     except Interrupted as exc:

@@ -64,8 +64,11 @@ def _hash_prefix(path: Path) -> str | None:
 def load_verified(path: Path, what: str) -> dict[str, Tensor]:
     """A cached weights file, after checking its sha256 against its name's prefix, loaded with ``weights_only``."""
     prefix = _hash_prefix(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if prefix is not None and not digest.startswith(prefix):
+    if prefix is None:
+        raise DawsolError(f"{what}: {path} carries no sha256 prefix in its name, so it cannot be checked")
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if not digest.startswith(prefix):
         raise DawsolError(
             f"{what}: {path} has sha256 {digest[:16]}..., not the {prefix} its name promises (a damaged or "
             "replaced file); delete it and run again to download it"

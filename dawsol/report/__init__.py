@@ -42,7 +42,8 @@ def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult 
     trials = [c for c in grid_cells(params, source) if c.trial is not None]
     if not trials:
         return None
-    result = write_search(trials, params.get("search") or {}, CELLS_DIR, SEARCH_DIR)
+    digests = {cell: resolve(cell, params, source).digest() for cell in trials}
+    result = write_search(trials, params.get("search") or {}, CELLS_DIR, SEARCH_DIR, digests)
     for group, trial in result.chosen.items():
         log.info("search: %s chose %s (val score %.2f)", group, trial.cell, trial.score)
     return result

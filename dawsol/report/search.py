@@ -14,7 +14,7 @@ import yaml
 from dawsol.atomic import atomic_path, atomic_write_text
 from dawsol.config import Cell
 from dawsol.report.tables import BACKBONE_NAMES, method_label
-from dawsol.search.select import DEFAULT_METRICS, SELECTION_SPLIT, Trial, choose, read_trials, tuned_block
+from dawsol.search.select import SELECTION_SPLIT, Trial, choose, read_trials, selection_metrics, tuned_block
 
 
 def search_frame(trials: Sequence[Trial], chosen: Mapping[str, Trial], metrics: Sequence[str]) -> pd.DataFrame:
@@ -33,14 +33,15 @@ def search_frame(trials: Sequence[Trial], chosen: Mapping[str, Trial], metrics: 
         row.update(trial.draws)
         row.update({f"val {m}": trial.val.get(m) for m in metrics})
         row["score"] = trial.score
-        row["chosen"] = chosen.get(cell.group) is trial
+        best = chosen.get(cell.group)
+        row["chosen"] = best is not None and best.cell.trial == cell.trial
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def to_markdown(frame: pd.DataFrame, metrics: Sequence[str]) -> str:
     """The search table of one dataset as Markdown: one row per trial, the chosen trials in bold."""
-    shown = frame.drop(columns=["dataset", "method", "seed"]).copy()
+    shown = frame.drop(columns=["dataset", "method"] + (["seed"] if frame["seed"].nunique() == 1 else [])).copy()
     shown["backbone"] = [BACKBONE_NAMES.get(b, b) for b in shown["backbone"]]
     for column in shown.columns:
         if column not in ("backbone", "label", "trial", "chosen"):
@@ -77,9 +78,10 @@ def plot_search(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for (backbone, label), rows in frame.groupby(["backbone", "label"], sort=False):
         name = label if frame["backbone"].nunique() == 1 else f"{label} ({BACKBONE_NAMES.get(backbone, backbone)})"
-        points = ax.plot(rows["trial"], rows["score"], "o-", label=name, alpha=0.8)[0]
-        best = rows[rows["chosen"]]
-        ax.plot(best["trial"], best["score"], "o", ms=12, mfc="none", mec=points.get_color(), mew=2)
+        mean = rows.groupby("trial", sort=True)["score"].mean()  # over the training seeds
+        points = ax.plot(mean.index, mean.to_numpy(), "o-", label=name, alpha=0.8)[0]
+        best = mean[sorted(set(rows.loc[rows["chosen"], "trial"]))]
+        ax.plot(best.index, best.to_numpy(), "o", ms=12, mfc="none", mec=points.get_color(), mew=2)
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{SELECTION_SPLIT} score (%)")
     ax.grid(alpha=0.3)
@@ -98,10 +100,16 @@ class SearchResult:
     files: list[Path]
 
 
-def write_search(cells: Sequence[Cell], search: Mapping[str, Any], cells_dir: Path, out_dir: Path) -> SearchResult:
+def write_search(
+    cells: Sequence[Cell],
+    search: Mapping[str, Any],
+    cells_dir: Path,
+    out_dir: Path,
+    digests: Mapping[Cell, str] | None = None,
+) -> SearchResult:
     """Write each dataset's search table (CSV, Markdown) and figure, and ``tuned.yaml`` (``layout.report_outputs``)."""
-    metrics = tuple(search.get("metrics") or DEFAULT_METRICS)
-    trials = read_trials(cells, search, cells_dir)
+    metrics = selection_metrics(search)
+    trials = read_trials(cells, search, cells_dir, digests)
     chosen = choose(trials)
     frame = search_frame(trials, chosen, metrics)
     files = []

@@ -54,7 +54,7 @@ def method_label(cell: Cell) -> str:
 def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
     """One row per cell: dataset, backbone, method, label, seed, the code version(s) that trained and evaluated
     it (``dawsol.provenance.describe``) and the split's metrics; one more per post-hoc map in its ``metrics.json``
-    (method ``<wsol>-<da>:<extractor>``, label e.g. ``CAM + DA-WSOL-MMD + BagCAMs``)."""
+    (method ``<wsol>-<da>/<extractor>``, label e.g. ``CAM + DA-WSOL-MMD + BagCAMs``)."""
     rows = []
     for cell in cells:
         path = cells_dir / cell.name / "metrics.json"
@@ -83,7 +83,7 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
             rows.append(
                 {
                     **row,
-                    "method": f"{cell.method}:{name}",
+                    "method": f"{cell.method}/{name}",
                     "label": f"{row['label']} + {EXTRACTOR_NAMES.get(name, name)}",
                     **{metric: _number(extracted.get(metric)) for metric in METRICS},
                 }

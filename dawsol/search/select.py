@@ -19,7 +19,7 @@ from typing import Any
 from dawsol import tracking
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
-from dawsol.search.space import draw, settings_of
+from dawsol.search.space import draw, expand
 
 DEFAULT_METRICS = ("MaxBoxAccV2", "PxAP")
 SELECTION_SPLIT = "val"
@@ -43,34 +43,62 @@ def selection_score(val: Mapping[str, Any], metrics: Sequence[str]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def read_trials(cells: Sequence[Cell], search: Mapping[str, Any], cells_dir: Path) -> list[Trial]:
-    """Every trial cell's draws and val metrics from its ``metrics.json``."""
-    metrics = tuple(search.get("metrics") or DEFAULT_METRICS)
+def read_trials(
+    cells: Sequence[Cell], search: Mapping[str, Any], cells_dir: Path, digests: Mapping[Cell, str] | None = None
+) -> list[Trial]:
+    """Every trial cell's draws and val metrics from its ``metrics.json``.
+
+    ``digests`` (cell -> ``Settings.digest()`` of today's params) refuses a trial evaluated under other
+    settings (e.g. ``search.space`` edited since): its draws would not be what it trained with.
+    """
+    metrics = selection_metrics(search)
     trials = []
     for cell in cells:
         if cell.trial is None:
             continue
         path = cells_dir / cell.name / "metrics.json"
         try:
-            val = json.loads(path.read_text())["splits"][SELECTION_SPLIT]
+            document = json.loads(path.read_text())
+            val = document["splits"][SELECTION_SPLIT]
         except FileNotFoundError:
             raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DawsolError(
                 f"{path}: no {SELECTION_SPLIT} metrics ({exc}); re-run `dawsol evaluate {cell.name}`"
             ) from None
+        if digests is not None and document.get("settings_digest") != digests[cell]:
+            raise DawsolError(
+                f"{path}: evaluated under other settings than params.yaml gives {cell.name} now (search.space "
+                "changed?); re-run the search (snakemake --cores all --config profile=search)"
+            )
         draws = draw(search, cell.wsol, cell.da, cell.trial)
         trials.append(Trial(cell, draws, val, selection_score(val, metrics)))
     return trials
 
 
+def selection_metrics(search: Mapping[str, Any]) -> tuple[str, ...]:
+    """The val metrics whose mean scores a trial (``search.metrics``)."""
+    return tuple(search.get("metrics") or DEFAULT_METRICS)
+
+
 def choose(trials: Sequence[Trial]) -> dict[str, Trial]:
-    """The best trial of each search group (by val score; the lower trial index on a tie)."""
+    """The best trial of each search group by its val score averaged over the training seeds (the lower
+    trial index on a tie); the returned trial is the first seed's, with that mean as its score."""
+    by_trial: dict[tuple[str, int], list[Trial]] = {}
+    for trial in sorted(trials, key=lambda t: (t.cell.group, t.cell.trial, t.cell.seed)):
+        by_trial.setdefault((trial.cell.group, trial.cell.trial), []).append(trial)
     chosen: dict[str, Trial] = {}
-    for trial in sorted(trials, key=lambda t: (t.cell.group, t.cell.seed, t.cell.trial)):
-        best = chosen.get(trial.cell.group)
-        if not math.isnan(trial.score) and (best is None or trial.score > best.score):
-            chosen[trial.cell.group] = trial
+    for (group, _), seeds in by_trial.items():
+        scores = [t.score for t in seeds]
+        if any(math.isnan(score) for score in scores):
+            continue
+        mean = sum(scores) / len(scores)
+        best = chosen.get(group)
+        if best is None or mean > best.score:
+            chosen[group] = Trial(seeds[0].cell, seeds[0].draws, seeds[0].val, mean)
+    missing = sorted({t.cell.group for t in trials} - set(chosen))
+    if missing:
+        raise DawsolError(f"search: no trial of {', '.join(missing)} has the val metrics {SELECTION_SPLIT} needs")
     return chosen
 
 
@@ -79,7 +107,7 @@ def tuned_block(chosen: Mapping[str, Trial]) -> dict[str, Any]:
     tuned: dict[str, Any] = {}
     for group, trial in sorted(chosen.items()):
         tree: dict[str, Any] = {}
-        for key, value in ((name, v) for tied, v in trial.draws.items() for name in settings_of(tied)):
+        for key, value in expand(trial.draws).items():
             *parents, leaf = key.split(".")
             node = tree
             for part in parents:
@@ -116,9 +144,11 @@ def log_search(trials: Sequence[Trial], chosen: Mapping[str, Trial], files: Sequ
         best = chosen.get(group)
         if best is not None:
             parent.set_tag("chosen_trial", best.cell.name)
-            for key, value in best.draws.items():
-                for setting in settings_of(key):  # a tied dimension: one tag per setting (no "+" in MLflow names)
-                    parent.set_tag(f"chosen.{setting}", str(value))
+            stale = [key for key in tracking.with_retry(client.get_run, run_id).data.tags if key.startswith("chosen.")]
+            for key in stale:  # a re-run: the tags of this choice only
+                tracking.with_retry(client.delete_tag, run_id, key)
+            for key, value in expand(best.draws).items():  # one tag per setting (no "+" in MLflow names)
+                parent.set_tag(f"chosen.{key}", str(value))
             parent.log_metrics({f"{SELECTION_SPLIT}.score": best.score, SELECTION_SPLIT: dict(best.val)})
         for trial in (t for t in trials if t.cell.group == group):
             for child in tracking.with_retry(

@@ -43,6 +43,8 @@ def draw_value(spec: Mapping[str, Any], rng: random.Random) -> Any:
     if kind == "choice":
         return values[rng.randrange(len(values))]
     low, high = values
+    if low > high:
+        raise DawsolError(f"search.space: range {kind}: [{low}, {high}] has its bounds the wrong way round")
     if kind == "int":
         return rng.randint(low, high)
     if kind == "uniform":
@@ -64,13 +66,22 @@ def settings_of(key: str) -> list[str]:
     return key.split(TIE)
 
 
+def expand(draws: Mapping[str, Any]) -> dict[str, Any]:
+    """The draws per dotted setting, a tied dimension's value given to each of its settings."""
+    return {name: value for key, value in draws.items() for name in settings_of(key)}
+
+
 def apply_draws(tree: dict[str, Any], draws: Mapping[str, Any], where: str) -> None:
-    """Set each dotted key of ``draws`` in the merged settings ``tree``; the key must name an existing setting."""
-    for key, value in ((name, v) for tied, v in draws.items() for name in settings_of(tied)):
+    """Set each dotted key of ``draws`` in the merged settings ``tree``; the key must name an existing setting
+    and an integer setting takes only integer draws."""
+    for key, value in expand(draws).items():
         *parents, leaf = key.split(".")
         node: Any = tree
         for part in parents:
             node = node.get(part) if isinstance(node, Mapping) else None
         if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], Mapping):
             raise DawsolError(f"{where}: search.space key {key!r} names no setting of this cell (e.g. train.lr)")
+        current = node[leaf]
+        if isinstance(current, int) and not isinstance(current, bool) and not isinstance(value, int):
+            raise DawsolError(f"{where}: search.space key {key!r} is an integer setting; draw it with int or choice")
         node[leaf] = value

@@ -67,7 +67,8 @@ def train_cell(
     """
     require_prepared(settings)
     ctx, device = distributed.init(select_device(device_name or settings.train.device))
-    with trainer_lock(settings.cell) if ctx.is_main else contextlib.nullcontext():
+    # one process: it holds the lock; under torchrun the launcher (`dawsol train`) holds it for its ranks
+    with trainer_lock(settings.cell) if ctx.world_size == 1 else contextlib.nullcontext():
         return _train_locked(settings, ctx, device, tracking, progress)
 
 

@@ -9,6 +9,8 @@ rule report:
     output:
         report_targets(),
     params:
+        # a search's selection (search.metrics, search.space) changes the report only
+        search=tree_digest(PARAMS_TREE.get("search")),
         command=dawsol("report"),
     log:
         "logs/report.log",
