@@ -69,12 +69,49 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "delete it and retrain, or only load files you trust"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise DawsolError(
-            f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:160]}); delete it and retrain"
-        ) from None
+        reason = (str(exc).strip().splitlines() or [f"{type(exc).__name__}, {path.stat().st_size} bytes"])[0]
+        raise DawsolError(f"{path}: unreadable checkpoint ({reason[:160]}); delete it and retrain") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DawsolError(f"{path}: not a dawsol checkpoint (format {CHECKPOINT_FORMAT}); delete it and retrain")
+    problem = _structure_problem(state)
+    if problem is not None:
+        raise DawsolError(f"{path}: a damaged dawsol checkpoint ({problem}); delete it and retrain")
     return state
+
+
+# what every checkpoint holds, by the type each entry must have (None: may be null, for imported ones)
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "cell": str,
+    "backbone": str,
+    "settings_digest": str,
+    "settings": dict,
+    "num_classes": int,
+    "model": dict,
+    "records": list,
+}
+_TRAINING_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "epochs": int,
+    "batch": int,
+    "optimizer": dict,
+    "rng": dict,
+    "stats": dict,
+}
+
+
+def _structure_problem(state: Mapping[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a loaded checkpoint, or None when its layout is sound."""
+    expected = dict(_HEADER_TYPES)
+    if not state.get("imported"):
+        expected.update(_TRAINING_TYPES)
+    for key, kind in expected.items():
+        if key not in state:
+            return f"no {key!r}"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"{key!r} is a {type(state[key]).__name__}"
+    if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
+        return "'model' holds more than tensors"
+    return None
 
 
 def check_compatible(state: Mapping[str, Any], settings: Settings, path: Path) -> None:

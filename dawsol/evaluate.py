@@ -26,7 +26,7 @@ from dawsol.models import WSOLModel
 from dawsol.posthoc import target_layer
 from dawsol.provenance import code_version
 from dawsol.runtime import select_device
-from dawsol.scoring import SplitResult, eval_dataset, score_split
+from dawsol.scoring import SplitResult, check_split, eval_dataset, score_split
 from dawsol.tracking import CellRun
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def evaluate_cell(
 ) -> dict[str, Any]:
     """The cell's metrics on val and test (``metrics.json``), its curves and CAM figures; returns the document."""
     require_prepared(settings)
+    for split in SPLITS:
+        check_split(settings, split)
     state = trained_checkpoint(settings)
     labels: dict[str, dict[str, int]] = {}
     if predictions is not None:

@@ -25,6 +25,7 @@ from dawsol import distributed
 from dawsol.config import Settings
 from dawsol.da.tsa import SET_NAMES
 from dawsol.data.datasets import EvalDataset, collate_eval, read_dataset_split, sample_per_class, to_bgr
+from dawsol.data.metadata import CLASS_LABELS
 from dawsol.errors import DawsolError
 from dawsol.evaluation import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
 from dawsol.models.registry import normalization
@@ -91,6 +92,23 @@ class AssignerCounts:
             }
             for name, counts in (("object", self.object), ("background", self.background))
         }
+
+
+def check_split(settings: Settings, split: str) -> None:
+    """What a run reads of ``split`` before its first step: a split with images, every label in
+    ``[0, data.num_classes)``; a DawsolError naming the file and the image otherwise."""
+    meta = read_dataset_split(settings.dataset_dir, split)
+    labels_file = settings.dataset_dir / "metadata" / split / CLASS_LABELS
+    if not meta.image_ids:
+        raise DawsolError(f"{labels_file}: the {split} split has no image; run: dawsol prepare {settings.cell.dataset}")
+    classes = settings.data.num_classes
+    for line, image_id in enumerate(meta.image_ids, start=1):
+        label = meta.labels.get(image_id)
+        if label is not None and not 0 <= label < classes:
+            raise DawsolError(
+                f"{labels_file}: image {image_id} has label {label}, outside 0..{classes - 1} "
+                f"(data.num_classes {classes}; near line {line})"
+            )
 
 
 def eval_dataset(settings: Settings, split: str, image_ids: Sequence[str] | None = None) -> EvalDataset:

@@ -528,7 +528,8 @@ def test_the_command_imports_replaces_an_import_and_keeps_a_trained_checkpoint(w
     with pytest.raises(DawsolError, match="not trained by dawsol; evaluate it, or delete it to train this cell"):
         resumable_checkpoint(settings)  # what dawsol train reads first: an imported cell is never trained
 
-    save_checkpoint(written, {"format": 1, "cell": cell, "epoch": 10, "model": {}})  # as if dawsol trained it
+    trained = {**load_checkpoint(written), "imported": None, "epoch": 10, "epochs": 10, "batch": 0}
+    save_checkpoint(written, {**trained, "optimizer": {}, "rng": {}, "stats": {}})  # as if dawsol trained it
     assert main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "holds a checkpoint dawsol trained (epoch 10); delete it first" in error

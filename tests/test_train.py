@@ -156,8 +156,10 @@ def test_a_second_trainer_of_a_running_cell_is_refused_naming_the_first(
     finally:
         proc.send_signal(signal.SIGKILL)  # a killed trainer releases the lock with its process
         proc.communicate(timeout=60)
+    leftover = project / "runs" / CELL / ".checkpoint.pt.abc123.tmp"  # what a save killed mid-write leaves
+    leftover.write_bytes(b"partial")
     assert run_in(project, "train", CELL, "--no-tracking") == 0
-    assert not owner.exists()
+    assert not owner.exists() and not leftover.exists()
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
@@ -519,3 +521,63 @@ def test_an_eval_change_leaves_a_trained_cell_trained(
     caplog.set_level(logging.INFO)
     assert run_in(reference, "train", CELL, "--params", str(changed), "--no-tracking") == 0
     assert "already trained" in caplog.text and checkpoint_of(reference).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda path, state: path.write_bytes(b""), "unreadable checkpoint"),  # a disk-full leftover
+        (lambda path, state: torch.save({**state, "model": None}, path), "'model' is a NoneType"),
+        (lambda path, state: torch.save({k: v for k, v in state.items() if k != "rng"}, path), "no 'rng'"),
+        (lambda path, state: torch.save({**state, "epoch": "3"}, path), "'epoch' is a str"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_named_line(reference: Path, tmp_path: Path, damage, expected) -> None:
+    state = load_checkpoint(checkpoint_of(reference))
+    path = tmp_path / "checkpoint.pt"
+    damage(path, state)
+    with pytest.raises(DawsolError, match=expected) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "split", "label", "expected"),
+    [
+        ("train", "train", "99", "label 99, outside 0..2"),
+        ("train", "val", "-1", "label -1, outside 0..2"),
+        ("train", "val", None, "the val split has no image"),
+        ("evaluate", "val", "-1", "label -1, outside 0..2"),  # evaluate reads val and test, not train
+        ("evaluate", "val", None, "the val split has no image"),
+    ],
+)
+def test_bad_labels_and_an_empty_split_fail_before_any_work(
+    tmp_path: Path,
+    tiny_data: Path,
+    reference: Path,
+    capsys: pytest.CaptureFixture[str],
+    command,
+    split,
+    label,
+    expected,
+) -> None:
+    import shutil
+
+    data = tmp_path / "data_copy"
+    shutil.copytree(tiny_data, data)
+    project = write_project(tmp_path / "bad", data)
+    if command == "evaluate":
+        shutil.copytree(reference / "runs", project / "runs")
+    metadata = data / "metadata" / split
+    if label is None:  # an empty split: no image in any of its files
+        for path in metadata.iterdir():
+            path.write_text("")
+    else:
+        lines = (metadata / "class_labels.txt").read_text().splitlines()
+        lines[0] = lines[0].rsplit(",", 1)[0] + "," + label
+        (metadata / "class_labels.txt").write_text("\n".join(lines) + "\n")
+    assert run_in(project, command, CELL, "--no-tracking") == 1
+    error = capsys.readouterr().err.strip()
+    assert expected in error and f"metadata/{split}/class_labels.txt" in error and "\n" not in error
+    if command == "train":
+        assert not checkpoint_of(project).exists()

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from dawsol.data.groundtruth import load_mask, rescale_boxes
-from dawsol.data.metadata import SplitMetadata, read_split
+from dawsol.data.metadata import IMAGE_ERRORS, IMAGE_SIZES, SplitMetadata, read_split
 from dawsol.errors import DawsolError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,8 +70,8 @@ def load_image(dataset_dir: Path, image_id: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        reason = "missing" if not path.exists() else f"unreadable ({exc})"
+    except IMAGE_ERRORS as exc:
+        reason = "missing" if not path.exists() else f"unreadable ({' '.join(str(exc).split())})"
         raise DawsolError(f"image {image_id}: {path} is {reason}; re-run `dawsol prepare`") from None
 
 
@@ -157,6 +157,7 @@ class EvalDataset(Dataset):
         self.dataset_dir = Path(dataset_dir)
         self.mask_root = Path(mask_root) if mask_root is not None else self.dataset_dir
         self.meta = read_dataset_split(self.dataset_dir, split)
+        self.split_dir = self.dataset_dir / "metadata" / split
         self.image_ids: list[str] = list(self.meta.image_ids if image_ids is None else image_ids)
         unknown = [i for i in self.image_ids if i not in self.meta.labels]
         if unknown:
@@ -173,6 +174,12 @@ class EvalDataset(Dataset):
         image = load_image(self.dataset_dir, image_id)
         boxes = self.meta.boxes.get(image_id, [])
         size = self.meta.sizes.get(image_id, image.size)
+        if size != image.size:
+            raise DawsolError(
+                f"image {image_id}: {self.dataset_dir / image_id} is {image.size[0]}x{image.size[1]} but "
+                f"{self.split_dir / IMAGE_SIZES} says {size[0]}x{size[1]}; re-run `dawsol prepare` "
+                f"or fix the file (`dawsol validate {self.dataset_dir}` lists every such image)"
+            )
         mask = None
         if image_id in self.meta.masks:
             ignore = self.meta.ignore_masks.get(image_id)
@@ -180,6 +187,7 @@ class EvalDataset(Dataset):
                 [self.mask_root / p for p in self.meta.masks[image_id]],
                 self.mask_root / ignore if ignore else None,
                 self.image_size,
+                original_size=image.size,
             )
         return {
             "image": self.transform(image),

@@ -20,10 +20,18 @@ Image ids are paths relative to the dataset folder; mask paths are relative to t
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
 from dawsol.atomic import atomic_write_text
+from dawsol.data.groundtruth import mask_fits
 from dawsol.errors import DawsolError
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +43,12 @@ LOCALIZATION = "localization.txt"
 MASK_LOCALIZATION = "mask_localization.txt"
 
 Box = tuple[int, int, int, int]
+# What reading an image or mask file gave: its (width, height), why it is unreadable, or None if missing
+FileRead = tuple[int, int] | str | None
+# The errors PIL raises for a file that is not a readable image (DecompressionBombError is none of the others)
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Bytes that are not UTF-8, as errors="surrogateescape" decodes them
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -64,8 +78,11 @@ class Problem:
 
 
 def _lines(path: Path) -> list[str]:
-    """The lines of a metadata file as wsolevaluation reads them (a final newline is tolerated)."""
-    text = path.read_text(encoding="utf-8")
+    """The lines of a metadata file as wsolevaluation reads them (a final newline is tolerated).
+
+    Bytes that are not UTF-8 come back as lone surrogates (``errors="surrogateescape"``).
+    """
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
     if not text:
         return []
     lines = text.split("\n")
@@ -101,13 +118,25 @@ class _Parser:
     def _problem(self, name: str, line: int | None, message: str) -> None:
         self.problems.append(Problem(str(self.split_dir / name), line, message))
 
+    def _read(self, name: str) -> list[tuple[int, str]]:
+        """(1-based line number, line) of ``name``; a line that is not UTF-8 is reported and left out."""
+        numbered = []
+        for n, line in enumerate(_lines(self.split_dir / name), 1):
+            bad = _NOT_UTF8.search(line)
+            if bad:
+                byte = ord(bad.group()) - 0xDC00
+                self._problem(name, n, f"not UTF-8 (byte {byte:#04x} at column {bad.start() + 1}); save it as UTF-8")
+            else:
+                numbered.append((n, line))
+        return numbered
+
     def parse(self) -> SplitMetadata:
         meta = SplitMetadata(image_ids=[], labels={})
         ids_path = self.split_dir / IMAGE_IDS
         if not ids_path.is_file():
             self._problem(IMAGE_IDS, None, "missing file")
         else:
-            for n, line in enumerate(_lines(ids_path), 1):
+            for n, line in self._read(IMAGE_IDS):
                 if not line:
                     self._problem(IMAGE_IDS, n, "empty line")
                 elif line in self.id_lines:
@@ -123,7 +152,7 @@ class _Parser:
         proxy_path = self.split_dir / PROXY_IDS
         if proxy_path.is_file():
             meta.proxy_ids = []
-            for n, line in enumerate(_lines(proxy_path), 1):
+            for n, line in self._read(PROXY_IDS):
                 self.proxy_lines.append((n, line))
                 meta.proxy_ids.append(line)
         return meta
@@ -133,7 +162,7 @@ class _Parser:
         if not path.is_file():
             self._problem(CLASS_LABELS, None, "missing file")
             return
-        for n, line in enumerate(_lines(path), 1):
+        for n, line in self._read(CLASS_LABELS):
             fields = line.split(",")
             values = _ints(fields[1:]) if len(fields) == 2 else None
             if values is None:
@@ -148,7 +177,7 @@ class _Parser:
         path = self.split_dir / IMAGE_SIZES
         if not path.is_file():
             return
-        for n, line in enumerate(_lines(path), 1):
+        for n, line in self._read(IMAGE_SIZES):
             fields = line.split(",")
             values = _ints(fields[1:]) if len(fields) == 3 else None
             if values is None:
@@ -163,7 +192,7 @@ class _Parser:
 
     def _parse_localization(self, name: str, meta: SplitMetadata) -> None:
         kinds: set[str] = set()
-        for n, line in enumerate(_lines(self.split_dir / name), 1):
+        for n, line in self._read(name):
             fields = line.split(",")
             image_id = fields[0]
             values = _ints(fields[1:]) if len(fields) == 5 else None
@@ -244,11 +273,62 @@ def write_split(split_dir: str | Path, meta: SplitMetadata) -> None:
         (split_dir / PROXY_IDS).unlink(missing_ok=True)
 
 
+def _read_file(path: Path, decode: bool) -> FileRead:
+    """The (width, height) of the image at ``path``, why it is unreadable, or None if it is missing.
+
+    Only the header is read unless ``decode``, which decodes every pixel as well (and so finds
+    truncated or corrupt image data); the decompression-bomb check applies either way.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+            return image.size
+    except IMAGE_ERRORS as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _read_chunk(paths: Sequence[Path], decode: bool) -> list[FileRead]:
+    """``_read_file`` of each path: one task of the pool."""
+    return [_read_file(path, decode) for path in paths]
+
+
+def _read_files(paths: Sequence[Path], decode: bool, workers: int, progress: bool) -> dict[Path, FileRead]:
+    """``_read_file`` of every path on ``workers`` threads (file reads and PIL's decoders release the GIL)."""
+    # chunks keep the number of futures small on a million-image split and still spread a small one
+    size = max(1, min(256, len(paths) // (4 * workers)))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    read: dict[Path, FileRead] = {}
+    desc = "decoding images" if decode else "reading image headers"
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(paths), desc=desc, unit="file", disable=not progress) as bar,
+    ):
+        for chunk, results in zip(chunks, pool.map(functools.partial(_read_chunk, decode=decode), chunks), strict=True):
+            read.update(zip(chunk, results, strict=True))
+            bar.update(len(chunk))
+    return read
+
+
+def _files(parser: _Parser, dataset_dir: Path, mask_root: Path) -> set[Path]:
+    """The image and mask files a parsed split names."""
+    images = {dataset_dir / image_id for image_id in parser.id_lines}
+    masks = {mask_root / path for *_, mask, ignore in parser.mask_lines for path in (mask, ignore) if path}
+    return images | masks
+
+
 def _check_split(
-    split: str, split_dir: Path, dataset_dir: Path, mask_root: Path, num_classes: int | None
+    split: str,
+    parser: _Parser,
+    meta: SplitMetadata,
+    dataset_dir: Path,
+    mask_root: Path,
+    num_classes: int | None,
+    read: Mapping[Path, FileRead],
 ) -> list[Problem]:
-    parser = _Parser(split_dir)
-    meta = parser.parse()
+    split_dir = parser.split_dir
     problems = parser.problems
 
     def add(name: str, line: int | None, message: str) -> None:
@@ -257,9 +337,16 @@ def _check_split(
     known = parser.id_lines
     for n, image_id, first in parser.duplicate_ids:
         add(IMAGE_IDS, n, f"duplicate image id {image_id} (first on line {first})")
+    actual: dict[str, tuple[int, int]] = {}  # image id -> (width, height) of its file
     for image_id, n in known.items():
-        if not (dataset_dir / image_id).is_file():
-            add(IMAGE_IDS, n, f"image file missing: {dataset_dir / image_id}")
+        path = dataset_dir / image_id
+        result = read[path]
+        if result is None:
+            add(IMAGE_IDS, n, f"image file missing: {path}")
+        elif isinstance(result, str):
+            add(IMAGE_IDS, n, f"image {path} unreadable: {result}")
+        else:
+            actual[image_id] = result
         if (split_dir / CLASS_LABELS).is_file() and image_id not in meta.labels:
             add(IMAGE_IDS, n, f"{image_id} has no label in {CLASS_LABELS}")
 
@@ -275,9 +362,13 @@ def _check_split(
 
     for n, image_id in parser.duplicate_sizes:
         add(IMAGE_SIZES, n, f"duplicate image id {image_id}")
-    for image_id in meta.sizes:
+    for image_id, (w, h) in meta.sizes.items():
+        n = parser.size_lines[image_id]
         if image_id not in known:
-            add(IMAGE_SIZES, parser.size_lines[image_id], f"unknown image id {image_id} (not in {IMAGE_IDS})")
+            add(IMAGE_SIZES, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
+        elif image_id in actual and actual[image_id] != (w, h):
+            aw, ah = actual[image_id]
+            add(IMAGE_SIZES, n, f"size {w}x{h} of {image_id}, but {dataset_dir / image_id} is {aw}x{ah}")
 
     for name, n, image_id, (x0, y0, x1, y1) in parser.box_lines:
         if image_id not in known:
@@ -296,11 +387,20 @@ def _check_split(
     for name, n, image_id, mask, ignore in parser.mask_lines:
         if image_id not in known:
             add(name, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
-        for path in (mask, ignore):
-            if path and not (mask_root / path).is_file():
-                add(name, n, f"mask file missing: {mask_root / path}")
+        image_size = actual.get(image_id, meta.sizes.get(image_id))
+        for path in [mask_root / p for p in (mask, ignore) if p]:
+            result = read[path]
+            if result is None:
+                add(name, n, f"mask file missing: {path}")
+            elif isinstance(result, str):
+                add(name, n, f"mask {path} unreadable: {result}")
+            elif image_size is not None and not mask_fits(result, image_size):
+                iw, ih = image_size
+                add(name, n, f"mask {path} is {result[0]}x{result[1]} but image {image_id} is {iw}x{ih}")
 
     if split in ("val", "test"):
+        if (split_dir / IMAGE_IDS).is_file() and not known:
+            add(IMAGE_IDS, None, f"no images: the {split} split is empty (evaluation needs at least one)")
         for image_id, n in known.items():
             if image_id not in meta.boxes and image_id not in meta.masks:
                 add(IMAGE_IDS, n, f"{image_id} has no box or mask ({split} images need localization labels)")
@@ -316,24 +416,43 @@ def _check_split(
 
 
 def validate_dataset(
-    dataset_dir: str | Path, mask_root: str | Path | None = None, num_classes: int | None = None
+    dataset_dir: str | Path,
+    mask_root: str | Path | None = None,
+    num_classes: int | None = None,
+    *,
+    decode: bool = False,
+    workers: int = 1,
+    progress: bool = False,
 ) -> list[Problem]:
     """Every problem of a prepared dataset, with file and line; an empty list means valid.
 
-    Checks each split of ``metadata/{train,val,test}``: malformed lines, unknown or duplicate
-    image ids, labels outside ``0..num_classes-1`` (only ``< 0`` when not given), boxes with
-    x1 < x0 / y1 < y0 or outside the image, val/test images without localization labels, and
-    missing image or mask files (masks relative to ``mask_root``, default the dataset folder).
+    Checks each split of ``metadata/{train,val,test}``: malformed or non-UTF-8 lines, unknown
+    or duplicate image ids, labels outside ``0..num_classes-1`` (only ``< 0`` when not given),
+    boxes with x1 < x0 / y1 < y0 or outside the image, empty val/test splits and val/test
+    images without localization labels, and missing image or mask files (masks relative to
+    ``mask_root``, default the dataset folder). Every image and mask is opened with PIL: files
+    that are no image or a decompression bomb (``Image.MAX_IMAGE_PIXELS``) are reported, each
+    image's size is compared with ``image_sizes.txt`` and each mask's with its image's. Only
+    headers are read unless ``decode``, which also decodes every pixel (finds truncated or
+    corrupt data; much slower). ``workers`` threads read the files; ``progress`` shows a bar.
     """
+    if workers < 1:
+        raise DawsolError(f"--workers must be at least 1, got {workers}")
     dataset_dir = Path(dataset_dir)
     root = Path(mask_root) if mask_root is not None else dataset_dir
     if not dataset_dir.is_dir():
         return [Problem(str(dataset_dir), None, "dataset folder not found (run `dawsol prepare <dataset>`)")]
+    parsed: dict[str, tuple[_Parser, SplitMetadata]] = {}
+    for split in SPLITS:
+        parser = _Parser(dataset_dir / "metadata" / split)
+        if parser.split_dir.is_dir():
+            parsed[split] = (parser, parser.parse())
+    paths = sorted(set().union(*(_files(parser, dataset_dir, root) for parser, _ in parsed.values())))
+    read = _read_files(paths, decode, workers, progress)
     problems: list[Problem] = []
     for split in SPLITS:
-        split_dir = dataset_dir / "metadata" / split
-        if not split_dir.is_dir():
-            problems.append(Problem(str(split_dir), None, "split folder missing"))
-            continue
-        problems.extend(_check_split(split, split_dir, dataset_dir, root, num_classes))
+        if split in parsed:
+            problems.extend(_check_split(split, *parsed[split], dataset_dir, root, num_classes, read))
+        else:
+            problems.append(Problem(str(dataset_dir / "metadata" / split), None, "split folder missing"))
     return problems

@@ -8,9 +8,11 @@ as arguments, so tests serve small archives from a local HTTP server.
 Guarantees: downloads resume with HTTP Range after an interruption (``<file>.part``); every
 archive is verified (checksum, else size) before use and must start like the archive type its
 name says (an HTML error page saved in its place is refused); a corrupt archive (bad CRC,
-truncated) is a one-line error; extraction refuses absolute paths, ``..`` and links that leave
-the target, and works in a temporary folder that is renamed into place only when the whole
-dataset validates, so a failed or interrupted prepare never leaves a half-made dataset; a
+truncated) is a one-line error; extraction refuses absolute paths, ``..``, links that leave
+the target, zip links and special files, and archives that would extract to more than the disk
+holds or than a dataset could (``MAX_EXTRACT_BYTES``, ``MAX_RATIO``), and works in a temporary
+folder that is renamed into place only when the whole dataset validates, so a failed or
+interrupted prepare never leaves a half-made dataset; a
 finished dataset carries a stamp, with the sha256 and size of every archive it was built from,
 and a re-run only verifies it (a rebuild re-checks the kept archives against the stamp).
 """
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -41,6 +44,13 @@ log = logging.getLogger(__name__)
 
 STAMP = ".dawsol-prepared.json"
 CHUNK = 1 << 20
+# What one archive may extract to (issue 15: a 2 MB zip or tar.gz must not fill the disk with 2 GiB). Dataset archives
+# hold JPEG and PNG, which do not compress (ILSVRC train: a 138 GiB plain tar; CUB 1.1 GB, OpenImages tens of GB, all
+# about 1:1) and text compresses 3-10x, while one deflate layer reaches ~1000x and overlapping-member zips far more.
+MAX_RATIO = 100  # extracted bytes per archive byte, checked once the extracted total passes RATIO_FLOOR
+RATIO_FLOOR = 100 << 20  # up to 100 MiB any ratio is harmless (small metadata archives may compress 100x)
+MAX_EXTRACT_BYTES = 512 << 30  # 3.7x ILSVRC train, the largest archive in SOURCES, whatever the disk says is free
+DISK_MARGIN = 1 << 30  # left free on the target disk after an extraction, for the OS, logs and checkpoints
 METADATA_COMMIT = "96f4b88679af41f005824661f47e6fe3628af2aa"
 METADATA_URL = "https://raw.githubusercontent.com/clovaai/wsolevaluation/{commit}/metadata/{path}"
 _ONEDRIVE = "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%21{res}&authkey={key}"
@@ -328,48 +338,133 @@ def _member_problem(name: str, link: str | None = None, hard: bool = False) -> s
     return None
 
 
+def _size(n: float) -> str:
+    """``n`` bytes in readable units ("1000 bytes", "8.0 MiB")."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} bytes" if k == 0 else f"{n:.1f} {units[k]}"
+
+
+def _refuse(archive: Path, name: str, problem: str) -> DawsolError:
+    return DawsolError(f"{archive}: refusing member {name!r} ({problem}); check that it is the right archive")
+
+
+def check_extraction_size(archive: Path, total: int, archive_size: int, free: int) -> None:
+    """Raise DawsolError unless ``total`` bytes extracted from ``archive`` (``archive_size`` bytes) stay within
+    ``MAX_EXTRACT_BYTES``, ``MAX_RATIO`` and the target disk's ``free`` bytes less ``DISK_MARGIN``."""
+    bomb = "refusing a likely decompression bomb: check that it is the right archive"
+    if total > MAX_EXTRACT_BYTES:
+        raise DawsolError(
+            f"{archive}: its members declare {_size(total)}, over the {_size(MAX_EXTRACT_BYTES)} limit for one "
+            f"archive (the largest dataset archive, ILSVRC train, is 138 GiB); {bomb}"
+        )
+    if total > RATIO_FLOOR and total > MAX_RATIO * archive_size:
+        raise DawsolError(
+            f"{archive}: its members declare {_size(total)} from {_size(archive_size)}, a compression ratio of "
+            f"{total / max(archive_size, 1):.0f} (the limit is {MAX_RATIO}); {bomb}"
+        )
+    if total > free - DISK_MARGIN:
+        raise DawsolError(
+            f"{archive}: extracting it needs {_size(total)} but the target disk has "
+            f"{_size(max(free - DISK_MARGIN, 0))} to spare ({_size(free)} free, {_size(DISK_MARGIN)} of it kept free); "
+            "free disk space or set data.root to a larger disk, then re-run"
+        )
+
+
+def _nested_problem(members: Sequence[tuple[str, bool]]) -> str | None:
+    """The first member (name, is a folder) that is no folder yet has other members inside it, if any."""
+    folders: set[tuple[str, ...]] = set()
+    for name, is_dir in members:
+        parts = PurePosixPath(name).parts
+        folders.update(parts[:k] for k in range(1, len(parts) + is_dir))
+    return next((name for name, is_dir in members if not is_dir and PurePosixPath(name).parts in folders), None)
+
+
+def _zip_type(info: zipfile.ZipInfo) -> str | None:
+    """What Unix zip marked a member as ("symlink" or "special file"); None for files and folders."""
+    mode = info.external_attr >> 16
+    if info.create_system != 3 or stat.S_IFMT(mode) in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    return "symlink" if stat.S_ISLNK(mode) else "special file"
+
+
 def _extract_zip(archive: Path, dest: Path) -> None:
-    """Check every member's path and CRC, then extract."""
+    """Check every member's path, type and size, then extract, counting the bytes of each member (and its CRC)."""
     with zipfile.ZipFile(archive) as zf:
-        for name in zf.namelist():
-            if problem := _member_problem(name):
-                raise DawsolError(f"{archive}: refusing member {name!r} ({problem})")
-        if (bad := zf.testzip()) is not None:
-            raise DawsolError(
-                f"{archive}: member {bad!r} is corrupt (bad CRC or data); delete the archive and re-download"
-            )
-        zf.extractall(dest)
+        infos = zf.infolist()
+        for info in infos:
+            if problem := _member_problem(info.filename) or _zip_type(info):
+                raise _refuse(archive, info.filename, problem)
+        if (nested := _nested_problem([(i.filename, i.is_dir()) for i in infos])) is not None:
+            raise _refuse(archive, nested, "a file, yet it has other members inside it")
+        total = sum(i.file_size for i in infos)
+        check_extraction_size(archive, total, archive.stat().st_size, shutil.disk_usage(dest).free)
+        for info in infos:
+            path = dest / info.filename
+            if info.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            left = info.file_size  # zipfile stops there itself (then fails the CRC); counted all the same
+            with zf.open(info) as source, open(path, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    left -= len(chunk)
+                    if left < 0:
+                        raise DawsolError(
+                            f"{archive}: member {info.filename!r} holds more than the {_size(info.file_size)} it "
+                            "declares; refusing a forged archive: check that it is the right archive"
+                        )
+                    out.write(chunk)
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    """Check every member's path, type and size, then extract with tarfile's "data" filter."""
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for m in members:
+            link = m.linkname if (m.issym() or m.islnk()) else None
+            problem = _member_problem(m.name, link, hard=m.islnk())
+            if problem is None and not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                problem = "special file"
+            if problem:
+                raise _refuse(archive, m.name, problem)
+        if (nested := _nested_problem([(m.name, m.isdir()) for m in members])) is not None:
+            raise _refuse(archive, nested, "a file or link, yet it has other members inside it")
+        # tarfile writes exactly TarInfo.size bytes of a member (fewer is a ReadError), so this total is what lands
+        total = sum(m.size for m in members if m.isfile())
+        check_extraction_size(archive, total, archive.stat().st_size, shutil.disk_usage(dest).free)
+        tf.extractall(dest, members=members, filter="data")
 
 
 def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar(.gz) or zip archive into ``dest`` after checking every member.
+    """Extract a tar(.gz) or zip archive into ``dest`` after checking every member and the total size.
 
-    Refuses (DawsolError naming archive and member, nothing written) absolute paths, ``..``,
-    links that point outside ``dest``, and device files; a corrupt or truncated archive is a
-    DawsolError naming it (what was extracted so far stays in ``dest``, for the caller to drop).
+    Refuses (DawsolError naming archive and member) absolute paths, ``..``, links that point outside
+    ``dest``, members inside a file or link, zip links, device files, and archives over the limits of
+    ``check_extraction_size``; a corrupt or truncated archive, or a full disk, is a DawsolError naming
+    it. It extracts into a temporary folder beside ``dest``, moved in only when all went well, so a
+    failure leaves ``dest`` as it was.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        try:
-            _extract_zip(archive, dest)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise DawsolError(f"{archive}: corrupt zip archive ({exc}); delete it and re-download") from None
-        return
+    is_zip = zipfile.is_zipfile(archive)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                link = m.linkname if (m.issym() or m.islnk()) else None
-                problem = _member_problem(m.name, link, hard=m.islnk())
-                if problem is None and not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                    problem = "special file"
-                if problem:
-                    raise DawsolError(f"{archive}: refusing member {m.name!r} ({problem})")
-            tf.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DawsolError(
-            f"{archive}: not a readable tar or zip archive, or truncated ({exc}); delete it and re-download"
-        ) from None
+        (_extract_zip if is_zip else _extract_tar)(archive, work)
+        _move_tree(work, dest)
+    except tarfile.FilterError as exc:  # a link that leaves the folder through other links
+        raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, NotImplementedError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the disk or folder failed, not the archive's data
+            raise DawsolError(
+                f"{archive}: extracting it into {dest} failed ({exc}); the archive is not at fault: "
+                "free disk space (or make the folder writable) and re-run"
+            ) from None
+        kind = "corrupt zip archive" if is_zip else "not a readable tar or zip archive, or truncated"
+        raise DawsolError(f"{archive}: {kind} ({exc}); delete it and re-download") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _move_tree(source: Path, target: Path) -> None:

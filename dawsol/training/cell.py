@@ -35,7 +35,7 @@ from dawsol.config import Cell, Settings
 from dawsol.errors import DawsolError
 from dawsol.layout import checkpoint_path, require_prepared, resume_path, run_dir, train_log_path
 from dawsol.runtime import Interrupted, restore_rng, rng_state, seed_everything, select_device
-from dawsol.scoring import score_split
+from dawsol.scoring import check_split, score_split
 from dawsol.tracking import CellRun
 from dawsol.training.loop import EpochLoop, Position, Sink
 from dawsol.training.optim import validation_due
@@ -66,6 +66,8 @@ def train_cell(
     rank 0 writes the checkpoint, the log and the MLflow run.
     """
     require_prepared(settings)
+    for split in ("train", "val"):  # caught now, not at the first batch or the first validation
+        check_split(settings, split)
     ctx, device = distributed.init(select_device(device_name or settings.train.device))
     # one process: it holds the lock; under torchrun the launcher (`dawsol train`) holds it for its ranks
     with trainer_lock(settings.cell) if ctx.world_size == 1 else contextlib.nullcontext():
@@ -109,6 +111,9 @@ def _train_locked(
     settings: Settings, ctx: distributed.Dist, device: torch.device, tracking: bool, progress: bool | None
 ) -> TrainOutcome:
     cell = settings.cell
+    # a save killed mid-write (SIGKILL, power loss) leaves its temporary file; under the lock none is in use
+    for leftover in run_dir(cell).glob(f".{checkpoint_path(cell).name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     found = resumable_checkpoint(settings)
     state = None
     if found is None:
