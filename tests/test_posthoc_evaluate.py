@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_fixtures import prepare_tiny_data, write_project
+from train_fixtures import prepare_tiny_data, run_in, write_project
 
-from dawsol import cli
 from dawsol.config import Cell, load_params, resolve
 from dawsol.evaluation import metrics_dict
 from dawsol.evaluation.evaluator import evaluate_split
@@ -23,15 +21,6 @@ from dawsol.scoring import score_split
 
 CELL = "synthetic/resnet18/cam-mmd/seed0"
 METHODS = ["cam", "gradcam", "gradcampp", "pcs", "bagcams"]
-
-
-def run_in(project: Path, *args: str) -> int:
-    previous = Path.cwd()
-    os.chdir(project)
-    try:
-        return cli.main(list(args))
-    finally:
-        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")

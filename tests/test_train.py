@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_fixtures import prepare_tiny_data, start, write_project
+from train_fixtures import prepare_tiny_data, run_in, start, write_project
 
 from dawsol import cli
 from dawsol.checkpoint import load_checkpoint, restore_training, save_checkpoint, training_state
@@ -41,16 +41,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     for command in ("train", "evaluate"):
         assert run_in(project, command, CELL, "--no-tracking") == 0
     return project
-
-
-def run_in(project: Path, *args: str) -> int:
-    """``dawsol ARGS`` in this process, in ``project``; returns the exit code."""
-    previous = Path.cwd()
-    os.chdir(project)
-    try:
-        return cli.main(list(args))
-    finally:
-        os.chdir(previous)
 
 
 def metrics_of(project: Path, cell: str = CELL) -> dict:

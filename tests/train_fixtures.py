@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from dawsol import cli
 from dawsol.config import deep_merge
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,16 @@ def prepare_tiny_data(folder: Path) -> Path:
 
     prepare_synthetic(SyntheticConfig.from_params(tiny_params()["synthetic"]), folder)
     return folder
+
+
+def run_in(project: Path, *args: str) -> int:
+    """``dawsol ARGS`` in this process, in ``project``; returns the exit code."""
+    previous = Path.cwd()
+    os.chdir(project)
+    try:
+        return cli.main(list(args))
+    finally:
+        os.chdir(previous)
 
 
 def dawsol_env(project: Path) -> dict[str, str]:
