@@ -205,13 +205,7 @@ class CellRun:
     def find(cls, settings: Settings) -> CellRun:
         """The cell's newest run (by its ``dawsol.cell`` tag), created if there is none."""
         client, experiment_id = init_store()
-        runs = with_retry(
-            client.search_runs,
-            [experiment_id],
-            filter_string=f"tags.`{CELL_TAG}` = '{settings.cell.name}'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
+        runs = tagged_runs(client, experiment_id, CELL_TAG, settings.cell.name, newest_only=True)
         if runs:
             return cls(client, runs[0].info.run_id)
         return cls._create(client, experiment_id, settings)
@@ -251,6 +245,17 @@ class CellRun:
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED."""
         with_retry(self.client.set_terminated, self.run_id, status)
+
+
+def tagged_runs(client: MlflowClient, experiment_id: str, tag: str, value: str, newest_only: bool = False) -> list[Any]:
+    """The experiment's runs whose ``tag`` is ``value``, newest first (only the newest with ``newest_only``)."""
+    return with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        max_results=1 if newest_only else 1000,
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def _run_exists(client: MlflowClient, run_id: str) -> bool:

@@ -126,13 +126,7 @@ def log_search(trials: Sequence[Trial], chosen: Mapping[str, Trial], files: Sequ
     client, experiment_id = tracking.init_store()
     parents = {}
     for group in sorted({t.cell.group for t in trials}):
-        found = tracking.with_retry(
-            client.search_runs,
-            [experiment_id],
-            filter_string=f"tags.`{SEARCH_TAG}` = '{group}'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
+        found = tracking.tagged_runs(client, experiment_id, SEARCH_TAG, group, newest_only=True)
         if found:
             run_id = found[0].info.run_id
         else:
@@ -151,11 +145,7 @@ def log_search(trials: Sequence[Trial], chosen: Mapping[str, Trial], files: Sequ
                 parent.set_tag(f"chosen.{key}", str(value))
             parent.log_metrics({f"{SELECTION_SPLIT}.score": best.score, SELECTION_SPLIT: dict(best.val)})
         for trial in (t for t in trials if t.cell.group == group):
-            for child in tracking.with_retry(
-                client.search_runs,
-                [experiment_id],
-                filter_string=f"tags.`{tracking.CELL_TAG}` = '{trial.cell.name}'",
-            ):
+            for child in tracking.tagged_runs(client, experiment_id, tracking.CELL_TAG, trial.cell.name):
                 tracking.with_retry(client.set_tag, child.info.run_id, PARENT_TAG, run_id)
         for path in files:
             parent.log_artifact(path, "search")
