@@ -102,6 +102,7 @@ def benchmark_key(settings: Settings) -> tuple[Any, ...]:
         settings.model.width,
         settings.model.frozen_stages,
         settings.wsol.method,
+        repr(sorted(settings.wsol.options.items())),  # e.g. ACoL's head width
         None if da is None else (da.loss, da.use_tsa, da.use_ld, da.use_lu, da.sample_num_source),
         settings.data.image_size,
         settings.data.num_classes,
@@ -161,7 +162,7 @@ def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: 
             started = time.perf_counter()
             for _ in range(steps):
                 out = model(device_images)
-                model.cams(out.features, labels.to(device))
+                model.wsol_cams(out, labels.to(device))
             _synchronize(device)
             eval_seconds = time.perf_counter() - started
     return Throughput(batch * steps / train_seconds, batch * steps / eval_seconds)

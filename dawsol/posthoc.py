@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
 from dawsol.evaluation import prepare_scoremap
-from dawsol.models.backbones import ResNetTrunk, Trunk, VGGTrunk
+from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, Trunk, VGGSPGTrunk, VGGTrunk
 from dawsol.models.efficientnet_lite import EfficientNetLiteTrunk
 from dawsol.models.model import WSOLModel
 
@@ -27,6 +27,21 @@ DEFAULT_TARGET_LAYERS: dict[str, str] = {
     "vgg16": "features",
     "efficientnet_lite0": "_blocks",
 }
+
+
+def _default_layer(model: WSOLModel) -> str:
+    """The backbone's default, or the same place in ACoL's and SPG's trunk variants where it is not one of theirs:
+    Mixed_6d in Inception's ACoL trunk (which ends at Mixed_6e), SPG_A_2 (conv5) in VGG's SPG trunk."""
+    trunk = model.trunk
+    if isinstance(trunk, InceptionTrunk) and not trunk.spg_layers:
+        return "Mixed_6d"
+    if isinstance(trunk, VGGSPGTrunk):
+        return "SPG_A_2"
+    backbone = model.backbone_name
+    if backbone not in DEFAULT_TARGET_LAYERS:
+        raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set eval.target_layer")
+    return DEFAULT_TARGET_LAYERS[backbone]
+
 
 # Containers whose children the trunk's forward calls one by one (a hook on the container never fires):
 # their name stands for their last child, whose output is theirs.
@@ -75,9 +90,7 @@ def target_layer(model: WSOLModel, name: str | None = None) -> TargetLayer:
     """
     backbone = model.backbone_name
     if name is None:
-        if backbone not in DEFAULT_TARGET_LAYERS:
-            raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set eval.target_layer")
-        name = DEFAULT_TARGET_LAYERS[backbone]
+        name = _default_layer(model)
     modules = dict(model.trunk.named_modules())
     if not name or name not in modules:
         children = ", ".join(child for child, _ in model.trunk.named_children())
@@ -150,8 +163,8 @@ def capture(
     with ExitStack() as hooks:
         # a ReLU module's guide runs before ``take``: the rule acts on the ReLU's input, so a ReLU at the
         # target itself is below the captured output; a functional ReLU follows its module's output
-        if guided:
-            for module in modules.values():
+        if guided:  # the trunk's ReLUs and a method head's (ACoL's head A)
+            for module in model.modules():
                 if isinstance(module, nn.ReLU):
                     hooks.callback(module.register_forward_hook(guide).remove)
         hooks.callback(target.module.register_forward_hook(take).remove)
@@ -180,9 +193,10 @@ def capture(
 
 
 def cam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
-    """CAM ``W_c^T F + b_c`` at the feature resolution (docs/posthoc.md section 2.1); ``layer`` does not apply."""
+    """CAM ``W_c^T F + b_c`` at the feature resolution (docs/posthoc.md section 2.1), or the WSOL method's own
+    (ACoL's, docs/wsol-methods.md); ``layer`` does not apply."""
     with torch.no_grad(), _evaluating(model):
-        return model.cams(model(images).features.float(), labels)
+        return model.wsol_cams(model(images), labels)
 
 
 def gradcam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:

@@ -186,12 +186,7 @@ def score_split(
             with torch.inference_mode():
                 out = model(images)
                 predicted = out.logits.argmax(1)
-                maps = {
-                    "cam": [
-                        prepare_scoremap(c, size)
-                        for c in model.cams(out.features.float(), labels).double().cpu().numpy()
-                    ]
-                }
+                maps = {"cam": [prepare_scoremap(c, size) for c in model.wsol_cams(out, labels).double().cpu().numpy()]}
                 assignment = None
                 if assigned is not None and any(m is not None for m in batch["mask"]):
                     pixels = out.features.float().flatten(2).transpose(1, 2)

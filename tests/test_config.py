@@ -149,7 +149,7 @@ def test_bad_params_name_key_and_file(params_copy, mutate, expected):
     [
         ("mnist/resnet18/cam-mmd/seed0", "unknown dataset 'mnist'"),
         ("synthetic/resnet101/cam-mmd/seed0", "unknown backbone 'resnet101'"),
-        ("synthetic/resnet18/spg-mmd/seed0", "unknown WSOL method 'spg'"),
+        ("synthetic/resnet18/gradcut-mmd/seed0", "unknown WSOL method 'gradcut'"),
         ("synthetic/resnet18/cam-coral/seed0", "unknown DA method 'coral'"),
     ],
 )
@@ -168,8 +168,8 @@ def test_unknown_cell_parts(params_copy, cell, expected):
             r'cells\."synthetic/resnet18/cam-xyz/seed0": unknown DA method \'xyz\'',
         ),
         (
-            lambda p: p["profiles"]["paper"].setdefault("cells", {}).update({"cub/resnet50/acol-none/seed0": {}}),
-            r"\(profile paper\): cells\.\"cub/resnet50/acol-none/seed0\": unknown WSOL method 'acol'",
+            lambda p: p["profiles"]["paper"].setdefault("cells", {}).update({"cub/resnet50/gradcut-none/seed0": {}}),
+            r"\(profile paper\): cells\.\"cub/resnet50/gradcut-none/seed0\": unknown WSOL method 'gradcut'",
         ),
     ],
     ids=["pair-backbone", "pair-dataset", "cell-da", "profile-cell"],

@@ -31,7 +31,7 @@ def test_cutmix_mixes_the_da_terms_of_both_label_sets_by_the_area_ratio():
     cell = "synthetic/resnet18/cutmix-mmd/seed0"
     settings, model, da_loss, augmentation = _objective(cell, {"defaults": {"wsol": {"cutmix": {"prob": 1.0}}}})
     da_loss.eval()  # the anchors stay as they are, so the terms can be recomputed
-    objective = Objective(settings, model, da_loss, augmentation, total_iterations=10)
+    objective = Objective(settings, model, model, da_loss, augmentation, total_iterations=10)
     images, labels = _batch(settings)
     epoch = settings.da.start_epoch + 1
     torch.manual_seed(1)
@@ -55,7 +55,7 @@ def test_cutmix_mixes_the_da_terms_of_both_label_sets_by_the_area_ratio():
 
 def test_the_da_terms_wait_for_the_start_epoch():
     settings, model, da_loss, augmentation = _objective("synthetic/resnet18/cam-dann/seed0")
-    objective = Objective(settings, model, da_loss, augmentation, total_iterations=10)
+    objective = Objective(settings, model, model, da_loss, augmentation, total_iterations=10)
     images, labels = _batch(settings)
     before = objective(images, labels, settings.da.start_epoch, 0, torch.Generator())
     assert before.loss_d.item() == 0 and before.loss_u.item() == 0

@@ -23,6 +23,8 @@ from dawsol.config import grid_cells, load_params, resolve
 from dawsol.data.sources import prepare_dataset
 from dawsol.dvcfile import render_dvc_yaml
 from dawsol.pipeline import train_gpus
+from dawsol.report.reported import load_reported
+from dawsol.wsol import WSOL_METHODS
 
 PAPER_CELLS = 48
 
@@ -46,6 +48,28 @@ def test_paper_grid_settings_follow_the_official_scripts():
     assert {c.seed for c in cells} == {4}
     assert [train_gpus(params, c) for c in cells if c.dataset == "ilsvrc"] == [4] * 9
     assert {train_gpus(params, c) for c in cells if c.dataset != "ilsvrc"} == {1}
+
+
+def test_the_wsolevaluation_profile_covers_every_wsolevaluation_row():
+    """Six methods x three backbones x three datasets without DA: a cell for each of Choe et al.'s table rows."""
+    params = load_params(PROJECT_ROOT / "params.yaml", "wsolevaluation")
+    cells = grid_cells(params)
+    assert len(cells) == 54 and {c.da for c in cells} == {"none"}
+    assert {c.wsol for c in cells} == {"cam", "has", "acol", "spg", "adl", "cutmix"}
+    names = {(c.dataset, c.backbone, c.method) for c in cells}
+    reported = load_reported()
+    rows = reported[(reported.variant == "wsolevaluation") & (reported.backbone != "-") & (reported.dataset != "-")]
+    methods = {(r.dataset, r.backbone, r.method) for r in rows.itertuples() if r.method.split("-")[0] in WSOL_METHODS}
+    assert methods == names  # the table's other rows (few-shot, centre baseline) are not WSOL methods
+    assert resolve("cub/vgg16/spg-none/seed4", params).wsol.options["thresholds"] == [
+        [0.7, 0.01],
+        [0.5, 0.05],
+        [0.7, 0.1],
+    ]
+    assert resolve("cub/resnet50/spg-none/seed4", params).wsol.options["branch_channels"] == 1024
+    acol = resolve("ilsvrc/inception_v3/acol-none/seed4", params).wsol.options
+    assert dict(acol) == {"threshold": 0.7, "head_channels": 1024, "head_lr_ratio": None}
+    assert dict(resolve("cub/resnet50/has-none/seed4", params).wsol.options) == {"grid_size": 4, "drop_rate": 0.5}
 
 
 def test_snakemake_dry_run_lists_every_paper_cell(project: Path):

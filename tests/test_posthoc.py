@@ -256,7 +256,8 @@ def test_batch_size_invariance(method):
     model, images = _model("resnet18"), _images("resnet18")
     batched = posthoc.EXTRACTORS[method](model, images, LABELS)
     single = torch.cat([posthoc.EXTRACTORS[method](model, images[i : i + 1], LABELS[i : i + 1]) for i in range(3)])
-    _close(batched, single)
+    # GradCAM++ cubes the gradient, so a batch's other float32 conv algorithm shows up to ~1e-3 of the map's peak
+    _close(batched, single, rtol=2e-3 if method == "gradcampp" else 1e-4)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vgg16", "inception_v3", "efficientnet_lite0"])

@@ -11,11 +11,17 @@ first, so the state-dict keys stay torchvision's (e.g. ``layer3.0.conv1.weight``
 | resnet50 | 2048 | 14x14 | 28x28 | layer4 stride 1, layer3 stride 1 with the large map |
 | resnet18 | 512*width | 28x28 | 56x56 | as resnet50, and layer2 stride 1 (small inputs: 16x16 at 64 px) |
 | inception_v3 | 1024 | 14x14 | 28x28 | SPG-style: stem pools 3x3/2 pad 1, Mixed_6a stride 1, SPG_A3_1b/2b |
+
+ACoL and SPG change some trunks (the official variants, docs/wsol-methods.md): VGG16's ACoL trunk
+has 3x3 pools (no conv6, D 512, a 3x3 average pool on the features), its SPG trunk renames conv4
+and conv5 ``SPG_A_1`` and ``SPG_A_2`` and adds ``SPG_A_3`` (D 512); InceptionV3's ACoL trunk ends
+at Mixed_6e (D 768). Every trunk names the two places SPG's side branches read (``spg_taps``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,16 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from dawsol.errors import DawsolError
 from dawsol.wsol.adl import ADL
+
+TRUNK_VARIANTS = ("cam", "acol", "spg")
+
+
+class Tap(NamedTuple):
+    """Where an SPG side branch reads the trunk: the ``output`` (or ``input``) of module ``path``, ``channels`` wide."""
+
+    path: str
+    channels: int
+    at_input: bool = False
 
 
 class Trunk(nn.Module):
@@ -39,6 +55,11 @@ class Trunk(nn.Module):
     feature_dim: int
     new_layers: tuple[str, ...] = ()
     frozen: tuple[str, ...] = ()
+    acol_head_init: str = "xavier"  # how ACoL's heads are initialised: "xavier", or "he" (ResNet, as the official code)
+
+    def spg_taps(self) -> tuple[Tap, Tap] | None:
+        """The two trunk places SPG's side branches B1 and B2 read, shallow first (None: not defined here)."""
+        return None
 
     def new_layer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of the layers added to the pretrained network."""
@@ -76,6 +97,12 @@ class Trunk(nn.Module):
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _block_channels(block: nn.Module) -> int:
+    """The output channels of a ResNet block (a Bottleneck's conv3 or a BasicBlock's conv2)."""
+    last = getattr(block, "conv3", None) or block.conv2
+    return last.out_channels
 
 
 def _stride_one(layer: nn.Sequential) -> None:
@@ -121,8 +148,15 @@ class ResNetTrunk(Trunk):
         self.adl_after = {("layer3", 0), ("layer4", 0), ("layer4", len(self.layer4) - 1)} if adl is not None else set()
         self.adl = adl
 
+    acol_head_init = "he"
+
     def stages(self) -> list[tuple[str, ...]]:
         return [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+
+    def spg_taps(self) -> tuple[Tap, Tap]:
+        """layer3's first block and layer3's output (the official SPG_A1 and SPG_A2 split of layer3)."""
+        channels = _block_channels(self.layer3[-1])
+        return Tap("layer3.0", channels), Tap(f"layer3.{len(self.layer3) - 1}", channels)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -134,8 +168,10 @@ class ResNetTrunk(Trunk):
         return x
 
 
-# torchvision's vgg16 ``features`` indices: pool3, the ReLU after conv4_3, pool4, the ReLU after conv5_3, pool5
-_VGG_POOL3, _VGG_CONV4_3, _VGG_POOL4, _VGG_CONV5_3, _VGG_POOL5 = 16, 22, 23, 29, 30
+# torchvision's vgg16 ``features`` indices: pool1, pool2, pool3, the ReLU after conv4_3, pool4, the ReLU after
+# conv5_3, pool5; conv4 and conv5 are indices 17-22 and 24-29
+_VGG_POOL1, _VGG_POOL2, _VGG_POOL3, _VGG_CONV4_3, _VGG_POOL4, _VGG_CONV5_3, _VGG_POOL5 = 4, 9, 16, 22, 23, 29, 30
+_VGG_CONV4, _VGG_CONV5 = slice(17, 23), slice(24, 30)
 
 
 class VGGTrunk(Trunk):
@@ -169,6 +205,62 @@ class VGGTrunk(Trunk):
         return F.relu(self.conv6(x))
 
 
+class VGGACoLTrunk(Trunk):
+    """ACoL's VGG16: every pool 3x3 with padding 1 (stride 2; pool4 stride 1 with the large map, pool5 stride 1),
+    no conv6, then a 3x3 stride-1 average pool: ``[B, 512, h, w]`` at the CAM trunk's size."""
+
+    def __init__(self, features: nn.Sequential, large_feature_map: bool) -> None:
+        super().__init__()
+        for index in (_VGG_POOL1, _VGG_POOL2, _VGG_POOL3, _VGG_POOL4):
+            features[index] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        if large_feature_map:
+            features[_VGG_POOL4] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        features[_VGG_POOL5] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.features = features
+        self.feature_dim = 512
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.avg_pool2d(self.features(images), kernel_size=3, stride=1, padding=1)
+
+
+class VGGSPGTrunk(Trunk):
+    """SPG's VGG16: conv1-conv3 (``features``), conv4 as ``SPG_A_1``, a 3x3/2 max-pool (``pool4``; none with the
+    large map), conv5 as ``SPG_A_2``, then the new ``SPG_A_3`` (two 3x3 512->512 + ReLU): ``[B, 512, h, w]``.
+
+    conv4 and conv5 keep their ImageNet weights under the official names (``SPG_A_1.0`` is ``features.17``) and,
+    as the official rule has it, train at the classifier's rate with the new layers.
+    """
+
+    new_layers = ("SPG_A_1", "SPG_A_2", "SPG_A_3")
+
+    def __init__(self, features: nn.Sequential, large_feature_map: bool) -> None:
+        super().__init__()
+        layers = list(features)
+        self.features = nn.Sequential(*layers[: _VGG_POOL3 + 1])
+        self.SPG_A_1 = nn.Sequential(*layers[_VGG_CONV4])
+        self.pool4 = nn.Identity() if large_feature_map else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.SPG_A_2 = nn.Sequential(*layers[_VGG_CONV5])
+        self.SPG_A_3 = nn.Sequential(
+            nn.Conv2d(512, 512, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(512, 512, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        for module in self.SPG_A_3:
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.feature_dim = 512
+
+    def spg_taps(self) -> tuple[Tap, Tap]:
+        """After conv4 and its pool, and after conv5."""
+        return Tap("pool4", 512), Tap("SPG_A_2", 512)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.pool4(self.SPG_A_1(self.features(images)))
+        return self.SPG_A_3(self.SPG_A_2(x))
+
+
 class _InceptionBStride1(InceptionB):
     """torchvision's InceptionB (Mixed_6a) at stride 1 with padding 1, as the SPG trunk has it."""
 
@@ -189,12 +281,17 @@ class InceptionTrunk(Trunk):
 
     Dropout 0.5 precedes each new layer and follows the last one in training, so the pixel
     features are post-dropout as in the official code. The max-pool after Mixed_5d is skipped
-    with the large map. ADL after Mixed_5d, after Mixed_6e and after SPG_A3_2b.
+    with the large map. ADL after Mixed_5d, after Mixed_6e and after SPG_A3_2b. ACoL's variant
+    (``spg_layers=False``) ends at Mixed_6e: ``[B, 768, h, w]``, no new layers, no dropout.
     """
 
-    new_layers = ("SPG_A3_1b", "SPG_A3_2b")
-
-    def __init__(self, net: torchvision.models.Inception3, large_feature_map: bool, adl: ADL | None = None) -> None:
+    def __init__(
+        self,
+        net: torchvision.models.Inception3,
+        large_feature_map: bool,
+        adl: ADL | None = None,
+        spg_layers: bool = True,
+    ) -> None:
         super().__init__()
         self.Conv2d_1a_3x3 = net.Conv2d_1a_3x3
         self.Conv2d_1a_3x3.conv.padding = (1, 1)
@@ -205,17 +302,26 @@ class InceptionTrunk(Trunk):
         self.Mixed_6a.load_state_dict(net.Mixed_6a.state_dict())
         self.Mixed_6b, self.Mixed_6c = net.Mixed_6b, net.Mixed_6c
         self.Mixed_6d, self.Mixed_6e = net.Mixed_6d, net.Mixed_6e
-        self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
-        self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
-        for layer in (self.SPG_A3_1b, self.SPG_A3_2b):
-            nn.init.kaiming_normal_(layer[0].weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer[0].bias)
+        self.spg_layers = spg_layers
         self.large_feature_map = large_feature_map
-        self.feature_dim = 1024
+        self.feature_dim = 768
         self.adl = adl
+        if spg_layers:
+            self.new_layers = ("SPG_A3_1b", "SPG_A3_2b")
+            self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+            self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+            for layer in (self.SPG_A3_1b, self.SPG_A3_2b):
+                nn.init.kaiming_normal_(layer[0].weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer[0].bias)
+            self.feature_dim = 1024
 
     def _adl(self, x: Tensor) -> Tensor:
         return self.adl(x) if self.adl is not None else x
+
+    def spg_taps(self) -> tuple[Tap, Tap]:
+        """Mixed_6a's input (after Mixed_5d and its pool) and, as the official code has it, Mixed_6d's output
+        (not Mixed_6e's)."""
+        return Tap("Mixed_6a", 288, at_input=True), Tap("Mixed_6d", 768)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(images)))
@@ -227,20 +333,28 @@ class InceptionTrunk(Trunk):
             x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
         x = self.Mixed_6a(x)
         x = self._adl(self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x)))))
+        if not self.spg_layers:
+            return x
         x = self.SPG_A3_1b(F.dropout(x, 0.5, self.training))
         x = self.SPG_A3_2b(F.dropout(x, 0.5, self.training))
         return self._adl(F.dropout(x, 0.5, self.training))
 
 
-TrunkBuilder = Callable[[Callable[[nn.Module], None], bool, float, "ADL | None"], Trunk]
+# (load_pretrained, large_feature_map, width, adl, variant): ``variant`` is one of TRUNK_VARIANTS, the WSOL method's
+TrunkBuilder = Callable[[Callable[[nn.Module], None], bool, float, "ADL | None", str], Trunk]
 
 
 def resnet_trunk(name: str) -> TrunkBuilder:
     """The builder of ``resnet18`` (channels scaled by ``width``) or ``resnet50``."""
 
     def build(
-        load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+        load_pretrained: Callable[[nn.Module], None],
+        large_feature_map: bool,
+        width: float,
+        adl: ADL | None,
+        variant: str = "cam",
     ) -> Trunk:
+        """One trunk for every variant: ACoL's heads read layer4, SPG's branches layer3 (``spg_taps``)."""
         net = _scaled_resnet18(width) if name == "resnet18" else torchvision.models.resnet50()
         load_pretrained(net)
         stride_one = ("layer4", "layer3") if large_feature_map else ("layer4",)
@@ -252,9 +366,13 @@ def resnet_trunk(name: str) -> TrunkBuilder:
 
 
 def vgg16_trunk(
-    load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+    load_pretrained: Callable[[nn.Module], None],
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+    variant: str = "cam",
 ) -> Trunk:
-    """VGG16's convolutions with the CAM modifications."""
+    """VGG16's convolutions with the CAM modifications, or ACoL's or SPG's."""
     net = nn.Module()
     net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
     for module in net.features.modules():  # "he" initialisation, as torchvision's VGG
@@ -262,14 +380,22 @@ def vgg16_trunk(
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(module.bias)
     load_pretrained(net)
+    if variant == "acol":
+        return VGGACoLTrunk(net.features, large_feature_map)
+    if variant == "spg":
+        return VGGSPGTrunk(net.features, large_feature_map)
     return VGGTrunk(net.features, large_feature_map, adl)
 
 
 def inception_v3_trunk(
-    load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+    load_pretrained: Callable[[nn.Module], None],
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+    variant: str = "cam",
 ) -> Trunk:
-    """InceptionV3 with the SPG-style CAM modifications."""
+    """InceptionV3 with the SPG-style CAM modifications (ACoL's variant ends at Mixed_6e)."""
     with torch.no_grad():
         net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
     load_pretrained(net)
-    return InceptionTrunk(net, large_feature_map, adl)
+    return InceptionTrunk(net, large_feature_map, adl, spg_layers=variant != "acol")

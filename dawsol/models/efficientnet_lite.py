@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
-from dawsol.models.backbones import Trunk
+from dawsol.models.backbones import Tap, Trunk
 from dawsol.wsol.adl import ADL
 
 # (mean, std) per RGB channel: the lite models take pixels in [0, 1] mapped to [-1, 1]
@@ -190,6 +190,14 @@ class EfficientNetLiteTrunk(Trunk):
         blocks = [tuple(f"_blocks.{i}" for i in indices) for indices in self.stage_blocks]
         return [("_conv_stem", "_bn0"), *blocks, ("_conv_head", "_bn1")]
 
+    def spg_taps(self) -> tuple[Tap, Tap]:
+        """The ends of stage 4 (112 channels) and of stage 6, the last block stage (320), where ResNet's are the
+        middle and end of its penultimate stage (docs/wsol-methods.md)."""
+        return (
+            Tap(f"_blocks.{self.stage_blocks[4][-1]}", LITE0_STAGES[4][5]),
+            Tap(f"_blocks.{self.stage_blocks[6][-1]}", LITE0_STAGES[6][5]),
+        )
+
     def forward(self, images: Tensor) -> Tensor:
         x = F.relu6(self._bn0(self._conv_stem(images)))
         for index, block in enumerate(self._blocks):
@@ -201,9 +209,15 @@ class EfficientNetLiteTrunk(Trunk):
 
 
 def build_efficientnet_lite0(
-    load_pretrained: Callable[[nn.Module], None], large_feature_map: bool, width: float, adl: ADL | None
+    load_pretrained: Callable[[nn.Module], None],
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+    variant: str = "cam",
 ) -> Trunk:
-    """The Lite0 trunk at output stride 8 (``large_feature_map``) or 16: 28x28 or 14x14 at 224 px, as resnet50's."""
+    """The Lite0 trunk at output stride 8 (``large_feature_map``) or 16: 28x28 or 14x14 at 224 px, as resnet50's.
+
+    One trunk for every variant: ACoL's heads read its features, SPG's branches ``spg_taps``."""
     if width != 1.0:
         raise DawsolError(f"model.width is {width} for efficientnet_lite0, which takes no width multiplier (set 1.0)")
     net = EfficientNetLite0()

@@ -79,9 +79,15 @@ def normalization(name: str) -> Normalization:
 
 
 def build_trunk(
-    name: str, pretrained: str, large_feature_map: bool, width: float, adl: nn.Module | None = None
+    name: str,
+    pretrained: str,
+    large_feature_map: bool,
+    width: float,
+    adl: nn.Module | None = None,
+    variant: str = "cam",
 ) -> Trunk:
-    """The WSOL trunk of backbone ``name`` with ``pretrained`` weights loaded (see ``dawsol.models.pretrained``)."""
+    """The WSOL trunk of backbone ``name`` (its ``variant``: the CAM trunk, ACoL's or SPG's) with ``pretrained``
+    weights loaded (see ``dawsol.models.pretrained``)."""
     entry = backbone(name)
     state, of_trunk = pretrained_state(pretrained, entry.imagenet)
     source = f"ImageNet weights for {name}" if pretrained == "imagenet" else pretrained
@@ -91,7 +97,7 @@ def build_trunk(
         if net_state is not None:
             load_into(net, net_state, name, source, entry.dropped_heads)
 
-    trunk = entry.build(load_pretrained, large_feature_map, width, adl)
+    trunk = entry.build(load_pretrained, large_feature_map, width, adl, variant)
     if of_trunk:
         load_trunk(trunk, state, source)
     return trunk

@@ -23,7 +23,7 @@ from dawsol.provenance import describe
 BASELINE_BACKBONE = "baseline"
 BASELINE_LABELS = {"center": "Centre baseline (no model)", "random": "Random 16x16 maps (no model)"}
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
-WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL"}
+WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL", "acol": "ACoL", "spg": "SPG"}
 DA_NAMES = {
     "none": "",
     "mmd": "DA-WSOL-MMD",

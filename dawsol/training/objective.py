@@ -2,9 +2,10 @@
 
 ``Objective`` runs the WSOL input augmentation, the forward pass and the losses, with no
 optimizer and no loop, so one batch's losses can be checked on their own. ``L_c`` is the
-cross-entropy (under CutMix mixed over both label sets by the area ratio), scaled under
-torchrun to this rank's share of the global batch mean. The DA terms are active after
-``da.start_epoch`` (0-based epochs ``> start_epoch``), with DANN progress ``p = global
+WSOL method's loss: the cross-entropy (under CutMix mixed over both label sets by the area
+ratio), plus a method head's own terms (ACoL's CE of head B, SPG's three BCE terms,
+docs/wsol-methods.md), scaled under torchrun to this rank's share of the global batch mean.
+The DA terms are active after ``da.start_epoch`` (0-based epochs ``> start_epoch``), with DANN progress ``p = global
 iteration / total iterations``; under CutMix the DA loss runs once per label set and the terms
 are mixed by the same ratio, as the official code does.
 """
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from dawsol import distributed
 from dawsol.config import Settings
+from dawsol.models import WSOLModel
 from dawsol.wsol import InputAugmentation, MixedBatch
 
 
@@ -39,14 +41,16 @@ class Objective:
     def __init__(
         self,
         settings: Settings,
+        model: WSOLModel,
         forward: nn.Module,
         da_loss: nn.Module | None,
         augmentation: InputAugmentation | None,
         total_iterations: int,
         bf16: bool = False,
     ) -> None:
-        """``forward`` is the model as it is called in training (the model, or its DDP wrapper)."""
+        """``forward`` is the model as it is called in training (``model``, or its DDP wrapper)."""
         self.settings = settings
+        self.model = model
         self.forward = forward
         self.da_loss = da_loss
         self.augmentation = augmentation
@@ -64,11 +68,14 @@ class Objective:
             batch = self.augmentation.apply(images, labels, generator)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:
-            out = self.forward(batch.images)
+            out = self.forward(batch.images, batch.labels_a)
         logits = out.logits.float()
         loss_c = F.cross_entropy(logits, batch.labels_a)
         if batch.labels_b is not None:
             loss_c = batch.weight_a * loss_c + (1 - batch.weight_a) * F.cross_entropy(logits, batch.labels_b)
+        method_loss = self.model.method_loss(out, batch.labels_a, tuple(batch.images.shape[2:]))
+        if method_loss is not None:
+            loss_c = loss_c + method_loss
         # under torchrun: this rank's share of the global mean (DDP averages the gradients); 1 alone
         loss_c = loss_c * (len(labels) / distributed.global_denominator(loss_c.new_tensor(float(len(labels)))))
         zero = logits.new_zeros(())

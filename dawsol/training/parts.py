@@ -105,7 +105,7 @@ def build_parts(
         dataset=dataset,
         model=model,
         da_loss=da_loss,
-        objective=Objective(settings, forward, da_loss, augmentation, iterations * train.epochs, bf16),
+        objective=Objective(settings, model, forward, da_loss, augmentation, iterations * train.epochs, bf16),
         optimizer=build_optimizer(model, da_loss, settings),
         batches=TrainBatches(
             dataset, train.batch_size, settings.seed, settings.data.num_workers, pin=device.type == "cuda"

@@ -1,7 +1,26 @@
-"""WSOL methods: CAM (the plain pipeline), HaS and CutMix on the input, ADL inside the backbone."""
+"""WSOL methods: CAM (the plain pipeline), HaS and CutMix on the input, ADL inside the backbone, ACoL and SPG heads."""
 
 from dawsol.wsol.adl import ADL
 from dawsol.wsol.augment import MixedBatch
-from dawsol.wsol.methods import WSOL_METHODS, InputAugmentation, input_augmentation, trunk_layer
+from dawsol.wsol.heads import Head, TrunkFacts
+from dawsol.wsol.methods import (
+    WSOL_METHODS,
+    InputAugmentation,
+    input_augmentation,
+    method_head,
+    trunk_layer,
+    trunk_variant,
+)
 
-__all__ = ["ADL", "WSOL_METHODS", "InputAugmentation", "MixedBatch", "input_augmentation", "trunk_layer"]
+__all__ = [
+    "ADL",
+    "WSOL_METHODS",
+    "Head",
+    "InputAugmentation",
+    "MixedBatch",
+    "TrunkFacts",
+    "input_augmentation",
+    "method_head",
+    "trunk_layer",
+    "trunk_variant",
+]

@@ -1,8 +1,9 @@
 """The WSOL method registry: what each method of params.yaml changes in training, and its settings bound to it.
 
 A method changes the input batch (HaS, CutMix: ``augment``), the trunk (ADL: ``trunk_layer``,
-placed by ``dawsol.models``) or nothing (CAM). The registry's keys are the schema's WSOL
-methods (a test holds them equal).
+placed by ``dawsol.models``), adds a head with its own losses and CAM and takes its own trunk
+variant (ACoL, SPG: ``head``, ``trunk_variant``; ``dawsol.wsol.heads``) or nothing (CAM). The
+registry's keys are the schema's WSOL methods (a test holds them equal).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from dawsol.config import WSOLSettings
 from dawsol.wsol.adl import ADL
 from dawsol.wsol.augment import MixedBatch, cutmix, hide_and_seek
+from dawsol.wsol.heads import Head, TrunkFacts, acol_head, spg_head
 
 Augment = Callable[[Tensor, Tensor, Mapping[str, Any], torch.Generator], MixedBatch]
 
@@ -27,10 +29,13 @@ def _adl_layer(options: Mapping[str, Any]) -> nn.Module:
 
 @dataclass(frozen=True)
 class WSOLMethod:
-    """One WSOL method: its input augmentation and the layer it adds to the trunk (None where it has none)."""
+    """One WSOL method: its input augmentation, the layer it adds to the trunk, its head (None where it has
+    none) and the trunk variant it takes (``dawsol.models.backbones.TRUNK_VARIANTS``)."""
 
     augment: Augment | None = None
     trunk_layer: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    head: Callable[[Mapping[str, Any], TrunkFacts], Head] | None = None
+    trunk_variant: str = "cam"
 
 
 WSOL_METHODS: dict[str, WSOLMethod] = {
@@ -38,6 +43,8 @@ WSOL_METHODS: dict[str, WSOLMethod] = {
     "has": WSOLMethod(augment=hide_and_seek),
     "cutmix": WSOLMethod(augment=cutmix),
     "adl": WSOLMethod(trunk_layer=_adl_layer),
+    "acol": WSOLMethod(head=acol_head, trunk_variant="acol"),
+    "spg": WSOLMethod(head=spg_head, trunk_variant="spg"),
 }
 
 
@@ -63,3 +70,14 @@ def trunk_layer(wsol: WSOLSettings) -> nn.Module | None:
     """The layer ``wsol.method`` adds inside the trunk (ADL), or None."""
     build = WSOL_METHODS[wsol.method].trunk_layer
     return None if build is None else build(wsol.options)
+
+
+def method_head(wsol: WSOLSettings, facts: TrunkFacts) -> Head | None:
+    """The head ``wsol.method`` puts between the trunk and the score estimator (ACoL, SPG), or None."""
+    build = WSOL_METHODS[wsol.method].head
+    return None if build is None else build(wsol.options, facts)
+
+
+def trunk_variant(wsol: WSOLSettings) -> str:
+    """The trunk variant ``wsol.method`` takes: "cam", or its own ("acol", "spg")."""
+    return WSOL_METHODS[wsol.method].trunk_variant
