@@ -3,9 +3,9 @@
 Each file is the score map the protocol evaluates (docs/posthoc.md section 5: the extractor's own
 chain to ``size`` x ``size``, ``size`` the cell's ``data.image_size``), so ``dawsol metrics --cams``
 or any other tool reading wsolevaluation's layout scores it as ``dawsol evaluate`` does. The
-folder is written beside ``out`` and renamed onto it when complete: an interrupted run leaves an
-existing ``out`` as it was. Only an empty folder or one this command wrote (``.dawsol-cams`` in it)
-is replaced; any other existing ``out`` is refused.
+folder is written beside ``out`` and renamed onto it when complete: an interrupted run (or a full
+disk, one line naming ``out``) leaves an existing ``out`` as it was. Only an empty folder or one
+this command wrote (``.dawsol-cams`` in it) is replaced; any other existing ``out`` is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dawsol.atomic import write_errors_named
 from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
 from dawsol.data.datasets import collate_eval
 from dawsol.errors import DawsolError
@@ -61,16 +62,17 @@ def write_cam_files(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for batch in loader:
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            maps = score_maps(
-                method, extract(model, images, labels, layer), tuple(images.shape[2:]), dataset.image_size
-            )
-            for image_id, scoremap in zip(batch["image_id"], maps, strict=True):
-                path = staging / f"{image_id}.npy"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, scoremap)  # float64, exactly what dawsol evaluate scores
-        (staging / MARKER).write_text(f"{checkpoint} {method} {split}\n")
+        with write_errors_named(out):
+            for batch in loader:
+                images, labels = batch["image"].to(device), batch["label"].to(device)
+                maps = score_maps(
+                    method, extract(model, images, labels, layer), tuple(images.shape[2:]), dataset.image_size
+                )
+                for image_id, scoremap in zip(batch["image_id"], maps, strict=True):
+                    path = staging / f"{image_id}.npy"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, scoremap)  # float64, exactly what dawsol evaluate scores
+            (staging / MARKER).write_text(f"{checkpoint} {method} {split}\n")
         _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

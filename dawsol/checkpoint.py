@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dawsol.atomic import atomic_path
+from dawsol.atomic import atomic_path, write_failed
 from dawsol.config import Settings
 from dawsol.da import DALoss
 from dawsol.errors import DawsolError
@@ -31,6 +31,9 @@ from dawsol.provenance import code_version
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+# what torch.save's zip writer says when the disk fills under it (it raises RuntimeError, not OSError)
+_TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing file", "file write failed", "iostream error")
 
 
 def link_resume_state(checkpoint: Path, resume: Path) -> None:
@@ -48,10 +51,17 @@ def save_checkpoint(path: Path, state: dict[str, Any], resume: Path | None = Non
 
     With ``resume``, that second name is linked to the new content *before* the rename, so
     whenever ``path`` holds a checkpoint, ``resume`` holds the same one (a kill between the two
-    steps leaves ``resume`` one save ahead, never behind).
+    steps leaves ``resume`` one save ahead, never behind). A full disk is a one-line DawsolError
+    naming ``path``; the previous checkpoint stays as it was.
     """
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            message = str(exc).strip()
+            if not any(marker in message for marker in _TORCH_WRITE_FAILURES):
+                raise
+            raise write_failed(path, f"torch.save: {message.splitlines()[-1][-120:]}") from None
         if resume is not None:
             link_resume_state(tmp, resume)
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +46,8 @@ DA_COMMON_KEYS = (
 MAX_SEED = 2**32 - 1
 # a cell name, as a regular expression without anchors (also Snakemake's {cell} wildcard constraint)
 CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+(?:-trial[0-9]+)?"
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 _CELL_RE = re.compile(
     r"^(?P<dataset>[a-z][a-z0-9_]*)/(?P<backbone>[a-z][a-z0-9_]*)/"
     r"(?P<wsol>[a-z][a-z0-9_]*)-(?P<da>[a-z][a-z0-9_]*)/seed(?P<seed>[0-9]+)(?:-trial(?P<trial>[0-9]+))?$"
@@ -176,6 +178,14 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    """How the cell's MLflow run is logged (``dawsol.tracking``); outside ``to_dict``, so never a re-run trigger."""
+
+    log_checkpoint: bool = False  # the final checkpoint as the run's MLflow model
+    system_metrics_interval: float = 30.0  # seconds between system metrics samples while training; 0 = none
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one cell needs, resolved from params.yaml."""
 
@@ -186,6 +196,7 @@ class Settings:
     wsol: WSOLSettings
     da: DASettings | None
     eval: EvalSettings
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
     def seed(self) -> int:
@@ -294,11 +305,12 @@ def _error_location(error: Any) -> str:
     return f"{where}: {error.message}"
 
 
-def validate_params(params: Any, source: str | Path) -> None:
-    """Validate a params tree against the schema; raise DawsolError naming key and file."""
+def validate_params(params: Any, source: str | Path, definition: str | None = None) -> None:
+    """Validate a params tree against the schema (or one of its ``$defs``); raise DawsolError naming key and file."""
     from jsonschema import Draft202012Validator  # here, not at the top: it is half of `dawsol --help`'s import time
 
-    validator = Draft202012Validator(_schema())
+    schema = _schema() if definition is None else {"$ref": f"#/$defs/{definition}", "$defs": _schema()["$defs"]}
+    validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         # an unknown key (often a typo) explains the most; otherwise report the deepest problem
@@ -333,6 +345,55 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
             params["imports"] = copy.deepcopy(profiles[profile]["imports"])
         validate_params(params, f"{path} (profile {profile})")
     return params
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """One command-line override ``dotted.key=value`` as a partial settings tree, its value typed as YAML types it
+    (``2``, ``0.5``, ``true``, ``[30, 50]``, ``null``; an exponent without a dot, ``1e-3``, is a number too)."""
+    key, sep, text = item.partition("=")
+    if not sep or not _OVERRIDE_KEY.fullmatch(key):
+        raise DawsolError(f"override {item!r}: expected KEY=VALUE with a dotted settings key, e.g. train.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        raise DawsolError(f"override {item!r}: the value is not valid YAML (quote it: {key}='...')") from None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-3 as a string; nobody means that on a command line
+    tree: dict[str, Any] = {}
+    branch = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        branch = branch.setdefault(part, {})
+    branch[leaf] = value
+    return tree
+
+
+def apply_overrides(params: Mapping[str, Any], cell: Cell | str, overrides: Sequence[str]) -> dict[str, Any]:
+    """``params`` with command-line overrides (``train.epochs=2``) merged into the cell's ``cells."<cell>"`` block.
+
+    They behave exactly as if written there: the same schema check (a wrong key is the same one-line
+    error), the same resolution and digest (a search trial's drawn values still come last). A
+    ``wsol.<method>`` or ``da.<method>`` block of another method than the cell's is an error (it
+    would be ignored). README, "Settings".
+    """
+    if isinstance(cell, str):
+        cell = parse_cell(cell)
+    merged = copy.deepcopy(dict(params))
+    if not overrides:
+        return merged
+    block: dict[str, Any] = dict((merged.get("cells") or {}).get(cell.name) or {})
+    for item in overrides:
+        tree = parse_override(item)
+        validate_params(tree, f"override {item}", definition="settings")
+        for group, own in (("wsol", cell.wsol), ("da", cell.da)):
+            for method, value in (tree.get(group) or {}).items():
+                if isinstance(value, Mapping) and method != own:
+                    raise DawsolError(
+                        f"override {item}: {group}.{method} does not apply to {cell.name} (its {group} method is {own})"
+                    )
+        block = deep_merge(block, tree)
+    merged["cells"] = {**(merged.get("cells") or {}), cell.name: block}
+    return merged
 
 
 def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
@@ -456,6 +517,7 @@ def resolve(
         wsol=wsol,
         da=da,
         eval=_build(EvalSettings, eval_tree, "eval", source),
+        tracking=TrackingSettings(**(tree.get("tracking") or {})),
     )
 
 

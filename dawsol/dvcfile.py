@@ -55,10 +55,9 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
             cli("settings", "--out-dir", RUNS_DIR.as_posix(), source=source, profile=profile),
         ],
         "params": [{params_file: None}],
-        "outs": [
-            {p: {"cache": False}}
-            for p in posix([path for c in cells for path in (settings_output(c), weights_settings_output(c))])
-        ],
+        # cached, so `dvc pull` restores them: they are every cell stage's inputs, and `dvc repro --dry` hashes
+        # each input of a stage it would run and stops at a missing one (treeverse/dvc#9818)
+        "outs": posix([path for c in cells for path in (settings_output(c), weights_settings_output(c))]),
     }
     imports = grid_imports(params, source)
     items = {_slug(c.name): {"cell": c.name, "data": data_dirs[c.dataset], **_cell_paths(c)} for c in cells}
@@ -93,8 +92,13 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
         "do": {
             "cmd": cli("evaluate", "${item.cell}", source=source, profile=profile),
             "deps": ["${item.settings}", "${item.data}", "${item.checkpoint}"],
-            "outs": [{f"${{item.{k}}}": {"cache": False}} for k in ("curves", "posthoc_curves", "cams", "cam_samples")],
-            "metrics": [{"${item.metrics}": {"cache": False}}],
+            # committed to git, but cam_samples (a report input that git ignores) is cached, for `dvc pull`
+            "outs": [
+                *({f"${{item.{k}}}": {"cache": False}} for k in ("metrics", "curves", "posthoc_curves", "cams")),
+                "${item.cam_samples}",
+            ],
+            # the headline numbers only: every string, threshold and count of metrics.json would be a column
+            "metrics": [{"${item.headline}": {"cache": False}}],
         },
     }
     report_outs = report_outputs(params, source)

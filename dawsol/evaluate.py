@@ -1,9 +1,10 @@
 """``dawsol evaluate``: a trained cell's last checkpoint on val and test, written to ``results/cells/<cell>/``.
 
-The outputs of docs/architecture.md ("Cell outputs") are written atomically once every split is
-scored: a failure before then (a bad device, a bad checkpoint, an interrupted run) leaves the old
-outputs as they were; then the old ``metrics.json`` is removed first and the new one (with the
-code version that computed it) written last.
+The outputs of docs/architecture.md ("Cell outputs") are written once every split is scored,
+each beside its path, and renamed together at the end (``dawsol.atomic.staged``): a failure
+before then (a bad device, a bad checkpoint, a full disk, a kill) leaves the old outputs as they
+were. During the renames the old ``metrics.json`` is removed first and the new one (with the code
+version that computed it) renamed last, so a ``metrics.json`` always belongs to the files beside it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dawsol.atomic import atomic_write_text
+from dawsol.atomic import atomic_write_text, remove_leftovers, staged
 from dawsol.cell_figures import figure_threshold, write_cam_samples, write_cams_png
 from dawsol.checkpoint import assigner_from_state, model_from_state, trained_checkpoint
 from dawsol.config import Settings
 from dawsol.data.datasets import read_dataset_split
 from dawsol.evaluation import write_curves, write_posthoc_curves
+from dawsol.evaluation.output import write_headline
 from dawsol.evaluation.predictions import read_predictions
 from dawsol.layout import evaluate_outputs, require_prepared
 from dawsol.models import WSOLModel
@@ -68,9 +70,7 @@ def evaluate_cell(
         for name, extracted in splits[split].posthoc.items():
             log.info("%s %s %s: %s", settings.cell.name, split, name, _summary(extracted.metrics))
     outputs = evaluate_outputs(settings.cell)
-    # Only now, with every number computed, are the old outputs replaced: metrics.json (the mark of a
-    # finished evaluation) goes first and comes back last, so a failure before here loses nothing.
-    outputs["metrics"].unlink(missing_ok=True)
+    remove_leftovers(outputs.values())  # what a killed evaluation left, never trusted by anything
     threshold = figure_threshold(splits["val"].metrics)
     cell = settings.cell
     document = {
@@ -86,6 +86,21 @@ def evaluate_cell(
         "splits": {split: result.metrics for split, result in splits.items()},
         "extractors": _extractor_blocks(settings, model, splits),
     }
+    with staged(mark=outputs["metrics"]):  # metrics.json, the mark of a finished evaluation, comes last
+        _write_outputs(outputs, document, splits, settings, threshold)
+    if tracking:
+        _track_evaluation(settings, document, outputs, state.get("mlflow_run_id"))
+    return document
+
+
+def _write_outputs(
+    outputs: Mapping[str, Path],
+    document: Mapping[str, Any],
+    splits: Mapping[str, SplitResult],
+    settings: Settings,
+    threshold: float,
+) -> None:
+    """The cell's curves, CAM figures and, last, ``metrics.json``."""
     write_curves(
         outputs["curves"],
         {split: (result.box, result.mask) for split, result in splits.items()},
@@ -101,10 +116,8 @@ def evaluate_cell(
     )
     write_cams_png(outputs["cams"], splits["test"], threshold)
     write_cam_samples(outputs["cam_samples"], splits["test"])
+    write_headline(outputs["headline"], document)
     atomic_write_text(outputs["metrics"], json.dumps(document, indent=2) + "\n")
-    if tracking:
-        _track_evaluation(settings, document, outputs)
-    return document
 
 
 def _extractor_blocks(settings: Settings, model: WSOLModel, splits: Mapping[str, SplitResult]) -> dict[str, Any]:
@@ -127,8 +140,14 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.2f}" for k in keys if isinstance(metrics.get(k), int | float))
 
 
-def _track_evaluation(settings: Settings, document: Mapping[str, Any], outputs: Mapping[str, Path]) -> None:
-    run = CellRun.find(settings)
+def _track_evaluation(
+    settings: Settings, document: Mapping[str, Any], outputs: Mapping[str, Path], run_id: str | None
+) -> None:
+    """The final metrics, code tags, evaluated splits (dataset inputs) and outputs, into the run that trained
+    the cell (``run_id``, the checkpoint's) or, for an imported cell, a run of its own, then ended."""
+    run = CellRun.find(settings, run_id)
+    run.log_dataset(settings, "val", "validation")  # again for a trained cell: MLflow keeps one input
+    run.log_dataset(settings, "test", "test")
     for split, metrics in document["splits"].items():
         run.log_metrics(metrics, prefix=f"{split}.final.")
     for name, block in document["extractors"].items():
@@ -140,3 +159,5 @@ def _track_evaluation(settings: Settings, document: Mapping[str, Any], outputs: 
         run.set_tag("imported_sha256", str(document["imported"].get("sha256")))
     for output in outputs.values():
         run.log_artifact(output, "evaluation")
+    if run.created:
+        run.finish()

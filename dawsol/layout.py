@@ -27,7 +27,7 @@ RUNS_DIR = Path("runs")
 TABLE_FORMATS = ("tex", "csv", "md", "html")
 # the reported vs reproduced table over the whole grid (dawsol.report.reported)
 COMPARISON_STEM = "reported_vs_reproduced"
-COMPARISON_FORMATS = ("tex", "csv", "md")
+COMPARISON_FORMATS = ("tex", "csv", "md", "html")
 FIGURE_KINDS = ("cams", "boxacc", "pxpr", "training")
 SPLITS = ("train", "val", "test")
 
@@ -95,6 +95,8 @@ def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
     cell_dir = CELLS_DIR / str(cell)
     return {
         "metrics": cell_dir / "metrics.json",
+        # the few numbers a user compares across cells (DVC's metrics; the whole metrics.json is an out)
+        "headline": cell_dir / "headline.json",
         "curves": cell_dir / "curves.csv",
         "posthoc_curves": cell_dir / "curves_posthoc.csv",
         "cams": cell_dir / "cams.png",
@@ -133,7 +135,7 @@ def report_inputs(params: Mapping[str, Any], source: str | Path) -> list[Path]:
     imported = grid_imports(params, source)
     paths = []
     for cell in grid_cells(params, source):
-        paths += list(evaluate_outputs(cell).values())
+        paths += [path for key, path in evaluate_outputs(cell).items() if key != "headline"]  # a copy of metrics
         if cell not in imported:
             paths.append(train_log_path(cell))
     return paths

@@ -1,17 +1,22 @@
-"""``dawsol localize``: the CAM of the top classes and their boxes, drawn on your own images, with a JSON of them.
+"""``dawsol localize``: the CAM of the top classes and their boxes, drawn on your own images, and written out.
 
-Two kinds of model: a trained cell's checkpoint (its classes are the dataset's label indices),
-or an ImageNet-pretrained classifier used as it is (``--imagenet <backbone>``): global average
-pooling and one linear layer make any such network a CAM model, so its ImageNet head scores
-every pixel feature (names from torchvision's bundled ImageNet-1k category list).
+Two kinds of model: a trained cell's checkpoint (its classes are the dataset's label indices,
+named by ``dataset_class_names`` where the prepared dataset is at hand), or an ImageNet-pretrained
+classifier used as it is (``--imagenet <backbone>``): global average pooling and one linear layer
+make any such network a CAM model, so its ImageNet head scores every pixel feature (names from
+torchvision's bundled ImageNet-1k category list). Every output of one run is written beside its
+path and renamed at the end (``dawsol.atomic.staged``), so a failure leaves the old ones.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,10 +24,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from dawsol.atomic import atomic_write_bytes, atomic_write_text
+from dawsol.atomic import atomic_write_bytes, atomic_write_text, staged
 from dawsol.cell_figures import encode_png, figure_threshold, predicted_boxes, tile
 from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
+from dawsol.config import Settings
 from dawsol.data.datasets import Normalization, eval_transform
+from dawsol.data.metadata import CLASS_LABELS, SPLITS
 from dawsol.errors import DawsolError
 from dawsol.evaluation import prepare_scoremap
 from dawsol.models import WSOLModel
@@ -30,6 +37,9 @@ from dawsol.models.registry import BACKBONES, backbone, normalization
 
 IMAGENET_SIZE = 224
 IMAGENET_THRESHOLD = 0.2  # no validation split to choose one: the CAM paper's 20% of the peak
+SUMMARY_JSON = "localization.json"  # every image's classes and boxes, one file (with SUMMARY_CSV)
+SUMMARY_CSV = "localization.csv"
+CSV_COLUMNS = ("image", "output", "class_index", "class_name", "probability", "x0", "y0", "x1", "y1")
 
 
 @dataclass
@@ -54,7 +64,42 @@ def checkpoint_localizer(checkpoint: Path, device: torch.device, threshold: floa
         validated = [r["val"] for r in state["records"] if r.get("val")]
         threshold = figure_threshold(validated[-1]) if validated else 0.5
     model = model_from_state(state, device)
-    return Localizer(model, settings.data.image_size, normalization(settings.model.backbone), None, threshold)
+    names = dataset_class_names(settings)
+    return Localizer(model, settings.data.image_size, normalization(settings.model.backbone), names, threshold)
+
+
+def _imagenet_categories() -> list[str]:
+    return list(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def dataset_class_names(settings: Settings) -> list[str] | None:
+    """The class names of a cell's dataset, None where they are not at hand (the index is shown then).
+
+    ILSVRC's 1000 labels are ImageNet-1k's order (sorted WordNet ids), so its names are
+    torchvision's categories; elsewhere a class is named by the folder its images sit in
+    (CUB ``001.Black_footed_Albatross``), read from the prepared dataset's ``class_labels.txt``
+    (``<data.root>/<dataset>``, relative to the working folder) when every class has one folder of
+    its own; folders named by the index alone name nothing.
+    """
+    if settings.cell.dataset == "ilsvrc" and settings.data.num_classes == 1000:
+        return _imagenet_categories()
+    for split in sorted(SPLITS, key=lambda s: s != "test"):  # the test split first: every class, fewest lines
+        labels = settings.dataset_dir / "metadata" / split / CLASS_LABELS
+        if not labels.is_file():
+            continue
+        folders: dict[int, set[str]] = {}
+        for line in labels.read_text().splitlines():
+            image_id, _, label = line.strip().rpartition(",")
+            if image_id and label.strip().isdigit():
+                folders.setdefault(int(label), set()).add(PurePosixPath(image_id).parent.name)
+        names = {label: next(iter(found)) for label, found in folders.items() if len(found) == 1}
+        if (
+            sorted(names) == list(range(settings.data.num_classes))
+            and len(set(names.values())) == len(names)
+            and not all(name.isdigit() for name in names.values())
+        ):
+            return [names[label] for label in sorted(names)]
+    return None
 
 
 def imagenet_localizer(name: str, device: torch.device, threshold: float | None) -> Localizer:
@@ -70,9 +115,8 @@ def imagenet_localizer(name: str, device: torch.device, threshold: float | None)
     model = WSOLModel(trunk, 1000, name)
     weight, bias = full_state[f"{entry.imagenet_head}.weight"], full_state[f"{entry.imagenet_head}.bias"]
     model.classifier.load_state_dict({"weight": weight[:, :, None, None], "bias": bias})
-    categories = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]
     chosen = IMAGENET_THRESHOLD if threshold is None else threshold
-    return Localizer(model.to(device).eval(), IMAGENET_SIZE, entry.normalization, categories, chosen)
+    return Localizer(model.to(device).eval(), IMAGENET_SIZE, entry.normalization, _imagenet_categories(), chosen)
 
 
 def _read_rgb(image_path: Path) -> Image.Image:
@@ -116,13 +160,25 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return current
 
 
+def _csv_rows(report: Mapping[str, Any], output: str) -> list[list[Any]]:
+    """``SUMMARY_CSV``'s rows of one image: one per box of each listed class (a class without a box: one, empty)."""
+    rows = []
+    for entry in report["top"]:
+        head = [report["image"], output, entry["class_index"], entry["class_name"], f"{entry['probability']:.6f}"]
+        rows += [[*head, *box] for box in entry["boxes"]] or [[*head, "", "", "", ""]]
+    return rows
+
+
 @torch.inference_mode()
 def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k: int = 1) -> list[Path]:
     """For each image: ``<name>_cam.png`` (the top class's CAM and boxes) and ``<name>.json`` (the top
-    ``top_k`` classes with probability and boxes in the image's pixels), ``<name>`` its stem
-    (``output_names``: with parent folders where stems clash); returns the files written.
+    ``top_k`` classes with index, name, probability and boxes ``[x0, y0, x1, y1]`` in the image's pixels),
+    ``<name>`` its stem (``output_names``: with parent folders where stems clash); and for all images
+    ``localization.json`` (the same reports in one list) and ``localization.csv`` (``CSV_COLUMNS``, one
+    row per box). Returns the files written.
 
-    An unreadable image is an error before any file is written.
+    An unreadable image is an error before any file is written; all files are renamed into place
+    together at the end, so any failure leaves the outputs of an earlier run as they were.
     """
     if not 0 <= localizer.threshold < 1:
         raise DawsolError(f"--threshold {localizer.threshold}: a CAM threshold lies in [0, 1)")
@@ -133,37 +189,45 @@ def localize(localizer: Localizer, images: Sequence[Path], out_dir: Path, top_k:
     model = localizer.model
     device = next(model.parameters()).device
     transform = eval_transform(localizer.image_size, localizer.normalization)
-    written = []
-    for image_path, stem in zip(images, output_names(images), strict=True):
-        picture = _read_rgb(image_path)
-        out = model(transform(picture)[None].to(device))
-        probabilities = torch.softmax(out.logits.float(), 1)[0]
-        top = probabilities.topk(min(top_k, len(probabilities)))
-        classes = top.indices.tolist()
-        cams = model.cams(out.features.float().expand(len(classes), -1, -1, -1), top.indices).double().cpu().numpy()
-        entries, scoremaps = [], []
-        for index, probability, cam in zip(classes, top.values.tolist(), cams, strict=True):
-            resized = cv2.resize(
-                prepare_scoremap(cam, localizer.image_size), picture.size, interpolation=cv2.INTER_CUBIC
-            )
-            scoremap = np.clip(resized, 0, 1)
-            scoremaps.append(scoremap)
-            boxes = predicted_boxes(scoremap, localizer.threshold)
-            entries.append(
-                {
-                    "class_index": index,
-                    "class_name": localizer.name(index),
-                    "probability": probability,
-                    "boxes": [[int(v) for v in box] for box in np.asarray(boxes).reshape(-1, 4)],
-                }
-            )
-        caption = f"{entries[0]['class_name']} p={entries[0]['probability']:.2f}"
-        original = np.ascontiguousarray(np.asarray(picture)[:, :, ::-1])
-        panel = tile(original, scoremaps[0], np.zeros((0, 4), np.int64), localizer.threshold, caption)
-        figure = out_dir / f"{stem}_cam.png"
-        atomic_write_bytes(figure, encode_png(panel))
-        report = {"image": str(image_path), "threshold": localizer.threshold, "top": entries}
-        listing = out_dir / f"{stem}.json"
-        atomic_write_text(listing, json.dumps(report, indent=2) + "\n")
-        written += [figure, listing]
-    return written
+    written, reports, rows = [], [], []
+    summary = out_dir / SUMMARY_JSON
+    with staged(mark=summary):
+        for image_path, stem in zip(images, output_names(images), strict=True):
+            picture = _read_rgb(image_path)
+            out = model(transform(picture)[None].to(device))
+            probabilities = torch.softmax(out.logits.float(), 1)[0]
+            top = probabilities.topk(min(top_k, len(probabilities)))
+            classes = top.indices.tolist()
+            cams = model.wsol_cams(out.expand(len(classes)), top.indices).double().cpu().numpy()
+            entries, scoremaps = [], []
+            for index, probability, cam in zip(classes, top.values.tolist(), cams, strict=True):
+                resized = cv2.resize(
+                    prepare_scoremap(cam, localizer.image_size), picture.size, interpolation=cv2.INTER_CUBIC
+                )
+                scoremap = np.clip(resized, 0, 1)
+                scoremaps.append(scoremap)
+                boxes = predicted_boxes(scoremap, localizer.threshold)
+                entries.append(
+                    {
+                        "class_index": index,
+                        "class_name": localizer.name(index),
+                        "probability": probability,
+                        "boxes": [[int(v) for v in box] for box in np.asarray(boxes).reshape(-1, 4)],
+                    }
+                )
+            caption = f"{entries[0]['class_name']} p={entries[0]['probability']:.2f}"
+            original = np.ascontiguousarray(np.asarray(picture)[:, :, ::-1])
+            panel = tile(original, scoremaps[0], np.zeros((0, 4), np.int64), localizer.threshold, caption)
+            figure = out_dir / f"{stem}_cam.png"
+            atomic_write_bytes(figure, encode_png(panel))
+            report = {"image": str(image_path), "threshold": localizer.threshold, "top": entries}
+            listing = out_dir / f"{stem}.json"
+            atomic_write_text(listing, json.dumps(report, indent=2) + "\n")
+            written += [figure, listing]
+            reports.append({**report, "output": stem})
+            rows += _csv_rows(report, stem)
+        table = io.StringIO()
+        csv.writer(table, lineterminator="\n").writerows([CSV_COLUMNS, *rows])
+        atomic_write_text(out_dir / SUMMARY_CSV, table.getvalue())
+        atomic_write_text(summary, json.dumps({"threshold": localizer.threshold, "images": reports}, indent=2) + "\n")
+    return [*written, out_dir / SUMMARY_CSV, summary]

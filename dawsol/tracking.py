@@ -1,27 +1,37 @@
-"""MLflow tracking: the store, one run per cell, retries on a busy sqlite store.
+"""MLflow tracking: the store, one run per cell, parent runs, retries on a busy sqlite store.
 
 MLflow is a sink, never an input. The store is ``MLFLOW_TRACKING_URI`` or, by default,
-``sqlite:///mlflow.db`` in the current directory with artifacts beside it in ``mlartifacts/``.
+``sqlite:///mlflow.db`` in the current directory with artifacts beside it in ``mlartifacts/``
+(re-pointed there when the store was copied or moved with its project: ``relocate_artifacts``).
 Every cell is one run of the experiment ``dawsol`` (``MLFLOW_EXPERIMENT_NAME`` overrides it),
-named after the cell and tagged ``dawsol.cell``; ``dawsol train`` creates or resumes it and
-``dawsol evaluate`` logs into it. Parallel cells share one sqlite file: the store is created
-once under a file lock (``init_store``), and every write is retried while the database is locked.
+named ``<wsol>-<da>/seed<k> · <dataset>/<backbone>`` (``run_name``) and tagged with the full cell
+(``dawsol.cell``) and MLflow's own source, user and commit tags (``source_tags``); ``dawsol train``
+creates or resumes it under the cell's trainer lock and ``dawsol evaluate`` logs into it. A
+search's trials and a grid's cells are nested under one parent run each (``parent_run``,
+``nest``). Parallel cells share one sqlite file: the store is created once under a file lock
+(``init_store``), and every write is retried while the database is locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
 import random
 import socket
+import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dawsol.atomic import DISK_FULL_ERRNOS
+from dawsol.config import tree_digest
 from dawsol.errors import DawsolError
+from dawsol.layout import split_file
 from dawsol.provenance import code_version
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -30,12 +40,25 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from dawsol.config import Settings
+    from dawsol.config import Cell, Settings
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "dawsol"
 ARTIFACT_DIR = "mlartifacts"
 CELL_TAG = "dawsol.cell"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
+NOTE_TAG = "mlflow.note.content"  # MLflow's own tag: the description shown above a run or experiment
+STALE_TAG = "dawsol.ended_by"  # on a run a killed trainer left RUNNING: the run of the trainer that ended it
+EXPERIMENT_NOTE = (
+    "DA-WSOL reproduction by dawsol (README, section MLflow). One run per cell, named "
+    "`<wsol>-<da>/seed<k> · <dataset>/<backbone>` and tagged `dawsol.cell`, `dataset`, `backbone`, `wsol`, "
+    "`da`, `seed`: params are the resolved settings, `train.*` and `val.*` are per-epoch curves (step = epoch), "
+    "`val.final.*` and `test.final.*` the final scores of `dawsol evaluate`, `system/*` the machine while it "
+    "trained; image counts and CAM thresholds are in the `evaluation/metrics.json` artifact. `dawsol report` "
+    "nests the grid's cell runs under one `grid ...` run per grid and code version (tables, figures, the "
+    "reported-vs-reproduced table), a search nests its trials under `search ...` runs. Filter with e.g. "
+    "`tags.da = 'mmd'`."
+)
 RETRY_SECONDS = 300.0
 LOCKED_MARKERS = ("database is locked", "database table is locked")
 
@@ -71,14 +94,34 @@ def is_locked_error(exc: BaseException) -> bool:
     return any(marker in text for marker in LOCKED_MARKERS)
 
 
+def is_full_error(exc: BaseException) -> bool:
+    """True where the store's disk is full: an OSError of a full disk or quota anywhere in the exception's chain
+    (an artifact copy), or sqlite's "database or disk is full", however MLflow wraps it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        if "database or disk is full" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered exponential backoff while the store is locked."""
+    """Call ``fn``, retrying with jittered exponential backoff while the store is locked; a full disk under the
+    store is one ``DawsolError`` line naming it (the cell's result files are written before tracking)."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            if is_full_error(exc):
+                raise DawsolError(
+                    f"MLflow store {tracking_uri()}: its disk is full ({str(exc).splitlines()[0][:120]}); "
+                    "the result files are written: free space there and re-run the same command, "
+                    "or pass --no-tracking"
+                ) from None
             if not is_locked_error(exc) or time.monotonic() > deadline:
                 raise
             log.debug("tracking store busy, retrying in %.2fs", delay)
@@ -107,9 +150,40 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
-    """Create the store and the experiment if missing (safe to call from parallel jobs).
+def _is_artifact_root(location: str) -> bool:
+    """True for an ``.../mlartifacts`` folder (``artifact_root``'s name), as a path or a ``file:`` URI."""
+    return location.rstrip("/").rsplit("/", 1)[-1] == ARTIFACT_DIR
 
+
+def relocate_artifacts(db: Path, root: str) -> list[str]:
+    """Point a sqlite store's ``mlartifacts`` locations at ``root``; return the old ones.
+
+    MLflow stores absolute artifact locations, so a project copied or moved with its
+    ``mlflow.db`` would keep writing into (and its UI reading from) the original's
+    ``mlartifacts/``. Every experiment kept in an ``mlartifacts`` folder other than ``root``,
+    and its runs' and logged models' locations under it, move to ``root``: the copy's own
+    folder, beside its database (which holds the copied artifacts, if they were copied).
+    """
+    with contextlib.closing(sqlite3.connect(db, timeout=RETRY_SECONDS)) as connection, connection:
+        rows = connection.execute(
+            "SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location != ?", (root,)
+        )
+        old_roots = [location for (location,) in rows if location and _is_artifact_root(location)]
+        for old in old_roots:
+            connection.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (root, old))
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                connection.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                    (root, len(old) + 1, len(old) + 1, old + "/"),
+                )
+    return old_roots
+
+
+def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
+    """Create the store and the experiment (with its description) if missing; safe from parallel jobs.
+
+    A sqlite store found in another folder than its artifacts were first kept beside (a copied
+    or moved project) is re-pointed at its own ``mlartifacts/`` (``relocate_artifacts``).
     Returns the client and the experiment id.
     """
     from mlflow import MlflowClient
@@ -121,14 +195,23 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
             f"MLflow store {uri}: folder {db.parent} does not exist (create it or set MLFLOW_TRACKING_URI)"
         )
     name = experiment_name()
+    root = artifact_root(uri)
     with _store_lock(uri):
         try:
             client = with_retry(MlflowClient, tracking_uri=uri)
             experiment = with_retry(client.get_experiment_by_name, name)
             if experiment is None:
-                experiment_id = with_retry(client.create_experiment, name, artifact_location=artifact_root(uri))
+                experiment_id = with_retry(
+                    client.create_experiment, name, artifact_location=root, tags={NOTE_TAG: EXPERIMENT_NOTE}
+                )
             else:
                 experiment_id = experiment.experiment_id
+                if db is not None and root is not None and experiment.artifact_location != root:
+                    moved = with_retry(relocate_artifacts, db, root)
+                    if moved:
+                        log.info("MLflow store %s: artifact locations %s re-pointed at %s", uri, ", ".join(moved), root)
+                if NOTE_TAG not in experiment.tags:  # a store made before experiments had a description
+                    with_retry(client.set_experiment_tag, experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
         except DawsolError:
             raise
         except Exception as exc:
@@ -139,6 +222,24 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
     return client, experiment_id
 
 
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own context tags for a run that ``dawsol <command>`` creates: the UI's Source, User and Version.
+
+    ``mlflow.user`` and ``mlflow.source.type`` come from MLflow's context registry; the source
+    name is the command (``dawsol train``) rather than the path of the script that ran it, and
+    ``mlflow.source.git.commit`` the commit of the dawsol code (``provenance.code_version``).
+    """
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
+
+    tags = resolve_tags({MLFLOW_SOURCE_NAME: f"dawsol {command}"}, ignore=[GitRunContext])
+    commit = code_version().get("git_commit")
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
 def code_tags(code: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """A code version (``provenance.code_version``) as tags: ``dawsol_version``, ``git_commit``, ``git_dirty``."""
     return {
@@ -147,6 +248,16 @@ def code_tags(code: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         f"{prefix}library": str(code.get("library") or "unknown"),
         f"{prefix}git_dirty": str(code.get("git_dirty")).lower(),
     }
+
+
+def run_name(cell: Cell) -> str:
+    """A cell's run name, what differs between a grid's runs first (the runs table cuts long names).
+
+    ``synthetic/efficientnet_lite0/cam-mmd/seed0`` gives ``cam-mmd/seed0 · synthetic/efficientnet_lite0``;
+    the whole cell is the ``dawsol.cell`` tag.
+    """
+    dataset, backbone, method, seed = cell.name.split("/")
+    return f"{method}/{seed} · {dataset}/{backbone}"
 
 
 def cell_tags(settings: Settings) -> dict[str, str]:
@@ -186,39 +297,80 @@ def metric_items(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple
 
 
 class CellRun:
-    """One cell's MLflow run: every write goes through ``with_retry``."""
+    """One MLflow run (a cell's, or a parent's): every write goes through ``with_retry``.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    ``created`` is True when ``find`` had to create the run (its caller ends it).
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, created: bool = False) -> None:
         self.client = client
         self.run_id = run_id
+        self.created = created
 
     @classmethod
     def start(cls, settings: Settings, run_id: str | None = None) -> CellRun:
-        """Resume ``run_id`` if it is in the store, else create the cell's run with its params."""
+        """The trainer's run; call it holding the cell's trainer lock (``dawsol.training.cell.trainer_lock``).
+
+        Resumes ``run_id`` (the checkpoint's) if the store has it; else reuses the cell's newest
+        RUNNING run with the same settings and no epoch logged (a trainer killed before its first
+        checkpoint); else creates the cell's run. Since the lock means no other trainer of the cell
+        lives, every other RUNNING run of the cell was left by a killed one: it ends KILLED, tagged
+        ``dawsol.ended_by`` with the run that took over.
+        """
         client, experiment_id = init_store()
+        running = cell_runs(client, experiment_id, settings.cell.name, status="RUNNING")
         if run_id is not None and _run_exists(client, run_id):
+            run = cls(client, run_id)
             with_retry(client.update_run, run_id, status="RUNNING")
-            return cls(client, run_id)
-        return cls._create(client, experiment_id, settings)
+        else:
+            empty = [
+                found
+                for found in running
+                if found.data.tags.get("settings_digest") == settings.digest()
+                and not any(key.startswith("train.") for key in found.data.metrics)
+            ]
+            if empty:
+                run = cls(client, empty[0].info.run_id)
+                run._describe(settings, "train")  # again: the killed trainer may have stopped half-way
+            else:
+                run = cls._create(client, experiment_id, settings, "train")
+        for stale in running:
+            if stale.info.run_id != run.run_id:
+                with_retry(client.set_tag, stale.info.run_id, STALE_TAG, run.run_id)
+                with_retry(client.set_terminated, stale.info.run_id, "KILLED")
+                log.info("%s: MLflow run %s of a killed trainer ended KILLED", settings.cell.name, stale.info.run_id)
+        return run
 
     @classmethod
-    def find(cls, settings: Settings) -> CellRun:
-        """The cell's newest run (by its ``dawsol.cell`` tag), created if there is none."""
+    def find(cls, settings: Settings, run_id: str | None = None) -> CellRun:
+        """The run an evaluation logs into: ``run_id`` (the checkpoint's) if the store has it, else the
+        cell's newest run (by its ``dawsol.cell`` tag), else a new one (``created``: an imported cell)."""
         client, experiment_id = init_store()
+        if run_id is not None and _run_exists(client, run_id):
+            return cls(client, run_id)
         runs = tagged_runs(client, experiment_id, CELL_TAG, settings.cell.name, newest_only=True)
         if runs:
             return cls(client, runs[0].info.run_id)
-        return cls._create(client, experiment_id, settings)
+        run = cls._create(client, experiment_id, settings, "evaluate")
+        run.created = True
+        return run
 
     @classmethod
-    def _create(cls, client: MlflowClient, experiment_id: str, settings: Settings) -> CellRun:
-        from mlflow.entities import Param
+    def _create(cls, client: MlflowClient, experiment_id: str, settings: Settings, command: str) -> CellRun:
+        run = with_retry(client.create_run, experiment_id, run_name=run_name(settings.cell))
+        created = cls(client, run.info.run_id)
+        created._describe(settings, command)
+        return created
 
-        run = with_retry(client.create_run, experiment_id, run_name=settings.cell.name, tags=cell_tags(settings))
+    def _describe(self, settings: Settings, command: str) -> None:
+        """The cell's tags (its own and MLflow's source tags) and its settings as params."""
+        from mlflow.entities import Param, RunTag
+
+        tags = [RunTag(key, value) for key, value in {**source_tags(command), **cell_tags(settings)}.items()]
+        with_retry(self.client.log_batch, self.run_id, tags=tags)
         params = [Param(key, "None" if value is None else str(value)) for key, value in settings.flat().items()]
         for start in range(0, len(params), 100):
-            with_retry(client.log_batch, run.info.run_id, params=params[start : start + 100])
-        return cls(client, run.info.run_id)
+            with_retry(self.client.log_batch, self.run_id, params=params[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         """Log every finite number of a (nested) metrics dict, at ``step`` if given."""
@@ -232,6 +384,66 @@ class CellRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
         with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, settings: Settings, split: str, context: str) -> None:
+        """A prepared split as one of the run's MLflow dataset inputs (the runs table's Dataset column).
+
+        Named ``<dataset>/<split>``, its digest that of the split's metadata files, its source the
+        split's metadata folder, its profile the number of images, its schema the metadata's
+        ``image_id`` and ``label``; ``context`` (``training``, ``validation``, ``test``) is its
+        ``mlflow.data.context`` tag. Read from the files without parsing them (ILSVRC's train split
+        has 1.28 million lines).
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import ColSpec, Schema
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        ids = split_file(settings.dataset_dir, split)
+        folder = ids.parent
+        files = sorted(path for path in folder.iterdir() if path.is_file())
+        digest = tree_digest({path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files})
+        with open(ids, "rb") as handle:
+            images = sum(1 for line in handle if line.strip())
+        schema = Schema([ColSpec("string", "image_id"), ColSpec("long", "label")])
+        dataset = Dataset(
+            name=f"{settings.cell.dataset}/{split}",
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": folder.as_posix()}),
+            schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+            profile=json.dumps({"num_rows": images}),
+        )
+        entry = DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        with_retry(self.client.log_inputs, self.run_id, datasets=[entry])
+
+    def log_model(self, path: Path, name: str, step: int) -> str:
+        """A file (the cell's checkpoint) as an MLflow model of the run (the Models column); return its id."""
+        from mlflow.entities import LoggedModelOutput
+
+        experiment_id = with_retry(self.client.get_run, self.run_id).info.experiment_id
+        model = with_retry(self.client.create_logged_model, experiment_id, name=name, source_run_id=self.run_id)
+        with_retry(self.client.log_model_artifact, model.model_id, str(path))
+        with_retry(self.client.finalize_logged_model, model.model_id, "READY")
+        with_retry(self.client.log_outputs, self.run_id, [LoggedModelOutput(model.model_id, step)])
+        return model.model_id
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval: float) -> Iterator[None]:
+        """MLflow's ``system/*`` metrics (CPU, memory, disk, network, GPU) sampled every ``interval`` s while
+        inside (none for 0), their steps continuing those the run has (a resumed or reused run)."""
+        if interval <= 0:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval, resume_logging=True, tracking_uri=tracking_uri()
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
@@ -258,6 +470,34 @@ def tagged_runs(client: MlflowClient, experiment_id: str, tag: str, value: str, 
     )
 
 
+def cell_runs(client: MlflowClient, experiment_id: str, cell: str, status: str) -> list[Any]:
+    """The runs of ``cell`` with ``status`` (e.g. RUNNING), newest first."""
+    return with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{CELL_TAG}` = '{cell}' and attributes.status = '{status}'",
+        max_results=1000,
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+def parent_run(client: MlflowClient, experiment_id: str, tag: str, value: str, name: str, command: str) -> CellRun:
+    """The run tagged ``tag`` = ``value`` (reused on every re-run), created as ``name`` if there is none:
+    the parent of a search's trials (``dawsol.search.select``) or of a grid's cells (``dawsol.report``)."""
+    found = tagged_runs(client, experiment_id, tag, value, newest_only=True)
+    if found:
+        return CellRun(client, found[0].info.run_id)
+    run = with_retry(client.create_run, experiment_id, run_name=name, tags={tag: value, **source_tags(command)})
+    return CellRun(client, run.info.run_id)
+
+
+def nest(client: MlflowClient, experiment_id: str, parent: CellRun, cells: Iterable[str]) -> None:
+    """Make each cell's newest run (the one its results were logged into) a child of ``parent``."""
+    for cell in cells:
+        for child in tagged_runs(client, experiment_id, CELL_TAG, cell, newest_only=True):
+            with_retry(client.set_tag, child.info.run_id, PARENT_TAG, parent.run_id)
+
+
 def _run_exists(client: MlflowClient, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -282,6 +522,15 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as exc:
         raise DawsolError(f"cannot serve MLflow on {host}:{port} ({exc.strerror}); pick another --port") from None
+
+
+def serve_environment() -> dict[str, str]:
+    """The environment of ``mlflow ui``: MLflow's job runner (GenAI scorers and trace rollups, which dawsol
+    never uses: up to 10 more processes and a slower start) off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set."""
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+    }
 
 
 def serve_command(host: str = "127.0.0.1", port: int = 5000, workers: int | None = None) -> list[str]:

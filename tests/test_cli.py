@@ -39,6 +39,20 @@ def test_cli_does_not_import_torch_for_help():
     assert result.stdout.strip() == "False", result.stderr
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`dawsol cells --profile wsolevaluation | head -1`: the pipe closes after one line of 54."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dawsol", "cells", "--profile", "wsolevaluation"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    proc.stdout.read(1)
+    proc.stdout.close()  # the reader is gone before the rest is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141) and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_bad_key_is_one_line_error(params_copy):
     params_copy.write_text(params_copy.read_text().replace("    lr: 0.001\n", "    lrr: 0.001\n", 1))
     result = _run("cells", "--params", str(params_copy))

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dawsol.config import Cell, deep_merge, grid_cells, load_params, parse_cell, resolve
+from dawsol.config import (
+    Cell,
+    apply_overrides,
+    deep_merge,
+    grid_cells,
+    load_params,
+    parse_cell,
+    parse_override,
+    resolve,
+)
 from dawsol.errors import DawsolError
 
 
@@ -290,3 +299,57 @@ def test_seeds_and_sizes_that_would_fail_later_fail_now_in_one_line(params_copy,
     assert "\n" not in str(error.value)
     with pytest.raises(DawsolError, match="2\\^32"):
         parse_cell("synthetic/resnet18/cam-mmd/seed" + "9" * 23)
+
+
+@pytest.mark.parametrize(
+    ("item", "tree"),
+    [
+        ("train.epochs=2", {"train": {"epochs": 2}}),
+        ("train.lr=1e-3", {"train": {"lr": 0.001}}),  # YAML 1.1 would read a string
+        ("train.bf16=true", {"train": {"bf16": True}}),
+        ("eval.iou_thresholds=[30, 50]", {"eval": {"iou_thresholds": [30, 50]}}),
+        ("data.mask_root=null", {"data": {"mask_root": None}}),
+        ("model.pretrained=runs/a=b/checkpoint.pt", {"model": {"pretrained": "runs/a=b/checkpoint.pt"}}),
+    ],
+)
+def test_an_override_is_typed_as_yaml_types_it(item, tree):
+    assert parse_override(item) == tree
+
+
+def test_overrides_resolve_exactly_as_the_cells_block(params_copy):
+    cell = "synthetic/resnet18/cam-mmd/seed0"
+    overrides = ["train.epochs=2", "da.mmd.lambda1=0.7", "eval.iou_thresholds=[30,50]", "train.epochs=4"]
+    params = load_params(params_copy)
+    overridden = resolve(cell, apply_overrides(params, cell, overrides), params_copy)
+    assert (overridden.train.epochs, overridden.da.lambda1, overridden.eval.iou_thresholds) == (4, 0.7, (30, 50))
+    written = _edit(
+        params_copy,
+        lambda p: p.setdefault("cells", {}).update(
+            {cell: {"train": {"epochs": 4}, "da": {"mmd": {"lambda1": 0.7}}, "eval": {"iou_thresholds": [30, 50]}}}
+        ),
+    )
+    assert resolve(cell, load_params(written), written) == overridden
+    assert overridden.digest() != resolve(cell, params, params_copy).digest()
+    other = resolve("synthetic/resnet18/cam-mmd/seed1", apply_overrides(params, cell, overrides), params_copy)
+    assert other == resolve("synthetic/resnet18/cam-mmd/seed1", params, params_copy)  # only that cell changes
+    assert apply_overrides(params, cell, []) == params
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.epoch=2", "override train.epoch=2: train.epoch: unknown key"),
+        ("train.epochs=0", "override train.epochs=0: train.epochs: 0 is less than the minimum of 1"),
+        ("grid.seeds=[1]", "override grid.seeds=[1]: grid: unknown key"),
+        ("train.epochs", "expected KEY=VALUE"),
+        ("train..epochs=2", "expected KEY=VALUE"),
+        ("train.epochs=[1", "not valid YAML"),
+        ("da.dann.lambda1=1", "da.dann does not apply to synthetic/resnet18/cam-mmd/seed0 (its da method is mmd)"),
+        ("wsol.has.drop_rate=0.5", "wsol.has does not apply"),
+    ],
+)
+def test_a_wrong_override_is_the_params_error_naming_it(params_copy, item, message):
+    params = load_params(params_copy)
+    with pytest.raises(DawsolError) as error:
+        apply_overrides(params, "synthetic/resnet18/cam-mmd/seed0", [item])
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dawsol.data import sources
 from dawsol.data.metadata import SplitMetadata, read_split, validate_dataset, write_split
 from dawsol.data.sources import (
     LAYOUTS,
@@ -40,6 +41,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        if server.failures:  # a busy server: the next requests get this HTTP error
+            self.send_error(server.failures.pop(0))
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -68,12 +72,18 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@pytest.fixture(autouse=True)
+def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries without waiting (the waits themselves: test_retries_wait_longer_each_time_and_say_so)."""
+    monkeypatch.setattr(sources, "RETRY_WAIT_S", 0.0)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, Path, str]]:
     served = tmp_path / "served"
     served.mkdir()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(served)))
-    httpd.requests, httpd.cut, httpd.ranges = [], 0, True
+    httpd.requests, httpd.cut, httpd.ranges, httpd.failures = [], 0, True, []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd, served, f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -191,6 +201,44 @@ def test_an_interrupted_transfer_resumes_with_range(server, tmp_path: Path) -> N
     httpd.ranges, httpd.cut = False, 1
     download(f"{url}/blob.bin", tmp_path / "third.bin")
     assert (tmp_path / "third.bin").read_bytes() == payload
+
+
+def test_retries_wait_longer_each_time_and_say_so(server, tmp_path: Path, monkeypatch, caplog) -> None:
+    httpd, served, url = server
+    payload = np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    (served / "blob.bin").write_bytes(payload)
+    monkeypatch.setattr(sources, "RETRY_WAIT_S", 2.0)
+    monkeypatch.setattr(sources, "MAX_RETRY_WAIT_S", 5.0)
+    waits: list[float] = []
+    httpd.failures = [503, 502, 429, 500]
+    with caplog.at_level("WARNING", logger="dawsol.data.sources"):
+        download(f"{url}/blob.bin", tmp_path / "blob.bin", sleep=waits.append)
+    assert (tmp_path / "blob.bin").read_bytes() == payload
+    assert waits == [2.0, 4.0, 5.0, 5.0]  # doubling, bounded
+    assert "retry 1 of 5 in 2 s" in caplog.text and "retry 4 of 5 in 5 s" in caplog.text
+    # out of retries: the same waits, then one line
+    waits.clear()
+    httpd.failures = [503] * 3
+    with pytest.raises(DawsolError, match=r"download failed \(HTTP Error 503.* after 2 retries; re-run"):
+        download(f"{url}/blob.bin", tmp_path / "again.bin", retries=2, sleep=waits.append)
+    assert waits == [2.0, 4.0]
+    # an error no retry mends is not retried
+    requests = len(httpd.requests)
+    with pytest.raises(DawsolError, match="HTTP Error 404"):
+        download(f"{url}/missing.bin", tmp_path / "missing.bin", sleep=waits.append)
+    assert len(httpd.requests) == requests + 1 and waits == [2.0, 4.0]
+
+
+def test_a_download_shows_its_progress(server, tmp_path: Path, capsys, caplog) -> None:
+    _, served, url = server
+    (served / "big.bin").write_bytes(bytes(5 * sources.CHUNK))
+    download(f"{url}/big.bin", tmp_path / "bar.bin", progress=True)
+    err = capsys.readouterr().err
+    assert "bar.bin" in err and "5.00M" in err  # tqdm's bar on stderr, in bytes
+    with caplog.at_level("INFO", logger="dawsol.data.sources"):
+        download(f"{url}/big.bin", tmp_path / "log.bin", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("log.bin: ")]
+    assert lines == [f"log.bin: {k}.0 MiB of 5.0 MiB ({20 * k}%)" for k in range(1, 6)]  # a line per tenth passed
 
 
 def test_an_interrupted_prepare_completes_on_rerun(server, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_a_missing_reproduced_metric_is_an_empty_delta(results):
 
 def test_write_comparison_renders_csv_markdown_latex(results):
     paths = write_comparison(CELLS, results / "results/cells", results / "tables", results / "reported.csv")
-    assert [p.name for p in paths] == [f"reported_vs_reproduced.{e}" for e in ("tex", "csv", "md")]
+    assert [p.name for p in paths] == [f"reported_vs_reproduced.{e}" for e in ("tex", "csv", "md", "html")]
     csv = pd.read_csv(results / "tables/reported_vs_reproduced.csv")
     assert len(csv) == 4 and {"reported", "reproduced", "delta", "source"} <= set(csv.columns)
     md = (results / "tables/reported_vs_reproduced.md").read_text()
@@ -82,6 +82,9 @@ def test_write_comparison_renders_csv_markdown_latex(results):
     )
     tex = (results / "tables/reported_vs_reproduced.tex").read_text()
     assert "\\begin{table*}" in tex and "\\toprule" in tex and "66.65" in tex
+    html = (results / "tables/reported_vs_reproduced.html").read_text()  # the Snakemake report's view
+    assert '<meta charset="utf-8">' in html and "Reported vs reproduced" in html
+    assert f"<td>69.87</td>\n      <td>{mean_v2:.2f}</td>\n      <td>{mean_v2 - 69.87:+.2f}</td>" in html
 
 
 # the spec (../shared/spec/method.md) section 2, verbatim: its headings and tables

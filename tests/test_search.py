@@ -13,8 +13,9 @@ from dawsol.config import Cell, grid_cells, load_params, parse_cell, resolve
 from dawsol.errors import DawsolError
 from dawsol.layout import TUNED_FILE, report_outputs
 from dawsol.report.search import write_search
-from dawsol.search.select import PARENT_TAG, SEARCH_TAG, choose, log_search, read_trials, tuned_block
+from dawsol.search.select import SEARCH_TAG, choose, log_search, read_trials, tuned_block
 from dawsol.search.space import dimensions, draw
+from dawsol.tracking import PARENT_TAG
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_cell_run_params_tags_metrics_artifacts_and_resume(store: str, tmp_path:
     assert tracking.CellRun.find(settings).run_id == run.run_id
 
     data = run.client.get_run(run.run_id)
-    assert data.info.run_name == settings.cell.name
+    assert data.info.run_name == "cam-mmd/seed1 · synthetic/resnet18"
     assert data.info.status == "RUNNING"
     tags = data.data.tags
     assert tags[tracking.CELL_TAG] == settings.cell.name
@@ -223,3 +224,231 @@ def test_counts_and_thresholds_are_not_logged_as_metrics() -> None:
         "test.final.MaxBoxAccV2": 30.0,
         "test.final.BoxAcc.50": 31.0,
     }
+
+
+def test_run_names_put_method_and_seed_first() -> None:
+    from dawsol.config import parse_cell
+
+    assert tracking.run_name(parse_cell("synthetic/efficientnet_lite0/cam-mmd/seed0")) == (
+        "cam-mmd/seed0 · synthetic/efficientnet_lite0"
+    )
+    assert tracking.run_name(parse_cell("cub/resnet50/has-none/seed2-trial7")) == "has-none/seed2-trial7 · cub/resnet50"
+
+
+def test_runs_carry_mlflows_source_user_and_commit_tags_and_the_experiment_a_description(store: str) -> None:
+    from dawsol.provenance import code_version
+
+    run = tracking.CellRun.start(settings_of("synthetic/resnet18/cam-none/seed0"))
+    tags = run.client.get_run(run.run_id).data.tags
+    assert tags["mlflow.source.name"] == "dawsol train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] not in ("", "unknown")
+    assert tags.get("mlflow.source.git.commit") == code_version()["git_commit"]
+    client, experiment_id = tracking.init_store()
+    assert "one run per cell" in client.get_experiment(experiment_id).tags["mlflow.note.content"].lower()
+
+
+def test_a_store_made_without_a_description_gets_one(store: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.create_experiment("dawsol")
+    tracking.init_store()
+    assert client.get_experiment(experiment_id).tags["mlflow.note.content"] == tracking.EXPERIMENT_NOTE
+
+
+def test_a_trainer_taking_the_cell_reuses_an_empty_stale_run_and_ends_the_others(store: str) -> None:
+    """A trainer killed before its first checkpoint left its run RUNNING; the next one holds the lock, so
+    every RUNNING run of the cell is stale: an empty one with the same settings is reused, the rest end."""
+    settings = settings_of("synthetic/resnet18/cam-mmd/seed0")
+    empty = tracking.CellRun.start(settings)  # killed before it logged an epoch
+    again = tracking.CellRun.start(settings)
+    assert again.run_id == empty.run_id
+    client = again.client
+    again.log_metrics({"loss": 1.0}, step=1, prefix="train.")  # then killed after an epoch, its checkpoint lost
+    other = settings_of("synthetic/resnet18/cam-dann/seed0")
+    bystander = tracking.CellRun.start(other)  # another cell's run is left alone
+    fresh = tracking.CellRun.start(settings)
+    assert fresh.run_id != empty.run_id
+    stale = client.get_run(empty.run_id)
+    assert stale.info.status == "KILLED" and stale.data.tags[tracking.STALE_TAG] == fresh.run_id
+    assert client.get_run(fresh.run_id).info.status == "RUNNING"
+    assert client.get_run(bystander.run_id).info.status == "RUNNING"
+    resumed = tracking.CellRun.start(settings, fresh.run_id)  # a resume keeps its own run
+    assert resumed.run_id == fresh.run_id and client.get_run(fresh.run_id).info.status == "RUNNING"
+
+
+def test_a_copied_project_writes_artifacts_into_its_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{original / 'mlflow.db'}")
+    settings = settings_of("synthetic/resnet18/cam-none/seed0")
+    run = tracking.CellRun.start(settings)
+    first = tmp_path / "first.txt"
+    first.write_text("first")
+    run.log_artifact(first)
+    model = tracking.CellRun(run.client, run.run_id).log_model(first, "model", 1)
+    shutil.copytree(original, copy)
+
+    second = tmp_path / "second.txt"
+    second.write_text("second")
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from dawsol import tracking
+        from dawsol.config import load_params, resolve
+        params = Path(sys.argv[1])
+        client, _ = tracking.init_store()
+        tracking.CellRun(client, sys.argv[2]).log_artifact(sys.argv[3])  # the copied run
+        settings = resolve("synthetic/resnet18/cam-mmd/seed0", load_params(params), params)
+        tracking.CellRun.start(settings).log_artifact(sys.argv[3])  # a new run in the copy
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlflow.db'}"}
+    command = [sys.executable, "-c", script, str(PROJECT_ROOT / "params.yaml"), run.run_id, str(second)]
+    subprocess.run(command, env=env, cwd=copy, check=True, timeout=240)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy / 'mlflow.db'}")
+    client, experiment_id = tracking.init_store()
+    root = (copy / "mlartifacts").as_uri()
+    assert client.get_experiment(experiment_id).artifact_location == root
+    assert client.get_run(run.run_id).info.artifact_uri.startswith(root + "/")
+    assert client.get_logged_model(model).artifact_location.startswith(root + "/")
+    assert sorted(a.path for a in client.list_artifacts(run.run_id)) == ["first.txt", "second.txt"]
+    copied = sorted(p.name for p in (copy / "mlartifacts").rglob("*.txt"))
+    assert copied == ["first.txt", "first.txt", "second.txt", "second.txt"]
+    assert sorted(p.name for p in (original / "mlartifacts").rglob("*.txt")) == ["first.txt", "first.txt"]
+
+
+def test_a_split_is_a_dataset_input_and_a_checkpoint_a_logged_model(store: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dawsol.data.metadata import SplitMetadata, write_split
+
+    settings = settings_of("synthetic/resnet18/cam-none/seed0")
+    settings = replace(settings, data=replace(settings.data, root=str(tmp_path / "data")))
+    ids = [f"train/{i}.png" for i in range(5)]
+    write_split(
+        tmp_path / "data" / "synthetic" / "metadata" / "train",
+        SplitMetadata(ids, {i: n % 2 for n, i in enumerate(ids)}, {i: (8, 8) for i in ids}),
+    )
+    run = tracking.CellRun.start(settings)
+    run.log_dataset(settings, "train", "training")
+    run.log_dataset(settings, "train", "training")  # a resumed trainer logs it again: still one input
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"weights")
+    model_id = run.log_model(checkpoint, "synthetic-resnet18-cam-none-seed0", 3)
+    data = run.client.get_run(run.run_id)
+    (entry,) = data.inputs.dataset_inputs
+    assert entry.dataset.name == "synthetic/train" and len(entry.dataset.digest) == 16
+    assert json.loads(entry.dataset.profile) == {"num_rows": 5}
+    assert json.loads(entry.dataset.source)["uri"].endswith("data/synthetic/metadata/train")
+    assert [(t.key, t.value) for t in entry.tags] == [("mlflow.data.context", "training")]
+    assert [(o.model_id, o.step) for o in data.outputs.model_outputs] == [(model_id, 3)]
+    model = run.client.get_logged_model(model_id)
+    assert model.source_run_id == run.run_id and str(model.status) == "READY"
+    assert [a.path for a in run.client.list_logged_model_artifacts(model_id)] == ["checkpoint.pt"]
+
+
+def test_system_metrics_are_sampled_while_inside_and_never_at_interval_zero(store: str) -> None:
+    import time
+
+    run = tracking.CellRun.start(settings_of("synthetic/resnet18/cam-none/seed0"))
+    with run.system_metrics(0):
+        time.sleep(1.2)
+    assert run.client.get_run(run.run_id).data.metrics == {}
+    with run.system_metrics(0.5):
+        time.sleep(1.8)
+    metrics = run.client.get_run(run.run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0 and "system/system_memory_usage_megabytes" in metrics
+    steps = [m.step for m in run.client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")]
+    with run.system_metrics(0.5):  # a resumed trainer continues the steps
+        time.sleep(1.2)
+    history = run.client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")
+    assert min(m.step for m in history if m.step not in steps) == max(steps) + 1
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_with_workers_from_the_cores(store: str, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "dawsol", "tracking", "ui", "--port", str(port)]
+    command += ["--params", str(PROJECT_ROOT / "params.yaml")]
+    began = time.monotonic()
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() - began < 180, "mlflow ui never answered"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        started = time.monotonic() - began
+        workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _in_group(p, proc.pid)]
+        names = [(p / "cmdline").read_bytes().replace(b"\0", b" ").decode() for p in workers]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert tracking.ui_workers() == max(1, min(4, (os.cpu_count() or 1) // 2))
+    # dawsol, mlflow and uvicorn's workers (with a master when more than one), no job runners
+    assert len(workers) <= 3 + tracking.ui_workers(), names
+    print(f"mlflow ui answered after {started:.1f} s with {len(workers)} processes")
+
+
+def _in_group(proc_dir: Path, group: int) -> bool:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[2]) == group
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def test_a_full_disk_under_the_store_is_one_named_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """sqlite's "database or disk is full" and an ENOSPC under MLflow's own exception name the store; a locked
+    store is still retried and any other error passes through."""
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def sqlite_full() -> None:
+        raise MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+    def copy_full() -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "mlartifacts" / "x"))
+        except OSError as exc:
+            raise MlflowException("failed to log artifact") from exc
+
+    for fn in (sqlite_full, copy_full):
+        with pytest.raises(DawsolError, match=r"MLflow store sqlite:///.*mlflow\.db: its disk is full") as info:
+            tracking.with_retry(fn)
+        assert "--no-tracking" in str(info.value) and "\n" not in str(info.value)
+    calls = []
+
+    def locked_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("database is locked")
+        return "ok"
+
+    assert tracking.with_retry(locked_once) == "ok" and len(calls) == 2
+
+    def other() -> None:
+        raise ValueError("other")
+
+    with pytest.raises(ValueError):
+        tracking.with_retry(other)

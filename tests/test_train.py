@@ -184,7 +184,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == CELL and run.info.status == "FINISHED"
+    assert run.info.run_name == "cutmix-dann/seed0 · synthetic/resnet18" and run.info.status == "FINISHED"
+    assert run.data.tags["dawsol.cell"] == CELL
     assert run.info.run_id == saved["mlflow_run_id"]
     assert run.data.params["train.epochs"] == str(EPOCHS)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")]
@@ -198,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"settings.yaml", "train_log.jsonl", "assigner.png", "evaluation"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    names = ("metrics.json", "curves.csv", "curves_posthoc.csv", "cams.png", "cam_samples.npz")
+    names = ("metrics.json", "headline.json", "curves.csv", "curves_posthoc.csv", "cams.png", "cam_samples.npz")
     assert evaluation == {f"evaluation/{n}" for n in names}
 
 

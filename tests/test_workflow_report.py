@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_fixtures import METRIC_NAMES, cell_value, write_cell, write_dataset
+from workflow_fixtures import CODE, METRIC_NAMES, cell_value, write_cell, write_dataset
 
 from dawsol.cli import main
 from dawsol.config import grid_cells, load_params
@@ -85,21 +85,39 @@ def test_report_only_supported_columns(fake_results: Path, params_copy: Path) ->
     assert "PxAP_mean" not in csv.columns and "MaxBoxAccV2_mean" in csv.columns
 
 
-def test_report_summary_run_in_mlflow(fake_results: Path) -> None:
+def test_report_is_one_grid_parent_run_with_the_cells_nested(fake_results: Path, params_copy: Path) -> None:
     from mlflow import MlflowClient
 
+    from dawsol import tracking
+
+    client, experiment_id = tracking.init_store()
+    cells = [c for c in grid_cells(load_params(params_copy), params_copy) if c.trial is None]
+    children = {}
+    for cell in cells:
+        run = client.create_run(experiment_id, run_name=cell.name, tags={tracking.CELL_TAG: cell.name})
+        children[cell.name] = run.info.run_id
     assert main(["report"]) == 0
+    assert main(["report"]) == 0  # a re-run reuses the grid's run
     client = MlflowClient(tracking_uri=f"sqlite:///{fake_results / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dawsol")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
+    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
     assert len(runs) == 1
     run = runs[0]
-    expected = 40.0 + 10.0 + 1.0 + 0.5 * 4
-    assert run.data.metrics["synthetic.efficientnet_lite0.cam-mmd.PxAP.mean"] == pytest.approx(expected)
+    assert run.info.run_name.startswith("grid ") and run.info.run_name.endswith(f" · {len(cells)} cells of synthetic")
+    assert run.data.tags["mlflow.source.name"] == "dawsol report" and run.data.tags["mlflow.user"]
+    assert run.data.metrics == {}  # the means and stds are in the tables, not columns of the runs table
+    for cell, run_id in children.items():
+        assert client.get_run(run_id).data.tags[tracking.PARENT_TAG] == run.info.run_id, cell
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
-    assert "tables/synthetic.tex" in artifacts
+    assert {"tables/synthetic.tex", "tables/synthetic.html", "tables/reported_vs_reproduced.md"} <= artifacts
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/synthetic_cams.png" in figures
+
+    retrained = cells[0]  # a new code version of one cell: a grid run of its own, the cells nested there
+    write_cell(fake_results, retrained, code={**CODE, "library": "0123456789ab"})
+    assert main(["report"]) == 0
+    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
+    assert len(runs) == 2 and "of 2 code versions" in runs[0].info.run_name
+    assert client.get_run(children[retrained.name]).data.tags[tracking.PARENT_TAG] == runs[0].info.run_id
 
 
 @pytest.mark.skipif(

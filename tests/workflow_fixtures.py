@@ -104,6 +104,7 @@ COPIED = (
     "workflow",
     ".dvc/config",
     ".dvc/.gitignore",
+    ".dvc/plots",
 )
 
 

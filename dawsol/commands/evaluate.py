@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from dawsol.commands.cell_args import add_cell_arguments, cell_settings
+
 HELP = (
     "evaluate a trained cell on val and test: results/cells/<cell>/{metrics.json,curves.csv,cams.png,cam_samples.npz}"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cell", help="<dataset>/<backbone>/<wsol>-<da>/seed<k>")
+    add_cell_arguments(parser)
     parser.add_argument(
         "--predictions",
         default=None,
@@ -23,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawsol.config import load_params, resolve
     from dawsol.evaluate import evaluate_cell
 
-    settings = resolve(args.cell, load_params(args.params, args.profile), args.params)
+    _, settings = cell_settings(args)
     evaluate_cell(settings, device_name=args.device, predictions=args.predictions, tracking=not args.no_tracking)
     return 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "draw the CAM and boxes of the top classes on your own images: a trained checkpoint or an ImageNet classifier"
+HELP = (
+    "draw the CAM and boxes of the top classes on your own images and write them (localization.json, .csv): "
+    "a trained checkpoint or an ImageNet classifier"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

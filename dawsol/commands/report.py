@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print(*(path.as_posix() for path in search.files), sep="\n")
     if not args.no_tracking:
         if tables:
-            log_summary(tables)
+            log_summary(tables, params, args.params)
         if search is not None:
             log_search(search.trials, search.chosen, search.files)
     return 0

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tracking.check_port_free(args.host, args.port)
     tracking.init_store()
-    code = subprocess.call(tracking.serve_command(args.host, args.port))
+    code = subprocess.call(tracking.serve_command(args.host, args.port), env=tracking.serve_environment())
     if code != 0:
         raise DawsolError(f"mlflow ui on {args.host}:{args.port} stopped with exit code {code}")
     return 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from dawsol.commands.cell_args import add_cell_arguments, cell_settings
+
 HELP = "train one cell (resumes from runs/<cell>/checkpoint.pt; a finished cell is left as is; DDP under torchrun)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cell", help="<dataset>/<backbone>/<wsol>-<da>/seed<k>")
+    add_cell_arguments(parser)
     parser.add_argument(
         "--device", choices=["auto", "cpu", "cuda", "mps"], default=None, help="default: train.device of the cell"
     )
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from dawsol.config import grid_imports, load_params, resolve
+    from dawsol.config import grid_imports
     from dawsol.distributed import launch_command, run_launcher, shutdown
     from dawsol.errors import DawsolError
     from dawsol.pipeline import train_gpus
@@ -26,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.training import train_cell
     from dawsol.training.cell import trainer_lock
 
-    params = load_params(args.params, args.profile)
-    settings = resolve(args.cell, params, args.params)
+    params, settings = cell_settings(args)
     imported = grid_imports(params, args.params)
     if settings.cell in imported:
         raise DawsolError(
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _dawsol_args(args: argparse.Namespace) -> list[str]:
     """This command's own arguments, for the processes torchrun starts."""
-    words = ["train", args.cell, "--params", args.params]
+    words = ["train", args.cell, *args.overrides, "--params", args.params]
     if args.profile:
         words += ["--profile", args.profile]
     if args.device:

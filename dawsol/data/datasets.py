@@ -9,7 +9,8 @@ brought to the same ``image_size`` x ``image_size`` grid (see ``dawsol.data.grou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,33 @@ def to_bgr(image: torch.Tensor, normalization: Normalization = IMAGENET_NORMALIZ
     std = torch.tensor(normalization[1]).view(3, 1, 1)
     rgb = (image.float().cpu() * std + mean).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+class ItemError(DawsolError):
+    """A DawsolError of one item (an unreadable image, a mask or size that does not fit).
+
+    It keeps its one line when a DataLoader worker raised it: torch re-raises a worker's
+    exception as ``type(exc)(its own message)``, "Caught ... in DataLoader worker process N"
+    followed by the worker's whole traceback; this class keeps only the original's last line.
+    """
+
+    def __init__(self, message: str) -> None:
+        name = type(self).__name__
+        lines = message.strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith(f"Caught {name} in DataLoader worker"):
+            message = lines[-1].split(f"{name}: ", 1)[-1]
+        super().__init__(message)
+
+
+@contextlib.contextmanager
+def _one_line_from_workers() -> Iterator[None]:
+    """Raise a DawsolError of loading one item as an ``ItemError``, so it stays one line from a worker."""
+    try:
+        yield
+    except ItemError:
+        raise
+    except DawsolError as exc:
+        raise ItemError(str(exc)) from None
 
 
 def load_image(dataset_dir: Path, image_id: str) -> Image.Image:
@@ -131,7 +159,8 @@ class TrainDataset(Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_image(self.dataset_dir, self.image_ids[index])
+        with _one_line_from_workers():
+            image = load_image(self.dataset_dir, self.image_ids[index])
         return self.transform(image), self.labels[index]
 
 
@@ -170,7 +199,10 @@ class EvalDataset(Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = self.image_ids[index]
+        with _one_line_from_workers():
+            return self._item(self.image_ids[index])
+
+    def _item(self, image_id: str) -> dict[str, Any]:
         image = load_image(self.dataset_dir, image_id)
         boxes = self.meta.boxes.get(image_id, [])
         size = self.meta.sizes.get(image_id, image.size)

@@ -62,6 +62,27 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
 
 
+# the metrics a user compares across cells, in the order of the report's tables
+HEADLINE_METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
+
+
+def headline_metrics(document: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``headline.json``: per split of a cell's ``metrics.json`` object, its ``HEADLINE_METRICS`` that have a value.
+
+    DVC shows these as the cell's metrics (one column each); thresholds, counts and the post-hoc
+    maps stay in ``metrics.json`` (docs/architecture.md, cell outputs).
+    """
+    return {
+        split: {name: metrics[name] for name in HEADLINE_METRICS if isinstance(metrics.get(name), int | float)}
+        for split, metrics in document["splits"].items()
+    }
+
+
+def write_headline(path: str | Path, document: Mapping[str, Any]) -> None:
+    """Write ``headline_metrics(document)`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(headline_metrics(document), indent=2) + "\n")
+
+
 def write_curves(
     path: str | Path,
     splits: Mapping[str, tuple[BoxAccumulator | None, MaskAccumulator | None]],

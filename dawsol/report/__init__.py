@@ -2,7 +2,10 @@
 
 Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
 train_log.jsonl`` and the prepared test split) and written to the paths
-``dawsol.layout.report_outputs`` declares for Snakemake and DVC.
+``dawsol.layout.report_outputs`` declares for Snakemake and DVC. The tables, figures and plot data
+are written beside their paths and renamed together at the end (``dawsol.atomic.staged``), and so
+is the search's part: a failure before then (a bad cell, a full disk, a kill) leaves the old report
+as it was.
 """
 
 from __future__ import annotations
@@ -17,11 +20,21 @@ from typing import Any
 import pandas as pd
 
 from dawsol import tracking
-from dawsol.atomic import atomic_write_text
+from dawsol.atomic import atomic_write_text, remove_leftovers, staged, unstaged
 from dawsol.config import Cell, Settings, grid_cells, grid_imports, resolve, tree_digest
 from dawsol.evaluation import metrics_dict
 from dawsol.evaluation.evaluator import evaluate_split
-from dawsol.layout import CELLS_DIR, FIGURES_DIR, PLOTS_DIR, RUNS_DIR, SEARCH_DIR, TABLES_DIR, method_key, split_file
+from dawsol.layout import (
+    CELLS_DIR,
+    FIGURES_DIR,
+    PLOTS_DIR,
+    RUNS_DIR,
+    SEARCH_DIR,
+    TABLES_DIR,
+    method_key,
+    report_outputs,
+    split_file,
+)
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
 from dawsol.report.tables import (
@@ -35,6 +48,8 @@ from dawsol.report.tables import (
 )
 
 log = logging.getLogger(__name__)
+GRID_TAG = "dawsol.grid"  # the grid's parent run: a digest of its cells and their code versions
+SUMMARY_TAG = "dawsol.summary"
 
 
 def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult | None:
@@ -43,7 +58,9 @@ def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult 
     if not trials:
         return None
     digests = {cell: resolve(cell, params, source).digest() for cell in trials}
-    result = write_search(trials, params.get("search") or {}, CELLS_DIR, SEARCH_DIR, digests)
+    remove_leftovers(report_outputs(params, source)["search"])  # what a killed report left
+    with staged():
+        result = write_search(trials, params.get("search") or {}, CELLS_DIR, SEARCH_DIR, digests)
     for group, trial in result.chosen.items():
         log.info("search: %s chose %s (val score %.2f)", group, trial.cell, trial.score)
     return result
@@ -54,11 +71,19 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
 
     Search trials are not rows of these tables (``build_search`` reports them).
     """
-    from dawsol.report import figures
-
     cells = [c for c in grid_cells(params, source) if c.trial is None]
     if not cells:
         return {}
+    outputs = report_outputs(params, source)
+    remove_leftovers(outputs["tables"] + outputs["figures"] + outputs["plots"])  # what a killed report left
+    with staged():
+        return _write_report(cells, params, source)
+
+
+def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Path) -> dict[str, Table]:
+    """``build_report``'s writes, every one staged."""
+    from dawsol.report import figures
+
     imports = grid_imports(params, source)
     frame = load_metrics(cells, CELLS_DIR)
     tables = {}
@@ -142,7 +167,8 @@ def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
             baseline=name,
         )
         results[name] = metrics_dict(box, mask, ev.iou_thresholds)
-        atomic_write_text(cached, json.dumps(results[name]))
+        with unstaged():  # kept even if the report fails later
+            atomic_write_text(cached, json.dumps(results[name]))
     return results
 
 
@@ -166,21 +192,27 @@ def _first_seed(cells: list[Cell]) -> list[Cell]:
     return list(first.values())
 
 
-def log_summary(tables: Mapping[str, Table]) -> str:
-    """One MLflow run ``report`` carrying the tables, figures and each row's mean metrics; return its id."""
+def log_summary(tables: Mapping[str, Table], params: Mapping[str, Any], source: str | Path) -> str:
+    """The grid's MLflow parent run, with the grid's cell runs nested under it; return its id.
+
+    One run per grid and code version (tag ``dawsol.grid``, a digest of the cells and the code
+    versions of their results), reused by every ``dawsol report``: named ``grid <code> · <n>
+    cells of <datasets>``, tagged ``dawsol.summary``, carrying the tables (the reported vs
+    reproduced one included) and figures as artifacts. No metrics: the tables hold the means and
+    stds, and metrics of their own would crowd the runs table's columns of the cell runs.
+    """
+    cells = [c.name for c in grid_cells(params, source) if c.trial is None]
+    versions = sorted({version for table in tables.values() for version in table.code_versions})
+    code = versions[0] if len(versions) == 1 else f"of {len(versions)} code versions" if versions else "unknown code"
+    key = tree_digest({"cells": cells, "code": versions})
     client, experiment_id = tracking.init_store()
-    run = tracking.with_retry(client.create_run, experiment_id, run_name="report", tags={"dawsol.summary": "true"})
-    run_id = run.info.run_id
-    metrics = {}
-    for dataset, table in tables.items():
-        for record in table.stats.to_dict("records"):
-            for metric in table.metrics:
-                name = f"{dataset}.{record['backbone']}.{record['method']}.{metric}"
-                metrics[name] = {"mean": record[f"{metric}_mean"], "std": record[f"{metric}_std"]}
-        files = sorted(TABLES_DIR.glob(f"{dataset}.*")) + sorted(FIGURES_DIR.glob(f"{dataset}_*.png"))
-        for path in files:
-            tracking.with_retry(client.log_artifact, run_id, str(path), path.parent.name)
-    summary = tracking.CellRun(client, run_id)
-    summary.log_metrics(metrics)
-    summary.finish()
-    return run_id
+    name = f"grid {code} · {len(cells)} cells of {', '.join(tables)}"
+    parent = tracking.parent_run(client, experiment_id, GRID_TAG, key, name, "report")
+    parent.set_tag(SUMMARY_TAG, "true")
+    tracking.nest(client, experiment_id, parent, cells)
+    outputs = report_outputs(params, source)
+    for path in outputs["tables"] + outputs["figures"]:
+        if path.is_file():
+            parent.log_artifact(path, path.parent.name)
+    parent.finish()
+    return parent.run_id

@@ -146,12 +146,22 @@ def to_csv(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, float_format="%.4f")
 
 
+def to_html(table: pd.DataFrame) -> str:
+    """A standalone HTML table with its caption (for the Snakemake report)."""
+    shown = _display(table)
+    shown["Method"] = [label.replace("$L_u$", "L<sub>u</sub>") for label in shown["Method"]]
+    if table.empty:
+        shown = pd.DataFrame([["–"] * len(shown.columns)], columns=shown.columns)
+    body = shown.to_html(index=False, escape=False, border=0, classes="dawsol")
+    return f'<html><head><meta charset="utf-8"></head><body><p>{CAPTION}</p>\n{body}\n</body></html>\n'
+
+
 def write_comparison(
     cells: Sequence[Cell], cells_dir: Path, out_dir: Path, reported_csv: Path = REPORTED_CSV
 ) -> list[Path]:
-    """Write ``<out_dir>/reported_vs_reproduced.{tex,csv,md}`` for the grid's cells; return the paths."""
+    """Write ``<out_dir>/reported_vs_reproduced.{tex,csv,md,html}`` for the grid's cells; return the paths."""
     table = compare(load_reported(reported_csv), reproduced_values(cells, cells_dir))
-    renderers = {"tex": to_latex, "csv": to_csv, "md": to_markdown}
+    renderers = {"tex": to_latex, "csv": to_csv, "md": to_markdown, "html": to_html}
     paths = []
     for ext in COMPARISON_FORMATS:
         render = renderers[ext]

@@ -24,7 +24,6 @@ from dawsol.search.space import draw, expand
 DEFAULT_METRICS = ("MaxBoxAccV2", "PxAP")
 SELECTION_SPLIT = "val"
 SEARCH_TAG = "dawsol.search"  # the parent run of a search group carries the group's name
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a trial's run under its search
 
 
 @dataclass(frozen=True)
@@ -118,23 +117,17 @@ def tuned_block(chosen: Mapping[str, Trial]) -> dict[str, Any]:
 
 
 def log_search(trials: Sequence[Trial], chosen: Mapping[str, Trial], files: Sequence[Path]) -> dict[str, str]:
-    """One MLflow parent run per search group (reused on a re-run), each trial's cell run nested under it.
+    """One MLflow parent run per search group (``tracking.parent_run``, reused on a re-run), each trial's
+    cell run nested under it (``tracking.nest``).
 
-    The parent carries the chosen trial, its draws as params and its val score, the search
+    The parent carries the chosen trial, its draws as tags and its val score, the search
     table and figure as artifacts; return group -> parent run id.
     """
     client, experiment_id = tracking.init_store()
     parents = {}
     for group in sorted({t.cell.group for t in trials}):
-        found = tracking.tagged_runs(client, experiment_id, SEARCH_TAG, group, newest_only=True)
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            run = tracking.with_retry(
-                client.create_run, experiment_id, run_name=f"search {group}", tags={SEARCH_TAG: group}
-            )
-            run_id = run.info.run_id
-        parent = tracking.CellRun(client, run_id)
+        parent = tracking.parent_run(client, experiment_id, SEARCH_TAG, group, f"search {group}", "report")
+        run_id = parent.run_id
         best = chosen.get(group)
         if best is not None:
             parent.set_tag("chosen_trial", best.cell.name)
@@ -144,9 +137,7 @@ def log_search(trials: Sequence[Trial], chosen: Mapping[str, Trial], files: Sequ
             for key, value in expand(best.draws).items():  # one tag per setting (no "+" in MLflow names)
                 parent.set_tag(f"chosen.{key}", str(value))
             parent.log_metrics({f"{SELECTION_SPLIT}.score": best.score, SELECTION_SPLIT: dict(best.val)})
-        for trial in (t for t in trials if t.cell.group == group):
-            for child in tracking.tagged_runs(client, experiment_id, tracking.CELL_TAG, trial.cell.name):
-                tracking.with_retry(client.set_tag, child.info.run_id, PARENT_TAG, run_id)
+        tracking.nest(client, experiment_id, parent, [t.cell.name for t in trials if t.cell.group == group])
         for path in files:
             parent.log_artifact(path, "search")
         parent.finish()

@@ -136,6 +136,8 @@ def _train_locked(
     tracker = CellRun.start(settings, run_id) if tracking and ctx.is_main else None
     if tracker is not None:
         run_id = tracker.run_id
+        tracker.log_dataset(settings, "train", "training")
+        tracker.log_dataset(settings, "val", "validation")
 
     def save(position: Position) -> None:
         if ctx.is_main:
@@ -174,8 +176,16 @@ def _train_locked(
         len(parts.dataset),  # type: ignore[arg-type]
         parts.iterations_per_epoch,
     )
+    monitor = (
+        tracker.system_metrics(settings.tracking.system_metrics_interval)
+        if tracker is not None
+        else contextlib.nullcontext()
+    )
     try:
-        loop.run()
+        with monitor:
+            loop.run()
+            if tracker is not None:
+                _log_training_artifacts(tracker, parts)
     except Interrupted:
         if tracker is not None:
             tracker.finish("KILLED")
@@ -185,15 +195,18 @@ def _train_locked(
             tracker.finish("FAILED")
         raise
     if tracker is not None:
-        _log_training_artifacts(tracker, parts)
         tracker.finish()
     return TrainOutcome(position.epoch, True, position.records)
 
 
 def _log_training_artifacts(tracker: CellRun, parts: TrainingParts) -> None:
-    """The resolved settings, the training log and (DA cells) the assigner's three sets on a few images."""
+    """The resolved settings, the training log, the checkpoint if ``tracking.log_checkpoint``, and (DA
+    cells) the assigner's three sets on a few images."""
     settings = parts.settings
     tracker.log_artifact(train_log_path(settings.cell))
+    if settings.tracking.log_checkpoint:  # params.yaml tracking.log_checkpoint: the run's MLflow model
+        cell = settings.cell
+        tracker.log_model(checkpoint_path(cell), "-".join(cell.name.split("/")), settings.train.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         settings_file = Path(tmp) / "settings.yaml"
         settings_file.write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))

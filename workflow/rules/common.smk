@@ -66,7 +66,9 @@ def report_targets():
     for path in REPORT_FILES:
         name = path.rsplit("/", 1)[-1]
         stem, ext = name.rsplit(".", 1)
-        if path.startswith("results/tables/") and ext == "html":
+        if path == f"{layout.TABLES_DIR.as_posix()}/{layout.COMPARISON_STEM}.html":
+            outputs.append(report(path, caption="../report/reported.rst", category="Tables", subcategory=stem))
+        elif path.startswith("results/tables/") and ext == "html":
             outputs.append(report(path, caption="../report/table.rst", category="Tables", subcategory=stem))
         elif path.startswith("results/search/") and ext == "png":
             outputs.append(report(path, caption="../report/search.rst", category="Search", subcategory=stem))
