@@ -21,8 +21,10 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -542,3 +544,26 @@ def serve_command(host: str = "127.0.0.1", port: int = 5000, workers: int | None
     if root is not None:
         command += ["--default-artifact-root", root]
     return command
+
+
+def serve(host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Run ``mlflow ui`` on the project's store until it stops; its exit code (0 when stopped by a signal).
+
+    The server runs in its own process group, and SIGTERM or SIGINT to this process stops that whole group
+    (``mlflow ui`` and its uvicorn workers), so a terminated ``dawsol tracking ui`` leaves no server behind.
+    """
+    server = subprocess.Popen(serve_command(host, port), env=serve_environment(), start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # workers the server left, if any
+    return 0 if code < 0 else code

@@ -14,8 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import subprocess
-
     from dawsol import tracking
     from dawsol.errors import DawsolError
 
@@ -25,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tracking.check_port_free(args.host, args.port)
     tracking.init_store()
-    code = subprocess.call(tracking.serve_command(args.host, args.port), env=tracking.serve_environment())
+    code = tracking.serve(args.host, args.port)
     if code != 0:
         raise DawsolError(f"mlflow ui on {args.host}:{args.port} stopped with exit code {code}")
     return 0
