@@ -1,6 +1,6 @@
 """Benchmark: the library's WSOL box evaluation against the straightforward baseline, and workers.
 
-1. Single process, interval 0.001, on the same 224 x 224 score maps: ``dawsol.evaluation``'s
+1. Single process, interval 0.001, on the same 224 x 224 score maps: ``dawsol.protocol``'s
    BoxAccumulator (one contour search per distinct binary mask, none for masks with a single
    contour) against ``reference_evaluation.ReferenceBoxAccumulator`` (one search per CAM
    threshold). Checks that every count and every metric is identical. Target: speedup >= 5.
@@ -39,8 +39,8 @@ from reference_evaluation import ReferenceBoxAccumulator  # noqa: E402
 
 from dawsol.atomic import atomic_write_text  # noqa: E402
 from dawsol.data.metadata import SplitMetadata, write_split  # noqa: E402
-from dawsol.evaluation import BoxAccumulator, metrics_dict, prepare_scoremap  # noqa: E402
-from dawsol.evaluation.evaluator import evaluate_split  # noqa: E402
+from dawsol.protocol import BoxAccumulator, metrics_dict, prepare_scoremap  # noqa: E402
+from dawsol.protocol.evaluator import evaluate_split  # noqa: E402
 
 SIZE = 224
 INTERVAL = 0.001

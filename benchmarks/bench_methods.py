@@ -41,11 +41,7 @@ from dawsol.data.datasets import EvalDataset, collate_eval  # noqa: E402
 from dawsol.errors import DawsolError  # noqa: E402
 from dawsol.models import build_model  # noqa: E402
 from dawsol.models.registry import normalization  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from dawsol.runtime import synchronize  # noqa: E402
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -59,10 +55,10 @@ def _timed_both(fn: Callable[[], object], device: torch.device) -> tuple[float, 
     On a CPU shared with other jobs the wall time swings with their load; the CPU time is the
     steadier measure of the work itself.
     """
-    _sync(device)
+    synchronize(device)
     start, start_cpu = time.perf_counter(), time.process_time()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 

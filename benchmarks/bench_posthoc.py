@@ -1,6 +1,6 @@
 """Benchmark: images/s of each post-hoc extractor (docs/posthoc.md) against CAM, on one model and batch.
 
-Every extractor of ``dawsol.posthoc.EXTRACTORS`` maps the same random batch with the same
+Every extractor of ``dawsol.evaluation.posthoc.EXTRACTORS`` maps the same random batch with the same
 model, interleaved step by step, on the CPU and on CUDA when present: median wall seconds,
 process-CPU seconds (steadier on a shared machine), images/s and the slowdown against CAM in the
 same run, plus CUDA's peak memory per extractor. The maps alone are timed, not the score maps
@@ -27,14 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dawsol import posthoc  # noqa: E402
 from dawsol.config import ModelSettings, WSOLSettings  # noqa: E402
+from dawsol.evaluation import posthoc  # noqa: E402
 from dawsol.models import build_model  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from dawsol.runtime import synchronize  # noqa: E402
 
 
 def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -50,10 +46,10 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, An
         for name, extract in posthoc.EXTRACTORS.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
+            synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             extract(model, images, labels, args.layer)
-            _sync(device)
+            synchronize(device)
             if step >= args.warmup:
                 times[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
             if device.type == "cuda":

@@ -4,7 +4,7 @@ For each backbone and WSOL method (``--wsol``, default CAM), the paper profile's
 ``<dataset>/<backbone>/<wsol>-none`` and ``<wsol>-<da>`` (the official settings: feature map,
 sampling, loss; ``--params-profile`` picks another profile) run ``--steps`` timed training
 steps (forward, L_c, the DA terms, backward, SGD: the training loop's own step) and as many
-evaluation forward passes on random input, with ``dawsol.estimate.benchmark``, the measurement
+evaluation forward passes on random input, with ``dawsol.pipeline.estimate.benchmark``, the measurement
 behind ``dawsol estimate``. ``--image-size`` / ``--batch-size`` shrink the input for a CPU;
 leave them at the cell's (224, 32) on a GPU, and add ``--bf16 --channels-last`` there. Each row's
 ``train_cost_vs_cam`` is the CAM cell's training images/s over its own (same backbone, same run).
@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dawsol.config import load_params, resolve  # noqa: E402
-from dawsol.estimate import benchmark  # noqa: E402
+from dawsol.pipeline.estimate import benchmark  # noqa: E402
 from dawsol.runtime import select_device  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """A straightforward WSOL box evaluation: one threshold and one contour search per CAM threshold.
 
-This is the baseline the library's box extraction (dawsol.evaluation.boxes) is measured and
+This is the baseline the library's box extraction (dawsol.protocol.boxes) is measured and
 checked against: it follows the protocol step by step (docs/protocol.md sections 2.2-2.4)
 with no reuse between thresholds, so it is slow but easy to check by reading. Both box sets the
 library scores (every contour, and the largest one) come from the same search per threshold.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from dawsol.evaluation import BoxAccumulator
+from dawsol.protocol import BoxAccumulator
 
 
 def boxes_per_threshold(

@@ -142,3 +142,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

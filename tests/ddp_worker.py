@@ -46,7 +46,7 @@ def one_step(out_path: Path) -> None:
     from train_fixtures import tiny_params
 
     from dawsol.config import resolve
-    from dawsol.estimate import RandomImages
+    from dawsol.pipeline.estimate import RandomImages
     from dawsol.runtime import seed_everything
     from dawsol.training.parts import build_parts
     from dawsol.training.step import train_step
@@ -64,8 +64,8 @@ def one_step(out_path: Path) -> None:
 
 def run_evaluate(out: Path, project: Path, cell: str) -> None:
     from dawsol.config import load_params, resolve
+    from dawsol.evaluation.scoring import score_split
     from dawsol.runtime import seed_everything
-    from dawsol.scoring import score_split
     from dawsol.training.parts import build_components
 
     os.chdir(project)

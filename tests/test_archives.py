@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dawsol.data.sources as sources
+import dawsol.data.archives as archives
 from dawsol.errors import DawsolError
 
 BOMB = 8 << 20  # 8 MiB of zeros: ~8 KiB compressed, a ratio of ~1000
@@ -55,7 +55,7 @@ def _refused(archive: Path, dest: Path) -> str:
     kept = archive.read_bytes()
     beside = sorted(p.name for p in dest.parent.iterdir()) if dest.parent.exists() else []
     with pytest.raises(DawsolError) as info:
-        sources.safe_extract(archive, dest)
+        archives.safe_extract(archive, dest)
     message = str(info.value)
     assert message.startswith(f"{archive}: ") and "\n" not in message
     assert "delete" not in message  # never tells the user to throw away an archive that may be good
@@ -70,12 +70,12 @@ def test_bombs_are_refused_and_leave_nothing(tmp_path: Path, monkeypatch, name: 
     archive = tmp_path / name
     _bomb(archive)
     if limit == "ratio":
-        monkeypatch.setattr(sources, "RATIO_FLOOR", 1 << 20)
+        monkeypatch.setattr(archives, "RATIO_FLOOR", 1 << 20)
     elif limit == "total":
-        monkeypatch.setattr(sources, "MAX_EXTRACT_BYTES", 4 << 20)
+        monkeypatch.setattr(archives, "MAX_EXTRACT_BYTES", 4 << 20)
     else:
         usage = shutil.disk_usage(tmp_path)
-        monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=sources.DISK_MARGIN + (4 << 20)))
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=archives.DISK_MARGIN + (4 << 20)))
     message = _refused(archive, tmp_path / "out" / "dest")
     assert "8.0 MiB" in message  # what the members declare
     expected = {"ratio": "compression ratio of ", "total": "over the 4.0 MiB limit", "disk": "4.0 MiB to spare"}[limit]
@@ -163,7 +163,7 @@ class _FullDisk(io.FileIO):
 def test_a_full_disk_does_not_blame_the_archive(tmp_path: Path, monkeypatch, name: str) -> None:
     archive = tmp_path / name
     _bomb(archive)
-    monkeypatch.setattr(sources, "open", _FullDisk, raising=False)  # the zip writer's open
+    monkeypatch.setattr(archives, "open", _FullDisk, raising=False)  # the zip writer's open
     monkeypatch.setattr(tarfile, "bltn_open", _FullDisk)  # tarfile's
     message = _refused(archive, tmp_path / "out" / "dest")
     assert "No space left on device" in message and "free disk space" in message
@@ -182,12 +182,12 @@ def test_a_good_archive_extracts_at_the_limits(tmp_path: Path, monkeypatch, name
         _tar(archive, [_folder("a"), *files.items(), _link("a/b/link", "../one.txt")])
     total = sum(len(data) for data in files.values())
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=sources.DISK_MARGIN + total))
-    monkeypatch.setattr(sources, "MAX_EXTRACT_BYTES", total)
-    monkeypatch.setattr(sources, "RATIO_FLOOR", 0)
-    monkeypatch.setattr(sources, "MAX_RATIO", -(-total // archive.stat().st_size))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=archives.DISK_MARGIN + total))
+    monkeypatch.setattr(archives, "MAX_EXTRACT_BYTES", total)
+    monkeypatch.setattr(archives, "RATIO_FLOOR", 0)
+    monkeypatch.setattr(archives, "MAX_RATIO", -(-total // archive.stat().st_size))
     dest = tmp_path / "out" / "dest"
-    sources.safe_extract(archive, dest)
+    archives.safe_extract(archive, dest)
     for member, data in files.items():
         assert (dest / member).read_bytes() == data
     if name.endswith(".tgz"):
@@ -207,4 +207,4 @@ def test_a_good_archive_extracts_at_the_limits(tmp_path: Path, monkeypatch, name
     ],
 )
 def test_real_dataset_archives_pass_the_default_limits(name: str, archive_size: int, total: int) -> None:
-    sources.check_extraction_size(Path(name), total, archive_size, free=total + sources.DISK_MARGIN)
+    archives.check_extraction_size(Path(name), total, archive_size, free=total + archives.DISK_MARGIN)

@@ -17,17 +17,16 @@ import cv2
 import numpy as np
 import pytest
 
-from dawsol.data import sources
+from dawsol.data import download as downloader
+from dawsol.data.archives import safe_extract
+from dawsol.data.download import Remote, download
 from dawsol.data.metadata import SplitMetadata, read_split, validate_dataset, write_split
 from dawsol.data.sources import (
     LAYOUTS,
     METADATA_COMMIT,
     STAMP,
-    Remote,
     Step,
-    download,
     prepare_dataset,
-    safe_extract,
 )
 from dawsol.errors import DawsolError
 
@@ -75,7 +74,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(autouse=True)
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries without waiting (the waits themselves: test_retries_wait_longer_each_time_and_say_so)."""
-    monkeypatch.setattr(sources, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(downloader, "RETRY_WAIT_S", 0.0)
 
 
 @pytest.fixture
@@ -207,11 +206,11 @@ def test_retries_wait_longer_each_time_and_say_so(server, tmp_path: Path, monkey
     httpd, served, url = server
     payload = np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     (served / "blob.bin").write_bytes(payload)
-    monkeypatch.setattr(sources, "RETRY_WAIT_S", 2.0)
-    monkeypatch.setattr(sources, "MAX_RETRY_WAIT_S", 5.0)
+    monkeypatch.setattr(downloader, "RETRY_WAIT_S", 2.0)
+    monkeypatch.setattr(downloader, "MAX_RETRY_WAIT_S", 5.0)
     waits: list[float] = []
     httpd.failures = [503, 502, 429, 500]
-    with caplog.at_level("WARNING", logger="dawsol.data.sources"):
+    with caplog.at_level("WARNING", logger="dawsol.data.download"):
         download(f"{url}/blob.bin", tmp_path / "blob.bin", sleep=waits.append)
     assert (tmp_path / "blob.bin").read_bytes() == payload
     assert waits == [2.0, 4.0, 5.0, 5.0]  # doubling, bounded
@@ -231,11 +230,11 @@ def test_retries_wait_longer_each_time_and_say_so(server, tmp_path: Path, monkey
 
 def test_a_download_shows_its_progress(server, tmp_path: Path, capsys, caplog) -> None:
     _, served, url = server
-    (served / "big.bin").write_bytes(bytes(5 * sources.CHUNK))
+    (served / "big.bin").write_bytes(bytes(5 * downloader.CHUNK))
     download(f"{url}/big.bin", tmp_path / "bar.bin", progress=True)
     err = capsys.readouterr().err
     assert "bar.bin" in err and "5.00M" in err  # tqdm's bar on stderr, in bytes
-    with caplog.at_level("INFO", logger="dawsol.data.sources"):
+    with caplog.at_level("INFO", logger="dawsol.data.download"):
         download(f"{url}/big.bin", tmp_path / "log.bin", progress=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("log.bin: ")]
     assert lines == [f"log.bin: {k}.0 MiB of 5.0 MiB ({20 * k}%)" for k in range(1, 6)]  # a line per tenth passed

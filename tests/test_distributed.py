@@ -64,8 +64,8 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.slow
 def test_sharded_evaluation_merges_to_exactly_one_process_metrics(tmp_path, tiny_data):
     from dawsol.config import load_params, resolve
+    from dawsol.evaluation.scoring import score_split
     from dawsol.runtime import seed_everything
-    from dawsol.scoring import score_split
     from dawsol.training.parts import build_components
 
     project = write_project(tmp_path / "project", tiny_data)

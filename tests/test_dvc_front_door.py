@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from workflow_fixtures import copy_project, run_tool
 
-from dawsol.evaluation.output import HEADLINE_METRICS, headline_metrics, write_headline
+from dawsol.protocol.output import HEADLINE_METRICS, headline_metrics, write_headline
 
 
 def test_headline_keeps_the_compared_numbers_of_each_split(tmp_path: Path) -> None:

@@ -154,9 +154,9 @@ def test_a_pretrained_lite_cell_trains_and_evaluates_end_to_end(tmp_path, monkey
     from train_fixtures import prepare_tiny_data, write_project
 
     from dawsol import cli
-    from dawsol.checkpoint import load_checkpoint
+    from dawsol.checkpoints.format import load_checkpoint
     from dawsol.config import load_params, resolve
-    from dawsol.scoring import eval_dataset
+    from dawsol.evaluation.scoring import eval_dataset
 
     data = prepare_tiny_data(tmp_path / "data_src" / "synthetic")
     train = {"epochs": 1, "eval_every": 1}
@@ -209,7 +209,7 @@ def test_localize_an_imagenet_classifier_on_sklearn_sample_photos(tmp_path, caps
 
 
 def test_localize_output_names_never_overwrite_each_other(tmp_path):
-    from dawsol.localize import output_names
+    from dawsol.evaluation.localize import output_names
 
     paths = [tmp_path / "test/000/00004.png", tmp_path / "test/003/00004.png", tmp_path / "other.png"]
     assert output_names(paths) == ["000_00004", "003_00004", "other"]
@@ -225,8 +225,8 @@ def test_training_and_evaluation_normalise_as_the_backbone_expects(tmp_path, mon
     from train_fixtures import prepare_tiny_data, write_project
 
     from dawsol.config import load_params, resolve
+    from dawsol.evaluation.scoring import eval_dataset
     from dawsol.models.registry import BACKBONES
-    from dawsol.scoring import eval_dataset
     from dawsol.training.parts import train_dataset
 
     data = prepare_tiny_data(tmp_path / "data_src" / "synthetic")

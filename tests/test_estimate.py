@@ -13,7 +13,7 @@ from train_fixtures import PROJECT_ROOT, prepare_tiny_data, tiny_params, write_p
 
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
-from dawsol.estimate import KNOWN_SPLIT_SIZES, benchmark, benchmark_key, estimate, split_sizes, workload
+from dawsol.pipeline.estimate import KNOWN_SPLIT_SIZES, benchmark, benchmark_key, estimate, split_sizes, workload
 
 
 def test_workload_counts_train_epochs_and_every_validation_pass():

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dawsol.evaluation import (
+from dawsol.protocol import (
     BoxAccumulator,
     MaskAccumulator,
     best_ious,
@@ -344,7 +344,7 @@ def test_metrics_dict_format():
 def test_write_curves_two_splits_with_empty_cells(tmp_path):
     import csv
 
-    from dawsol.evaluation import write_curves
+    from dawsol.protocol import write_curves
 
     path = tmp_path / "curves.csv"
     write_curves(path, {"val": (_two_image_box_accumulator(0.25), None), "test": (None, _mask_case())})

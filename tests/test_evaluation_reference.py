@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dawsol.evaluation import (
+from dawsol.protocol import (
     BoxAccumulator,
     best_ious,
     cam_thresholds,
@@ -76,7 +76,7 @@ def test_accumulator_matches_the_baseline_accumulator():
 
 
 def test_levels_flagged_single_contour_have_exactly_one_contour():
-    from dawsol.evaluation.boxes import _single_contour_levels
+    from dawsol.protocol.boxes import _single_contour_levels
 
     flagged = 0
     for scoremap in _maps():
@@ -116,7 +116,7 @@ def _adversarial_maps(rng: np.random.Generator, count: int) -> list[np.ndarray]:
 
 def test_boxes_from_components_match_the_baseline_as_sets(monkeypatch):
     """Every searched mask but the first goes through _component_boxes: the same boxes and the same largest."""
-    from dawsol.evaluation import boxes
+    from dawsol.protocol import boxes
 
     monkeypatch.setattr(boxes, "_MANY_CONTOURS", 0)
     calls = {"components": 0, "ties": 0}
@@ -141,7 +141,7 @@ def test_boxes_from_components_match_the_baseline_as_sets(monkeypatch):
 
 
 def test_component_boxes_give_up_on_a_tie_for_largest():
-    from dawsol.evaluation.boxes import _component_boxes
+    from dawsol.protocol.boxes import _component_boxes
 
     binary = np.zeros((9, 12), dtype=np.uint8)
     binary[2:5, 1:4] = binary[2:5, 7:10] = 1  # two equal squares: only cv2's order picks one
@@ -164,8 +164,8 @@ def test_forked_workers_still_evaluate_after_the_parent_did():
     ``dawsol metrics`` sets them up) to deadlock on."""
     import multiprocessing
 
-    from dawsol.evaluation import boxes
-    from dawsol.evaluation.evaluator import _init_worker
+    from dawsol.protocol import boxes
+    from dawsol.protocol.evaluator import _init_worker
 
     assert boxes._MANY_CONTOURS < 1000  # a noisy 224 x 224 map takes the component path
     expected = _noisy_best_ious(3)

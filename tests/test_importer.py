@@ -18,17 +18,17 @@ import torchvision
 import yaml
 from torch import Tensor, nn
 
-from dawsol.checkpoint import (
+from dawsol.checkpoints.format import (
     load_checkpoint,
     model_from_state,
     resumable_checkpoint,
     save_checkpoint,
     trained_checkpoint,
 )
+from dawsol.checkpoints.importer import import_checkpoint
 from dawsol.cli import main
 from dawsol.config import Settings, deep_merge, resolve
 from dawsol.errors import DawsolError
-from dawsol.importer import import_checkpoint
 from dawsol.layout import checkpoint_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

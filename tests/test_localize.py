@@ -13,7 +13,7 @@ from PIL import Image
 
 from dawsol.config import apply_overrides, load_params, resolve
 from dawsol.data.datasets import IMAGENET_NORMALIZATION
-from dawsol.localize import CSV_COLUMNS, Localizer, dataset_class_names, localize
+from dawsol.evaluation.localize import CSV_COLUMNS, Localizer, dataset_class_names, localize
 from dawsol.models import build_model
 
 

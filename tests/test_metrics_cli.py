@@ -13,7 +13,7 @@ import pytest
 from dawsol.cli import main
 from dawsol.data.metadata import SplitMetadata, write_split
 from dawsol.errors import DawsolError
-from dawsol.evaluation.evaluator import build_tasks, evaluate_split
+from dawsol.protocol.evaluator import build_tasks, evaluate_split
 
 SIZE = 32
 
@@ -161,7 +161,7 @@ def test_cams_of_images_outside_the_split_are_named_in_a_warning(tmp_path, caplo
     cams = _cams(tmp_path, split)
     np.save(cams / "test" / "notanid.png.npy", np.zeros((7, 7), np.float32))
     np.save(cams / "test" / "0.png.extra.npy", np.zeros((7, 7), np.float32))
-    with caplog.at_level("WARNING", logger="dawsol.evaluation.evaluator"):
+    with caplog.at_level("WARNING", logger="dawsol.protocol.evaluator"):
         code, metrics = _metrics(tmp_path, "--metadata", str(split), "--cams", str(cams))
     assert code == 0 and metrics["num_images"] == 4
     assert "2 CAM file(s)" in caplog.text and "0.png.extra.npy" in caplog.text and "image_ids.txt" in caplog.text
@@ -169,7 +169,7 @@ def test_cams_of_images_outside_the_split_are_named_in_a_warning(tmp_path, caplo
 
 def test_a_cam_folder_of_the_split_alone_warns_about_nothing(tmp_path, caplog):
     split = _dataset(tmp_path)
-    with caplog.at_level("WARNING", logger="dawsol.evaluation.evaluator"):
+    with caplog.at_level("WARNING", logger="dawsol.protocol.evaluator"):
         assert _metrics(tmp_path, "--metadata", str(split), "--cams", str(_cams(tmp_path, split)))[0] == 0
     assert "CAM file" not in caplog.text
 

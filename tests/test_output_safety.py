@@ -23,7 +23,7 @@ from train_fixtures import dawsol_env, prepare_tiny_data, run_in, write_project
 from workflow_fixtures import write_cell, write_dataset
 
 from dawsol import atomic
-from dawsol.checkpoint import load_checkpoint, save_checkpoint
+from dawsol.checkpoints.format import load_checkpoint, save_checkpoint
 from dawsol.config import grid_cells, load_params
 from dawsol.errors import DawsolError
 from dawsol.layout import evaluate_outputs, report_outputs

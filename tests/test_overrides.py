@@ -10,7 +10,7 @@ import yaml
 from train_fixtures import prepare_tiny_data, run_in, write_project
 
 from dawsol import cli
-from dawsol.checkpoint import load_checkpoint
+from dawsol.checkpoints.format import load_checkpoint
 from dawsol.commands.train import _dawsol_args
 from dawsol.config import apply_overrides, load_params, resolve
 

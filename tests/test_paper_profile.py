@@ -21,8 +21,8 @@ from workflow_fixtures import copy_project, dry_run_jobs, run_tool
 from dawsol import cli
 from dawsol.config import grid_cells, load_params, resolve
 from dawsol.data.sources import prepare_dataset
-from dawsol.dvcfile import render_dvc_yaml
-from dawsol.pipeline import train_gpus
+from dawsol.pipeline.dvcfile import render_dvc_yaml
+from dawsol.pipeline.stages import train_gpus
 from dawsol.report.reported import load_reported
 from dawsol.wsol import WSOL_METHODS
 

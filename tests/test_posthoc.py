@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dawsol import posthoc
 from dawsol.config import ModelSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.evaluation import prepare_scoremap
+from dawsol.evaluation import posthoc
 from dawsol.models import build_model
 from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, VGGTrunk
 from dawsol.models.registry import BACKBONES
+from dawsol.protocol import prepare_scoremap
 
 
 @pytest.fixture(autouse=True)
@@ -292,7 +292,7 @@ def test_extractors_run_inside_inference_mode_with_the_same_result():
 def test_score_map_chains():
     model, images, side = _model("resnet18"), _images("resnet18"), CASES["resnet18"][1]
     cams = posthoc.cam(model, images, LABELS)
-    with torch.no_grad():  # the chain of dawsol.scoring
+    with torch.no_grad():  # the chain of dawsol.evaluation.scoring
         reference = model.cams(model(images).features.float(), LABELS).double().cpu().numpy()
     for got, want in zip(posthoc.score_maps("cam", cams, (side, side), side), reference, strict=True):
         np.testing.assert_array_equal(got, prepare_scoremap(want, side))

@@ -12,12 +12,12 @@ import torch
 from train_fixtures import prepare_tiny_data, run_in, write_project
 
 from dawsol.config import Cell, load_params, resolve
-from dawsol.evaluation import metrics_dict
-from dawsol.evaluation.evaluator import evaluate_split
+from dawsol.evaluation.scoring import score_split
 from dawsol.models import build_model
+from dawsol.protocol import metrics_dict
+from dawsol.protocol.evaluator import evaluate_split
 from dawsol.report.reported import compare, reproduced_values
 from dawsol.report.tables import load_metrics
-from dawsol.scoring import score_split
 
 CELL = "synthetic/resnet18/cam-mmd/seed0"
 METHODS = ["cam", "gradcam", "gradcampp", "pcs", "bagcams"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dawsol.errors import DawsolError
-from dawsol.evaluation.predictions import read_predictions
+from dawsol.protocol.predictions import read_predictions
 
 SPLITS = {"val": ["val/a.png", "val/b.png"], "test": ["test/a.png", "test/b.png", "test/c.png"]}
 

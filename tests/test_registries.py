@@ -10,8 +10,8 @@ import yaml
 
 from dawsol.config import SCHEMA_PATH, Settings, grid_cells, load_params, resolve, schema_wsol_methods
 from dawsol.da.loss import DA_LOSSES
+from dawsol.evaluation.posthoc import DEFAULT_TARGET_LAYERS, EXTRACTORS
 from dawsol.models.registry import BACKBONES
-from dawsol.posthoc import DEFAULT_TARGET_LAYERS, EXTRACTORS
 from dawsol.wsol import WSOL_METHODS
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import torch
 from train_fixtures import prepare_tiny_data, run_in, start, write_project
 
 from dawsol import cli
-from dawsol.checkpoint import load_checkpoint, restore_training, save_checkpoint, training_state
+from dawsol.checkpoints.format import load_checkpoint, restore_training, save_checkpoint, training_state
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
 from dawsol.runtime import restore_rng, rng_state, select_device
@@ -445,7 +445,7 @@ def test_a_da_cell_reports_where_its_assigner_puts_object_and_background(referen
 
 
 def test_assigner_counts_use_the_feature_resolution_and_skip_the_ignore_band() -> None:
-    from dawsol.scoring import AssignerCounts
+    from dawsol.evaluation.scoring import AssignerCounts
 
     mask = np.zeros((8, 8), np.uint8)
     mask[:4, :4] = 1  # feature pixel (0, 0): object
@@ -483,7 +483,7 @@ def test_a_failed_re_evaluation_keeps_the_old_outputs(
 
 def test_a_checkpoint_from_before_a_new_setting_still_resumes(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint written before model.frozen_stages existed resumes: read back, its settings are today's."""
-    from dawsol.checkpoint import check_compatible
+    from dawsol.checkpoints.format import check_compatible
     from dawsol.config import tree_digest
 
     monkeypatch.chdir(reference)

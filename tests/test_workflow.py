@@ -13,8 +13,8 @@ import yaml
 from workflow_fixtures import BIN, copy_project, dry_run_jobs, run_tool
 
 from dawsol.config import grid_cells, load_params
-from dawsol.dvcfile import render_dvc_yaml
 from dawsol.layout import evaluate_outputs, report_outputs, train_outputs
+from dawsol.pipeline.dvcfile import render_dvc_yaml
 
 
 @pytest.fixture

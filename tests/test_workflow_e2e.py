@@ -10,7 +10,7 @@ import pytest
 import yaml
 from workflow_fixtures import copy_project, dry_run_jobs, run_tool
 
-from dawsol.evaluation.output import HEADLINE_METRICS
+from dawsol.protocol.output import HEADLINE_METRICS
 
 
 @pytest.fixture

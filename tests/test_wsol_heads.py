@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from train_fixtures import prepare_tiny_data, run_in, tiny_params, write_project
 
-from dawsol import posthoc
 from dawsol.config import ModelSettings, WSOLSettings, resolve
 from dawsol.errors import DawsolError
+from dawsol.evaluation import posthoc
 from dawsol.models import build_model
 from dawsol.models.backbones import VGGACoLTrunk, VGGSPGTrunk, vgg16_trunk
 from dawsol.training.objective import Objective

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dawsol.cam_files import write_cam_files
+    from dawsol.evaluation.cam_files import write_cam_files
     from dawsol.runtime import select_device
 
     count = write_cam_files(

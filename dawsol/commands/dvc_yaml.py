@@ -7,10 +7,10 @@ from pathlib import Path
 
 from dawsol.atomic import atomic_write_text
 from dawsol.config import load_params
-from dawsol.dvcfile import render_dvc_yaml
 from dawsol.errors import DawsolError
 from dawsol.layout import DVC_YAML
-from dawsol.pipeline import cli
+from dawsol.pipeline.dvcfile import render_dvc_yaml
+from dawsol.pipeline.stages import cli
 
 HELP = "write dvc.yaml (the DVC stages over the grid) from params.yaml, or check that it is current"
 

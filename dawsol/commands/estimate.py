@@ -20,14 +20,14 @@ def run(args: argparse.Namespace) -> int:
 
     from dawsol.config import load_params
     from dawsol.errors import DawsolError
-    from dawsol.estimate import estimate
+    from dawsol.pipeline.estimate import estimate
     from dawsol.runtime import select_device
 
     if args.steps < 1:
         raise DawsolError(f"--steps {args.steps}: use at least 1 timed step")
     params = load_params(args.params, args.profile)
     device = select_device(args.device)
-    log = logging.getLogger("dawsol.estimate")
+    log = logging.getLogger("dawsol.pipeline.estimate")
 
     def progress(settings, throughput) -> None:
         log.info(

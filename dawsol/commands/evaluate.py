@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawsol.evaluate import evaluate_cell
+    from dawsol.evaluation.cell import evaluate_cell
 
     _, settings = cell_settings(args)
     evaluate_cell(settings, device_name=args.device, predictions=args.predictions, tracking=not args.no_tracking)

@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from dawsol.checkpoints.importer import import_checkpoint, inspect_file
     from dawsol.config import load_params, resolve
     from dawsol.errors import DawsolError
-    from dawsol.importer import import_checkpoint, inspect_file
 
     source = Path(args.file)
     if args.inspect:

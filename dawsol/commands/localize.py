@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dawsol.localize import checkpoint_localizer, imagenet_localizer, localize
+    from dawsol.evaluation.localize import checkpoint_localizer, imagenet_localizer, localize
     from dawsol.runtime import select_device
 
     device = select_device(args.device)

@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dawsol.errors import DawsolError
-    from dawsol.evaluation import metrics_dict, write_curves, write_metrics
-    from dawsol.evaluation.evaluator import evaluate_split
+    from dawsol.protocol import metrics_dict, write_curves, write_metrics
+    from dawsol.protocol.evaluator import evaluate_split
 
     if not 0 < args.cam_curve_interval < 1:
         raise DawsolError(f"--cam-curve-interval must lie in (0, 1), got {args.cam_curve_interval}")

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         where = f"profile {args.profile}" if args.profile else args.params
         log.warning("%s is not a cell of the grid of %s: the pipeline does not run it", settings.cell.name, where)
     if args.diff:
-        from dawsol.settings_diff import diff_lines  # imports torch (the checkpoint)
+        from dawsol.pipeline.settings_diff import diff_lines  # imports torch (the checkpoint)
 
         print("\n".join(diff_lines(settings)))
         return 0

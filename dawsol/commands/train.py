@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.config import grid_imports
     from dawsol.distributed import launch_command, run_launcher, shutdown
     from dawsol.errors import DawsolError
-    from dawsol.pipeline import train_gpus
+    from dawsol.pipeline.stages import train_gpus
     from dawsol.runtime import Interrupted
     from dawsol.training import train_cell
     from dawsol.training.cell import trainer_lock

@@ -1,63 +1,38 @@
-"""Real datasets (CUB, ILSVRC, OpenImages30k): download, verify, extract safely, lay out.
+"""Real datasets (CUB, ILSVRC, OpenImages30k): where their archives come from and how they are laid out.
 
 One table (``SOURCES``) says where each archive comes from and how to check it, one
 (``LAYOUTS``) where its contents go, one (``METADATA_FILES``) which pinned wsolevaluation
 metadata files each dataset needs and their sha256. ``prepare_dataset`` takes both tables
 as arguments, so tests serve small archives from a local HTTP server.
 
-Guarantees: downloads resume with HTTP Range after an interruption (``<file>.part``); every
-archive is verified (checksum, else size) before use and must start like the archive type its
-name says (an HTML error page saved in its place is refused); a corrupt archive (bad CRC,
-truncated) is a one-line error; extraction refuses absolute paths, ``..``, links that leave
-the target, zip links and special files, and archives that would extract to more than the disk
-holds or than a dataset could (``MAX_EXTRACT_BYTES``, ``MAX_RATIO``), and works in a temporary
-folder that is renamed into place only when the whole dataset validates, so a failed or
-interrupted prepare never leaves a half-made dataset; a
-finished dataset carries a stamp, with the sha256 and size of every archive it was built from,
+Guarantees: downloads resume and are verified before use (``dawsol.data.download``); every
+archive must start like the archive type its name says and extracts safely
+(``dawsol.data.archives``); the dataset is built in a temporary folder that is renamed into
+place only when the whole dataset validates, so a failed or interrupted prepare never leaves a
+half-made dataset; a finished dataset carries a stamp, with the sha256 and size of every archive it was built from,
 and a re-run only verifies it (a rebuild re-checks the kept archives against the stamp).
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
-import os
 import shutil
-import stat
-import sys
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import zipfile
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from dawsol.atomic import atomic_write_text
+from dawsol.data.archives import check_archive_type, move_tree, safe_extract
+from dawsol.data.download import Remote, download, verify_file
 from dawsol.data.metadata import MASK_LOCALIZATION, read_split, validate_dataset
 from dawsol.errors import DawsolError
+from dawsol.files import file_digest
 
 log = logging.getLogger(__name__)
 
 STAMP = ".dawsol-prepared.json"
-CHUNK = 1 << 20
-RETRY_WAIT_S = 2.0  # before the first retry of a download; doubles per retry (5 retries: 2, 4, 8, 16, 32 s)
-MAX_RETRY_WAIT_S = 120.0
-RETRY_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})  # other HTTP errors are no passing failure
-# What one archive may extract to (issue 15: a 2 MB zip or tar.gz must not fill the disk with 2 GiB). Dataset archives
-# hold JPEG and PNG, which do not compress (ILSVRC train: a 138 GiB plain tar; CUB 1.1 GB, OpenImages tens of GB, all
-# about 1:1) and text compresses 3-10x, while one deflate layer reaches ~1000x and overlapping-member zips far more.
-MAX_RATIO = 100  # extracted bytes per archive byte, checked once the extracted total passes RATIO_FLOOR
-RATIO_FLOOR = 100 << 20  # up to 100 MiB any ratio is harmless (small metadata archives may compress 100x)
-MAX_EXTRACT_BYTES = 512 << 30  # 3.7x ILSVRC train, the largest archive in SOURCES, whatever the disk says is free
-DISK_MARGIN = 1 << 30  # left free on the target disk after an extraction, for the OS, logs and checkpoints
 METADATA_COMMIT = "96f4b88679af41f005824661f47e6fe3628af2aa"
 METADATA_URL = "https://raw.githubusercontent.com/clovaai/wsolevaluation/{commit}/metadata/{path}"
 _ONEDRIVE = "https://onedrive.live.com/download?cid=B7111B95B80CCC66&resid=B7111B95B80CCC66%21{res}&authkey={key}"
@@ -65,17 +40,6 @@ _IMAGENET_HELP = (
     "ImageNet may not be downloaded for you: get {name} from https://image-net.org/download-images "
     "(free account, accept the terms) and put it in {downloads}/ or pass --archive PATH"
 )
-
-
-@dataclass(frozen=True)
-class Remote:
-    """One archive: where to get it (empty ``url``: manual only) and how to check it."""
-
-    filename: str
-    url: str = ""
-    checksum: str = ""  # "md5:<hex>" or "sha256:<hex>"; empty: check size only
-    size: int | None = None
-    manual: str = ""  # what to do when it must be supplied by hand ({name}, {downloads})
 
 
 @dataclass(frozen=True)
@@ -181,76 +145,6 @@ METADATA_FILES: dict[str, dict[str, str | None]] = {
 NUM_CLASSES = {"cub": 200, "ilsvrc": 1000, "openimages": 100}
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    """The hex digest of a file, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_file(path: Path, remote: Remote) -> None:
-    """Raise DawsolError naming the file and expected vs actual checksum (or size) on a mismatch."""
-    if remote.checksum:
-        algorithm, expected = remote.checksum.split(":", 1)
-        actual = file_digest(path, algorithm)
-        if actual != expected:
-            raise DawsolError(
-                f"{path}: {algorithm} {actual} does not match the expected {expected}; "
-                "the archive is corrupt or a different file: delete it and re-run"
-            )
-    if remote.size is not None and path.stat().st_size != remote.size:
-        raise DawsolError(
-            f"{path}: size {path.stat().st_size} bytes does not match the expected {remote.size}; "
-            "the archive is incomplete or a different file: delete it and re-run"
-        )
-
-
-def _sniff(head: bytes) -> str:
-    """What the first 512 bytes of a file look like: an archive kind, "empty", "html" or "unknown"."""
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    for magic, kind in ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz")):
-        if head.startswith(magic):
-            return kind
-    if head[257:262] == b"ustar":
-        return "tar"
-    if not head:
-        return "empty"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return "html" if text.startswith(b"<!doctype html") or b"<html" in text else "unknown"
-
-
-_FOUND = {
-    "zip": "a zip archive",
-    "gzip": "gzip data",
-    "bzip2": "bzip2 data",
-    "xz": "xz data",
-    "tar": "a tar archive",
-    "empty": "an empty file",
-    "html": "an HTML page (an error or sign-in page saved in place of the archive)",
-}
-
-
-def check_archive_type(path: Path) -> None:
-    """Raise DawsolError unless ``path`` starts like the archive its name says (zip, or tar plain or compressed)."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    kind = _sniff(head)
-    if path.name.endswith(".zip"):
-        expected, accepted = "a zip archive", {"zip"}
-    else:
-        expected = "a tar archive" if path.name.endswith(".tar") else "a gzip-compressed tar archive"
-        accepted = {"tar", "gzip", "bzip2", "xz"}
-    if kind not in accepted:
-        found = _FOUND.get(kind, f"unrecognised bytes {head[:16]!r}")
-        raise DawsolError(
-            f"{path}: expected {expected} but found {found}; the download failed or it is a different file: "
-            "delete it and re-download"
-        )
-
-
 def _recorded_archives(stamp: Path) -> dict[str, dict]:
     """The archives (name -> sha256 and size) a previous prepare recorded in ``stamp``; {} if none."""
     try:
@@ -281,280 +175,6 @@ def record_archive(
             "was built from it; the archive changed: delete it and re-download (or delete the dataset to build anew)"
         )
     return {"sha256": sha256, "size": size}
-
-
-def _expected_total(response: http.client.HTTPResponse, offset: int) -> int | None:
-    """The full file size a response promises (Content-Range total, else offset + Content-Length)."""
-    content_range = response.headers.get("Content-Range", "")
-    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-        return int(content_range.rsplit("/", 1)[1])
-    length = response.headers.get("Content-Length")
-    return offset + int(length) if length and length.isdigit() else None
-
-
-def retry_wait(retry: int) -> float:
-    """The wait before retry number ``retry`` (1-based): ``RETRY_WAIT_S`` doubling, at most ``MAX_RETRY_WAIT_S``."""
-    return min(RETRY_WAIT_S * 2 ** (retry - 1), MAX_RETRY_WAIT_S)
-
-
-class _Progress:
-    """A download's progress: a tqdm bar on a terminal, else a log line every tenth of the file."""
-
-    def __init__(self, name: str, total: int | None, done: int, bar: bool) -> None:
-        self.name, self.total, self.done = name, total, done
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            desc=name,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            leave=False,
-            dynamic_ncols=True,
-            file=sys.stderr,
-            disable=not bar,
-        )
-        self.next_tenth = self._tenth(done) + 1
-
-    def _tenth(self, done: int) -> int:
-        return 10 * done // self.total if self.total else 10
-
-    def add(self, count: int) -> None:
-        self.done += count
-        self.bar.update(count)
-        if self.bar.disable and self._tenth(self.done) >= self.next_tenth:
-            self.next_tenth = self._tenth(self.done) + 1
-            log.info(
-                "%s: %s of %s (%d%%)", self.name, _size(self.done), _size(self.total), 100 * self.done // self.total
-            )
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _retryable(error: Exception) -> bool:
-    """A failure a later attempt may not meet: a dropped connection, a timeout, a busy or failing server."""
-    if isinstance(error, urllib.error.HTTPError):
-        return error.code in RETRY_HTTP_CODES
-    return True
-
-
-def download(
-    url: str,
-    dest: Path,
-    retries: int = 5,
-    timeout: float = 60.0,
-    *,
-    sleep: Callable[[float], object] = time.sleep,
-    progress: bool | None = None,
-) -> None:
-    """Download ``url`` to ``dest`` via ``dest.part``, resuming with HTTP Range after an interruption.
-
-    A server that ignores Range (200 instead of 206) restarts the file from scratch. A failed
-    attempt is retried up to ``retries`` times after a growing wait (``retry_wait``; ``sleep``
-    waits it), except an HTTP error no retry mends (404, 403, ...). After the last attempt the
-    ``.part`` file stays, so the next run resumes it. ``progress`` (default: stderr is a terminal)
-    shows a bar; without one a log line marks every tenth of the file.
-    """
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    bar = sys.stderr.isatty() if progress is None else progress
-    last_error: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            wait = retry_wait(attempt)
-            log.warning(
-                "download of %s interrupted (%s); retry %d of %d in %.0f s", url, last_error, attempt, retries, wait
-            )
-            sleep(wait)
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                resumed = have > 0 and response.status == 206
-                total = _expected_total(response, have if resumed else 0)
-                shown = _Progress(dest.name, total, have if resumed else 0, bar)
-                try:
-                    with open(part, "ab" if resumed else "wb") as out:
-                        while chunk := response.read(CHUNK):
-                            out.write(chunk)
-                            shown.add(len(chunk))
-                finally:
-                    shown.close()
-            if total is not None and part.stat().st_size != total:
-                raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
-            os.replace(part, dest)
-            return
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # range not satisfiable: the part is already complete
-                os.replace(part, dest)
-                return
-            last_error = exc
-        except (OSError, urllib.error.URLError) as exc:  # includes http.client.IncompleteRead
-            last_error = exc
-        if not _retryable(last_error):
-            raise DawsolError(f"{url}: download failed ({last_error}); check the address, or the network's access")
-    raise DawsolError(f"{url}: download failed ({last_error}) after {retries} retries; re-run to resume from {part}")
-
-
-def _member_problem(name: str, link: str | None = None, hard: bool = False) -> str | None:
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in path.parts:
-        return "'..' in its path"
-    if link is not None:
-        target = PurePosixPath(link)
-        if target.is_absolute():
-            return f"link to the absolute path {link}"
-        base = PurePosixPath() if hard else path.parent
-        depth = 0
-        for part in (*base.parts, *target.parts):
-            depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
-            if depth < 0:
-                return f"link {link} pointing outside the dataset folder"
-    return None
-
-
-def _size(n: float) -> str:
-    """``n`` bytes in readable units ("1000 bytes", "8.0 MiB")."""
-    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
-    k = 0
-    while n >= 1024 and k < len(units) - 1:
-        n, k = n / 1024, k + 1
-    return f"{n:.0f} bytes" if k == 0 else f"{n:.1f} {units[k]}"
-
-
-def _refuse(archive: Path, name: str, problem: str) -> DawsolError:
-    return DawsolError(f"{archive}: refusing member {name!r} ({problem}); check that it is the right archive")
-
-
-def check_extraction_size(archive: Path, total: int, archive_size: int, free: int) -> None:
-    """Raise DawsolError unless ``total`` bytes extracted from ``archive`` (``archive_size`` bytes) stay within
-    ``MAX_EXTRACT_BYTES``, ``MAX_RATIO`` and the target disk's ``free`` bytes less ``DISK_MARGIN``."""
-    bomb = "refusing a likely decompression bomb: check that it is the right archive"
-    if total > MAX_EXTRACT_BYTES:
-        raise DawsolError(
-            f"{archive}: its members declare {_size(total)}, over the {_size(MAX_EXTRACT_BYTES)} limit for one "
-            f"archive (the largest dataset archive, ILSVRC train, is 138 GiB); {bomb}"
-        )
-    if total > RATIO_FLOOR and total > MAX_RATIO * archive_size:
-        raise DawsolError(
-            f"{archive}: its members declare {_size(total)} from {_size(archive_size)}, a compression ratio of "
-            f"{total / max(archive_size, 1):.0f} (the limit is {MAX_RATIO}); {bomb}"
-        )
-    if total > free - DISK_MARGIN:
-        raise DawsolError(
-            f"{archive}: extracting it needs {_size(total)} but the target disk has "
-            f"{_size(max(free - DISK_MARGIN, 0))} to spare ({_size(free)} free, {_size(DISK_MARGIN)} of it kept free); "
-            "free disk space or set data.root to a larger disk, then re-run"
-        )
-
-
-def _nested_problem(members: Sequence[tuple[str, bool]]) -> str | None:
-    """The first member (name, is a folder) that is no folder yet has other members inside it, if any."""
-    folders: set[tuple[str, ...]] = set()
-    for name, is_dir in members:
-        parts = PurePosixPath(name).parts
-        folders.update(parts[:k] for k in range(1, len(parts) + is_dir))
-    return next((name for name, is_dir in members if not is_dir and PurePosixPath(name).parts in folders), None)
-
-
-def _zip_type(info: zipfile.ZipInfo) -> str | None:
-    """What Unix zip marked a member as ("symlink" or "special file"); None for files and folders."""
-    mode = info.external_attr >> 16
-    if info.create_system != 3 or stat.S_IFMT(mode) in (0, stat.S_IFREG, stat.S_IFDIR):
-        return None
-    return "symlink" if stat.S_ISLNK(mode) else "special file"
-
-
-def _extract_zip(archive: Path, dest: Path) -> None:
-    """Check every member's path, type and size, then extract, counting the bytes of each member (and its CRC)."""
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            if problem := _member_problem(info.filename) or _zip_type(info):
-                raise _refuse(archive, info.filename, problem)
-        if (nested := _nested_problem([(i.filename, i.is_dir()) for i in infos])) is not None:
-            raise _refuse(archive, nested, "a file, yet it has other members inside it")
-        total = sum(i.file_size for i in infos)
-        check_extraction_size(archive, total, archive.stat().st_size, shutil.disk_usage(dest).free)
-        for info in infos:
-            path = dest / info.filename
-            if info.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            left = info.file_size  # zipfile stops there itself (then fails the CRC); counted all the same
-            with zf.open(info) as source, open(path, "wb") as out:
-                while chunk := source.read(CHUNK):
-                    left -= len(chunk)
-                    if left < 0:
-                        raise DawsolError(
-                            f"{archive}: member {info.filename!r} holds more than the {_size(info.file_size)} it "
-                            "declares; refusing a forged archive: check that it is the right archive"
-                        )
-                    out.write(chunk)
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    """Check every member's path, type and size, then extract with tarfile's "data" filter."""
-    with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for m in members:
-            link = m.linkname if (m.issym() or m.islnk()) else None
-            problem = _member_problem(m.name, link, hard=m.islnk())
-            if problem is None and not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                problem = "special file"
-            if problem:
-                raise _refuse(archive, m.name, problem)
-        if (nested := _nested_problem([(m.name, m.isdir()) for m in members])) is not None:
-            raise _refuse(archive, nested, "a file or link, yet it has other members inside it")
-        # tarfile writes exactly TarInfo.size bytes of a member (fewer is a ReadError), so this total is what lands
-        total = sum(m.size for m in members if m.isfile())
-        check_extraction_size(archive, total, archive.stat().st_size, shutil.disk_usage(dest).free)
-        tf.extractall(dest, members=members, filter="data")
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar(.gz) or zip archive into ``dest`` after checking every member and the total size.
-
-    Refuses (DawsolError naming archive and member) absolute paths, ``..``, links that point outside
-    ``dest``, members inside a file or link, zip links, device files, and archives over the limits of
-    ``check_extraction_size``; a corrupt or truncated archive, or a full disk, is a DawsolError naming
-    it. It extracts into a temporary folder beside ``dest``, moved in only when all went well, so a
-    failure leaves ``dest`` as it was.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    is_zip = zipfile.is_zipfile(archive)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
-    try:
-        (_extract_zip if is_zip else _extract_tar)(archive, work)
-        _move_tree(work, dest)
-    except tarfile.FilterError as exc:  # a link that leaves the folder through other links
-        raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, NotImplementedError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:  # the disk or folder failed, not the archive's data
-            raise DawsolError(
-                f"{archive}: extracting it into {dest} failed ({exc}); the archive is not at fault: "
-                "free disk space (or make the folder writable) and re-run"
-            ) from None
-        kind = "corrupt zip archive" if is_zip else "not a readable tar or zip archive, or truncated"
-        raise DawsolError(f"{archive}: {kind} ({exc}); delete it and re-download") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _move_tree(source: Path, target: Path) -> None:
-    """Move every entry of ``source`` into ``target`` (merging folders)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for entry in source.iterdir():
-        destination = target / entry.name
-        if entry.is_dir() and destination.is_dir():
-            _move_tree(entry, destination)
-            entry.rmdir()
-        else:
-            os.replace(entry, destination)
 
 
 def fetch_archive(remote: Remote, downloads: Path, archives: Mapping[str, Path], required: bool = True) -> Path | None:
@@ -663,7 +283,7 @@ def prepare_dataset(
                 for inner in sorted(source.glob("*.tar")):
                     safe_extract(inner, target / inner.stem)
             else:
-                _move_tree(source, target)
+                move_tree(source, target)
             shutil.rmtree(staging)
         sums = fetch_metadata(dataset, build, metadata_files[dataset], metadata_url)
         if dataset == "cub" and local.get("segmentations.tgz") is not None:

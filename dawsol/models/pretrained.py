@@ -10,7 +10,6 @@ taken and whose score estimator is left out, to fine-tune from another cell.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import torchvision
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
+from dawsol.files import file_digest
 
 
 def torchvision_imagenet(backbone: str, enum_name: str) -> Callable[[], dict[str, Tensor]]:
@@ -66,8 +66,7 @@ def load_verified(path: Path, what: str) -> dict[str, Tensor]:
     prefix = _hash_prefix(path)
     if prefix is None:
         raise DawsolError(f"{what}: {path} carries no sha256 prefix in its name, so it cannot be checked")
-    with path.open("rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    digest = file_digest(path)
     if not digest.startswith(prefix):
         raise DawsolError(
             f"{what}: {path} has sha256 {digest[:16]}..., not the {prefix} its name promises (a damaged or "

@@ -10,7 +10,6 @@ as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -22,8 +21,7 @@ import pandas as pd
 from dawsol import tracking
 from dawsol.atomic import atomic_write_text, remove_leftovers, staged, unstaged
 from dawsol.config import Cell, Settings, grid_cells, grid_imports, resolve, tree_digest
-from dawsol.evaluation import metrics_dict
-from dawsol.evaluation.evaluator import evaluate_split
+from dawsol.files import folder_digests
 from dawsol.layout import (
     CELLS_DIR,
     FIGURES_DIR,
@@ -35,6 +33,8 @@ from dawsol.layout import (
     report_outputs,
     split_file,
 )
+from dawsol.protocol import metrics_dict
+from dawsol.protocol.evaluator import evaluate_split
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
 from dawsol.report.tables import (
@@ -142,11 +142,10 @@ def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
     ev = settings.eval
     results = {}
     for name in ("center", "random"):
-        files = sorted(path for path in metadata.iterdir() if path.is_file())
         key = tree_digest(
             {
                 "baseline": name,
-                "metadata": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files},
+                "metadata": folder_digests(metadata),
                 "size": settings.data.image_size,
                 "interval": ev.cam_curve_interval,
                 "iou": list(ev.iou_thresholds),

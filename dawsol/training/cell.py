@@ -1,8 +1,8 @@
 """``train_cell``: train one cell as the official DA-WSOL code does, resuming from its checkpoint.
 
 It wires the parts: seeds the process, builds the model, DA loss, objective, optimizer and data
-(``parts``), restores a checkpoint (``dawsol.checkpoint``), and runs the epoch loop (``loop``)
-with validation on ``val`` (``dawsol.scoring``) and the console, ``train_log.jsonl`` and
+(``parts``), restores a checkpoint (``dawsol.checkpoints.format``), and runs the epoch loop (``loop``)
+with validation on ``val`` (``dawsol.evaluation.scoring``) and the console, ``train_log.jsonl`` and
 MLflow sinks. On CPU a resumed run ends with exactly the metrics of an uninterrupted one: the
 data order and the augmentations' generator are pure functions of (seed, epoch), and every
 other RNG state is saved with the checkpoint.
@@ -29,13 +29,13 @@ import torch
 import yaml
 
 from dawsol import distributed
-from dawsol.cell_figures import draw_assignments
-from dawsol.checkpoint import restore_training, resumable_checkpoint, save_checkpoint, training_state
+from dawsol.checkpoints.format import restore_training, resumable_checkpoint, save_checkpoint, training_state
 from dawsol.config import Cell, Settings
 from dawsol.errors import DawsolError
+from dawsol.evaluation.figures import draw_assignments
+from dawsol.evaluation.scoring import check_split, score_split
 from dawsol.layout import checkpoint_path, require_prepared, resume_path, run_dir, train_log_path
 from dawsol.runtime import Interrupted, restore_rng, rng_state, seed_everything, select_device
-from dawsol.scoring import check_split, score_split
 from dawsol.tracking import CellRun
 from dawsol.training.loop import EpochLoop, Position, Sink
 from dawsol.training.optim import validation_due

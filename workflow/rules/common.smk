@@ -1,8 +1,9 @@
 # Shared helpers for the rules: the grid's cells, paths and commands come from dawsol
-# (dawsol.config, dawsol.layout and dawsol.pipeline), never re-derived here.
+# (dawsol.config, dawsol.layout and dawsol.pipeline.stages), never re-derived here.
 import re
 
-from dawsol import layout, pipeline
+from dawsol import layout
+from dawsol.pipeline import stages
 from dawsol.config import (
     CELL_PATTERN,
     grid_cells,
@@ -23,7 +24,7 @@ NEVER = "(?!)"  # a wildcard constraint that matches no cell
 IMPORTED_CELLS = "|".join(re.escape(name) for name in IMPORTS) or NEVER
 TRAINED_CELLS = "|".join(re.escape(c.name) for c in CELLS if c.name not in IMPORTS) or NEVER
 DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
-DATA_DIRS = {d: pipeline.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
+DATA_DIRS = {d: stages.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
 REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
 REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
 
@@ -35,7 +36,7 @@ wildcard_constraints:
 
 def dawsol(command, *args):
     """The CLI call of a stage, with --params / --profile as this run was given them."""
-    return pipeline.cli(command, *args, source=PARAMS, profile=PROFILE)
+    return stages.cli(command, *args, source=PARAMS, profile=PROFILE)
 
 
 def cell_data(wildcards):

@@ -7,7 +7,7 @@ for _dataset in DATASETS:
         output:
             directory(DATA_DIRS[_dataset]),
         params:
-            settings=tree_digest(pipeline.prepare_params(PARAMS_TREE, _dataset)),
+            settings=tree_digest(stages.prepare_params(PARAMS_TREE, _dataset)),
             command=dawsol("prepare", _dataset),
         log:
             f"logs/prepare/{_dataset}.log",

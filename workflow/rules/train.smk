@@ -18,7 +18,7 @@ rule train:
         mem_mb=4000,
         runtime=60,
         # params.yaml resources.train_gpus; dawsol train runs a multi-GPU cell under torchrun
-        gpu=lambda wildcards: pipeline.train_gpus(PARAMS_TREE, wildcards.cell),
+        gpu=lambda wildcards: stages.train_gpus(PARAMS_TREE, wildcards.cell),
     shell:
         THREADS_ENV + "{params.command} > {log} 2>&1"
 

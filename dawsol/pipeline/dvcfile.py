@@ -1,7 +1,7 @@
 """The generated ``dvc.yaml``: DVC's stages, deps, outs, metrics and plots over the grid of params.yaml.
 
 ``dawsol dvc-yaml`` writes it (``--check`` compares); the stages are those of
-``dawsol.pipeline`` and the paths those of ``dawsol.layout``, so DVC declares what Snakemake does.
+``dawsol.pipeline.stages`` and the paths those of ``dawsol.layout``, so DVC declares what Snakemake does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dawsol.layout import (
     train_outputs,
     weights_settings_output,
 )
-from dawsol.pipeline import cli, dataset_dir, prepare_params
+from dawsol.pipeline.stages import cli, dataset_dir, prepare_params
 
 
 def _slug(name: str) -> str:

@@ -1,6 +1,6 @@
 """The pipeline's stages as both front doors run them: each stage's command, its re-run keys and resources.
 
-The Snakefile's rules and the ``dvc.yaml`` generator (``dawsol.dvcfile``) take their commands
+The Snakefile's rules and the ``dvc.yaml`` generator (``dawsol.pipeline.dvcfile``) take their commands
 from here and their paths from ``dawsol.layout``, so Snakemake and DVC run the same stages on
 the same cells.
 """

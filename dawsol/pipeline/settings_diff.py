@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dawsol.checkpoint import load_checkpoint
+from dawsol.checkpoints.format import load_checkpoint
 from dawsol.config import Settings, tree_digest
 from dawsol.errors import DawsolError
 from dawsol.layout import checkpoint_path, evaluate_outputs, settings_output

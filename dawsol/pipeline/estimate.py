@@ -27,7 +27,7 @@ import torch
 from dawsol.config import Settings, grid_cells, grid_imports, resolve
 from dawsol.errors import DawsolError
 from dawsol.layout import SPLITS, split_file
-from dawsol.runtime import deterministic
+from dawsol.runtime import deterministic, synchronize
 from dawsol.training.optim import validation_due
 from dawsol.training.parts import build_parts
 from dawsol.training.step import train_step
@@ -127,11 +127,6 @@ class RandomImages(torch.utils.data.Dataset):
         return self.images[index], self.labels[index]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: int = 1) -> Throughput:
     """Images/s of ``steps`` timed training steps (after ``warmup``) with the DA terms active, and of
     as many forward passes in evaluation mode, on random input; pretrained weights are not loaded."""
@@ -146,11 +141,11 @@ def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: 
         model.train()
         for _ in range(warmup):
             train_step(parts, images, labels, epoch, 0)
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         for iteration in range(steps):
             train_step(parts, images, labels, epoch, iteration)
-        _synchronize(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - started
 
         model.eval()
@@ -158,12 +153,12 @@ def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: 
             device_images = images.to(device)
             for _ in range(warmup):
                 model(device_images)
-            _synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             for _ in range(steps):
                 out = model(device_images)
                 model.wsol_cams(out, labels.to(device))
-            _synchronize(device)
+            synchronize(device)
             eval_seconds = time.perf_counter() - started
     return Throughput(batch * steps / train_seconds, batch * steps / eval_seconds)
 

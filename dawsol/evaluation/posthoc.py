@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
-from dawsol.evaluation import prepare_scoremap
 from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, Trunk, VGGSPGTrunk, VGGTrunk
 from dawsol.models.efficientnet_lite import EfficientNetLiteTrunk
 from dawsol.models.model import WSOLModel
+from dawsol.protocol import prepare_scoremap
 
 # The official target-layer name per backbone (docs/posthoc.md section 3): resnet50's is the official default;
 # the others, which have none, take the same place: the input of the trunk's last stage.
@@ -259,7 +259,7 @@ def extractor(method: str, *, gradcampp_exp_score: bool = False) -> Extractor:
 def score_maps(method: str, maps: Tensor, input_size: tuple[int, int], size: int) -> list[np.ndarray]:
     """Raw maps ``[B, h, w]`` of ``method`` as the protocol's float64 ``size`` x ``size`` score maps.
 
-    CAM: the chain of ``dawsol.scoring`` (float64, ``prepare_scoremap``). The gradient methods:
+    CAM: the chain of ``dawsol.evaluation.scoring`` (float64, ``prepare_scoremap``). The gradient methods:
     bilinear to the input images' ``input_size`` (H, W), per-image min-max in float32 (a constant
     map gives NaN), float64, then ``prepare_scoremap`` (an identity resize at equal size; NaN: zeros).
     """

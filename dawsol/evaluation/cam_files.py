@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from dawsol.atomic import write_errors_named
-from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
+from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_settings
 from dawsol.data.datasets import collate_eval
 from dawsol.errors import DawsolError
-from dawsol.posthoc import extractor, score_maps, target_layer
-from dawsol.scoring import eval_dataset
+from dawsol.evaluation.posthoc import extractor, score_maps, target_layer
+from dawsol.evaluation.scoring import eval_dataset
 
 MARKER = ".dawsol-cams"  # marks a folder this command wrote, the only kind it replaces
 

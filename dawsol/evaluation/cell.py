@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from dawsol.atomic import atomic_write_text, remove_leftovers, staged
-from dawsol.cell_figures import figure_threshold, write_cam_samples, write_cams_png
-from dawsol.checkpoint import assigner_from_state, model_from_state, trained_checkpoint
+from dawsol.checkpoints.format import assigner_from_state, model_from_state, trained_checkpoint
 from dawsol.config import Settings
 from dawsol.data.datasets import read_dataset_split
-from dawsol.evaluation import write_curves, write_posthoc_curves
-from dawsol.evaluation.output import write_headline
-from dawsol.evaluation.predictions import read_predictions
+from dawsol.evaluation.figures import figure_threshold, write_cam_samples, write_cams_png
+from dawsol.evaluation.posthoc import target_layer
+from dawsol.evaluation.scoring import SplitResult, check_split, eval_dataset, score_split
 from dawsol.layout import evaluate_outputs, require_prepared
 from dawsol.models import WSOLModel
-from dawsol.posthoc import target_layer
+from dawsol.protocol import write_curves, write_posthoc_curves
+from dawsol.protocol.output import write_headline
+from dawsol.protocol.predictions import read_predictions
 from dawsol.provenance import code_version
 from dawsol.runtime import select_device
-from dawsol.scoring import SplitResult, check_split, eval_dataset, score_split
 from dawsol.tracking import CellRun
 
 log = logging.getLogger(__name__)

@@ -1,227 +1,38 @@
-"""MLflow tracking: the store, one run per cell, parent runs, retries on a busy sqlite store.
+"""One MLflow run per cell, parent runs, and the queries that find them.
 
-MLflow is a sink, never an input. The store is ``MLFLOW_TRACKING_URI`` or, by default,
-``sqlite:///mlflow.db`` in the current directory with artifacts beside it in ``mlartifacts/``
-(re-pointed there when the store was copied or moved with its project: ``relocate_artifacts``).
-Every cell is one run of the experiment ``dawsol`` (``MLFLOW_EXPERIMENT_NAME`` overrides it),
-named ``<wsol>-<da>/seed<k> · <dataset>/<backbone>`` (``run_name``) and tagged with the full cell
-(``dawsol.cell``) and MLflow's own source, user and commit tags (``source_tags``); ``dawsol train``
-creates or resumes it under the cell's trainer lock and ``dawsol evaluate`` logs into it. A
-search's trials and a grid's cells are nested under one parent run each (``parent_run``,
-``nest``). Parallel cells share one sqlite file: the store is created once under a file lock
-(``init_store``), and every write is retried while the database is locked.
+Every cell is one run of the experiment ``dawsol`` (``MLFLOW_EXPERIMENT_NAME`` overrides it), named
+``<wsol>-<da>/seed<k> · <dataset>/<backbone>`` (``run_name``) and tagged with the full cell (``dawsol.cell``) and
+MLflow's own source, user and commit tags (``source_tags``); ``dawsol train`` creates or resumes it under the cell's
+trainer lock and ``dawsol evaluate`` logs into it. A search's trials and a grid's cells are nested under one parent
+run each (``parent_run``, ``nest``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import random
-import signal
-import socket
-import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from dawsol.atomic import DISK_FULL_ERRNOS
 from dawsol.config import tree_digest
-from dawsol.errors import DawsolError
+from dawsol.files import folder_digests
 from dawsol.layout import split_file
 from dawsol.provenance import code_version
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
-
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from dawsol.config import Cell, Settings
-
-DEFAULT_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "dawsol"
-ARTIFACT_DIR = "mlartifacts"
-CELL_TAG = "dawsol.cell"
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
-NOTE_TAG = "mlflow.note.content"  # MLflow's own tag: the description shown above a run or experiment
-STALE_TAG = "dawsol.ended_by"  # on a run a killed trainer left RUNNING: the run of the trainer that ended it
-EXPERIMENT_NOTE = (
-    "DA-WSOL reproduction by dawsol (README, section MLflow). One run per cell, named "
-    "`<wsol>-<da>/seed<k> · <dataset>/<backbone>` and tagged `dawsol.cell`, `dataset`, `backbone`, `wsol`, "
-    "`da`, `seed`: params are the resolved settings, `train.*` and `val.*` are per-epoch curves (step = epoch), "
-    "`val.final.*` and `test.final.*` the final scores of `dawsol evaluate`, `system/*` the machine while it "
-    "trained; image counts and CAM thresholds are in the `evaluation/metrics.json` artifact. `dawsol report` "
-    "nests the grid's cell runs under one `grid ...` run per grid and code version (tables, figures, the "
-    "reported-vs-reproduced table), a search nests its trials under `search ...` runs. Filter with e.g. "
-    "`tags.da = 'mmd'`."
-)
-RETRY_SECONDS = 300.0
-LOCKED_MARKERS = ("database is locked", "database table is locked")
+from dawsol.tracking.store import CELL_TAG, PARENT_TAG, STALE_TAG, init_store, tracking_uri, with_retry
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def tracking_uri() -> str:
-    """The store URI: ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the current directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def experiment_name() -> str:
-    """The experiment holding the cells' runs: ``MLFLOW_EXPERIMENT_NAME`` or ``dawsol``."""
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for any other store."""
-    prefix = "sqlite:///"
-    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
-
-
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: ``mlartifacts/`` beside a sqlite file, else the server's."""
-    db = sqlite_path(uri)
-    return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db is not None else None
-
-
-def is_locked_error(exc: BaseException) -> bool:
-    """True for sqlite's transient "database is locked" errors, however MLflow wraps them."""
-    text = str(exc).lower()
-    return any(marker in text for marker in LOCKED_MARKERS)
-
-
-def is_full_error(exc: BaseException) -> bool:
-    """True where the store's disk is full: an OSError of a full disk or quota anywhere in the exception's chain
-    (an artifact copy), or sqlite's "database or disk is full", however MLflow wraps it."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
-            return True
-        if "database or disk is full" in str(seen).lower():
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered exponential backoff while the store is locked; a full disk under the
-    store is one ``DawsolError`` line naming it (the cell's result files are written before tracking)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if is_full_error(exc):
-                raise DawsolError(
-                    f"MLflow store {tracking_uri()}: its disk is full ({str(exc).splitlines()[0][:120]}); "
-                    "the result files are written: free space there and re-run the same command, "
-                    "or pass --no-tracking"
-                ) from None
-            if not is_locked_error(exc) or time.monotonic() > deadline:
-                raise
-            log.debug("tracking store busy, retrying in %.2fs", delay)
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock around store creation, for sqlite stores on POSIX; a no-op otherwise."""
-    db = sqlite_path(uri)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None  # type: ignore[assignment]
-    if db is None or fcntl is None:
-        yield
-        return
-    lock_dir = db.resolve().parent / ARTIFACT_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / ".store.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _is_artifact_root(location: str) -> bool:
-    """True for an ``.../mlartifacts`` folder (``artifact_root``'s name), as a path or a ``file:`` URI."""
-    return location.rstrip("/").rsplit("/", 1)[-1] == ARTIFACT_DIR
-
-
-def relocate_artifacts(db: Path, root: str) -> list[str]:
-    """Point a sqlite store's ``mlartifacts`` locations at ``root``; return the old ones.
-
-    MLflow stores absolute artifact locations, so a project copied or moved with its
-    ``mlflow.db`` would keep writing into (and its UI reading from) the original's
-    ``mlartifacts/``. Every experiment kept in an ``mlartifacts`` folder other than ``root``,
-    and its runs' and logged models' locations under it, move to ``root``: the copy's own
-    folder, beside its database (which holds the copied artifacts, if they were copied).
-    """
-    with contextlib.closing(sqlite3.connect(db, timeout=RETRY_SECONDS)) as connection, connection:
-        rows = connection.execute(
-            "SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location != ?", (root,)
-        )
-        old_roots = [location for (location,) in rows if location and _is_artifact_root(location)]
-        for old in old_roots:
-            connection.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (root, old))
-            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
-                connection.execute(
-                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                    (root, len(old) + 1, len(old) + 1, old + "/"),
-                )
-    return old_roots
-
-
-def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
-    """Create the store and the experiment (with its description) if missing; safe from parallel jobs.
-
-    A sqlite store found in another folder than its artifacts were first kept beside (a copied
-    or moved project) is re-pointed at its own ``mlartifacts/`` (``relocate_artifacts``).
-    Returns the client and the experiment id.
-    """
-    from mlflow import MlflowClient
-
-    uri = uri or tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None and not db.resolve().parent.is_dir():
-        raise DawsolError(
-            f"MLflow store {uri}: folder {db.parent} does not exist (create it or set MLFLOW_TRACKING_URI)"
-        )
-    name = experiment_name()
-    root = artifact_root(uri)
-    with _store_lock(uri):
-        try:
-            client = with_retry(MlflowClient, tracking_uri=uri)
-            experiment = with_retry(client.get_experiment_by_name, name)
-            if experiment is None:
-                experiment_id = with_retry(
-                    client.create_experiment, name, artifact_location=root, tags={NOTE_TAG: EXPERIMENT_NOTE}
-                )
-            else:
-                experiment_id = experiment.experiment_id
-                if db is not None and root is not None and experiment.artifact_location != root:
-                    moved = with_retry(relocate_artifacts, db, root)
-                    if moved:
-                        log.info("MLflow store %s: artifact locations %s re-pointed at %s", uri, ", ".join(moved), root)
-                if NOTE_TAG not in experiment.tags:  # a store made before experiments had a description
-                    with_retry(client.set_experiment_tag, experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
-        except DawsolError:
-            raise
-        except Exception as exc:
-            raise DawsolError(
-                f"MLflow store {uri}: cannot open it ({str(exc).splitlines()[0]}); "
-                "check MLFLOW_TRACKING_URI or pass --no-tracking"
-            ) from exc
-    return client, experiment_id
 
 
 def source_tags(command: str) -> dict[str, str]:
@@ -402,8 +213,7 @@ class CellRun:
 
         ids = split_file(settings.dataset_dir, split)
         folder = ids.parent
-        files = sorted(path for path in folder.iterdir() if path.is_file())
-        digest = tree_digest({path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files})
+        digest = tree_digest(folder_digests(folder))
         with open(ids, "rb") as handle:
             images = sum(1 for line in handle if line.strip())
         schema = Schema([ColSpec("string", "image_id"), ColSpec("long", "label")])
@@ -508,62 +318,3 @@ def _run_exists(client: MlflowClient, run_id: str) -> bool:
     except MlflowException:
         return False
     return True
-
-
-def ui_workers() -> int:
-    """Server processes for ``mlflow ui``: half the cores, 1 to 4 (MLflow's 4 on 2 cores start in 39 s, 1 in 17 s)."""
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
-
-
-def check_port_free(host: str, port: int) -> None:
-    """A DawsolError naming host and port unless a server could listen there now."""
-    if not 0 < port < 65536:
-        raise DawsolError(f"--port {port}: a port lies in 1..65535")
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except OSError as exc:
-        raise DawsolError(f"cannot serve MLflow on {host}:{port} ({exc.strerror}); pick another --port") from None
-
-
-def serve_environment() -> dict[str, str]:
-    """The environment of ``mlflow ui``: MLflow's job runner (GenAI scorers and trace rollups, which dawsol
-    never uses: up to 10 more processes and a slower start) off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set."""
-    return {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
-    }
-
-
-def serve_command(host: str = "127.0.0.1", port: int = 5000, workers: int | None = None) -> list[str]:
-    """The ``mlflow ui`` command line for the project's store, listening on ``host`` (loopback by default)."""
-    uri = tracking_uri()
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    command += ["--workers", str(workers or ui_workers())]
-    root = artifact_root(uri)
-    if root is not None:
-        command += ["--default-artifact-root", root]
-    return command
-
-
-def serve(host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Run ``mlflow ui`` on the project's store until it stops; its exit code (0 when stopped by a signal).
-
-    The server runs in its own process group, and SIGTERM or SIGINT to this process stops that whole group
-    (``mlflow ui`` and its uvicorn workers), so a terminated ``dawsol tracking ui`` leaves no server behind.
-    """
-    server = subprocess.Popen(serve_command(host, port), env=serve_environment(), start_new_session=True)
-
-    def stop(signum: int, frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = server.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # workers the server left, if any
-    return 0 if code < 0 else code

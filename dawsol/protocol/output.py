@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dawsol.atomic import atomic_write_text
-from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
+from dawsol.protocol.accumulators import BoxAccumulator, MaskAccumulator
 
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from dawsol.evaluation.boxes import best_ious
-from dawsol.evaluation.scoremap import cam_thresholds, check_scoremap
+from dawsol.protocol.boxes import best_ious
+from dawsol.protocol.scoremap import cam_thresholds, check_scoremap
 
 # GT-known Loc, Top-1 Loc and MaxBoxAcc (v1) are read at IoU 50, whatever the curve thresholds are.
 _IOU_50 = 50

@@ -23,7 +23,6 @@ none, so it always comes from the cell's settings, never from a guess.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import pickle
 import re
@@ -35,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dawsol.checkpoint import imported_state, load_checkpoint, save_checkpoint
+from dawsol.checkpoints.format import imported_state, load_checkpoint, save_checkpoint
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
+from dawsol.files import file_digest
 from dawsol.layout import checkpoint_path, resume_path
 from dawsol.models import WSOLModel, build_model
 
@@ -137,7 +137,7 @@ def import_checkpoint(path: Path, settings: Settings) -> ImportResult:
     num_classes = check_num_classes(source, settings)
     model = build_model(dataclasses.replace(settings.model, pretrained="none"), num_classes, settings.wsol)
     load_strictly(source, model, map_names(source, settings), settings)
-    digest = file_sha256(path)
+    digest = file_digest(path)
     provenance = {
         "source": str(path),
         "sha256": digest,
@@ -167,7 +167,7 @@ def inspect_file(path: Path) -> str:
     return (
         f"{path}: {FORMAT_TITLES[source.format]} checkpoint, {source.architecture}, K={weight.shape[0]} "
         f"({source.classifier.weight_name} {list(weight.shape)}), epoch {epoch}, {len(source.trunk)} trunk entries, "
-        f"sha256 {file_sha256(path)}; large_feature_map is not recorded (the importing cell's settings give it)"
+        f"sha256 {file_digest(path)}; large_feature_map is not recorded (the importing cell's settings give it)"
     )
 
 
@@ -187,15 +187,6 @@ def check_destination(destination: Path) -> None:
             "delete it first to import over it"
         )
     log.info("%s: replacing the earlier import of %s", destination, state["imported"].get("source"))
-
-
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights_file(path: Path) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 from dawsol.data.groundtruth import FOREGROUND, load_mask, rescale_boxes
 from dawsol.data.metadata import IMAGE_SIZES, LOCALIZATION, MASK_LOCALIZATION, read_split
 from dawsol.errors import DawsolError
-from dawsol.evaluation.accumulators import BoxAccumulator, MaskAccumulator
-from dawsol.evaluation.boxes import check_boxes
-from dawsol.evaluation.output import DEFAULT_IOU_THRESHOLDS
-from dawsol.evaluation.predictions import read_predictions
-from dawsol.evaluation.scoremap import prepare_scoremap
+from dawsol.protocol.accumulators import BoxAccumulator, MaskAccumulator
+from dawsol.protocol.boxes import check_boxes
+from dawsol.protocol.output import DEFAULT_IOU_THRESHOLDS
+from dawsol.protocol.predictions import read_predictions
+from dawsol.protocol.scoremap import prepare_scoremap
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 ``score_split`` runs a model over a split as the paper does (docs/method.md section 3.5): CAMs
 of the ground-truth class, ``prepare_scoremap`` (bicubic to the evaluation size, min-max), the
-box and mask accumulators of ``dawsol.evaluation`` (docs/protocol.md section 2), and Top-1 Cls
+box and mask accumulators of ``dawsol.protocol`` (docs/protocol.md section 2), and Top-1 Cls
 from the model's own logits. Training's validation and ``dawsol evaluate`` both use it; the
-latter also scores post-hoc maps of the same model (``dawsol.posthoc``, docs/posthoc.md) in the
+latter also scores post-hoc maps of the same model (``dawsol.evaluation.posthoc``, docs/posthoc.md) in the
 same pass, each with its own accumulators.
 """
 
@@ -27,9 +27,9 @@ from dawsol.da.tsa import SET_NAMES
 from dawsol.data.datasets import EvalDataset, collate_eval, read_dataset_split, sample_per_class, to_bgr
 from dawsol.data.metadata import CLASS_LABELS
 from dawsol.errors import DawsolError
-from dawsol.evaluation import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
+from dawsol.evaluation.posthoc import extractor, score_maps, target_layer
 from dawsol.models.registry import normalization
-from dawsol.posthoc import extractor, score_maps, target_layer
+from dawsol.protocol import BoxAccumulator, MaskAccumulator, metrics_dict, prepare_scoremap
 from dawsol.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def score_split(
     ``keep`` images, score maps and GT boxes for the figures. With a DA cell's ``assigner``
     (``TargetSampleAssigner``, anchors left unchanged), a split with masks adds ``TSA``: the share
     of object and of background pixels in each assigner set (``AssignerCounts``). ``posthoc``
-    names extractors of ``dawsol.posthoc`` (other than ``cam``) scored on the same batches with
+    names extractors of ``dawsol.evaluation.posthoc`` (other than ``cam``) scored on the same batches with
     ``settings.eval.target_layer``; their results are ``result.posthoc[name]`` (Top-1 from the
     same logits). A set ``stop`` event raises ``Interrupted`` between batches. Under torchrun
     each rank scores its contiguous slice of the split and the accumulators (counts, histograms)

@@ -25,15 +25,15 @@ import torchvision
 from PIL import Image
 
 from dawsol.atomic import atomic_write_bytes, atomic_write_text, staged
-from dawsol.cell_figures import encode_png, figure_threshold, predicted_boxes, tile
-from dawsol.checkpoint import load_checkpoint, model_from_state, stored_settings
+from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_settings
 from dawsol.config import Settings
 from dawsol.data.datasets import Normalization, eval_transform
 from dawsol.data.metadata import CLASS_LABELS, SPLITS
 from dawsol.errors import DawsolError
-from dawsol.evaluation import prepare_scoremap
+from dawsol.evaluation.figures import encode_png, figure_threshold, predicted_boxes, tile
 from dawsol.models import WSOLModel
 from dawsol.models.registry import BACKBONES, backbone, normalization
+from dawsol.protocol import prepare_scoremap
 
 IMAGENET_SIZE = 224
 IMAGENET_THRESHOLD = 0.2  # no validation split to choose one: the CAM paper's 20% of the peak

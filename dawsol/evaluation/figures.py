@@ -1,7 +1,7 @@
 """The figures of one cell: CAM overlays with predicted and GT boxes, the kept score maps, the assigner's sets.
 
 ``cams.png`` and ``cam_samples.npz`` (docs/architecture.md, "Cell outputs") come from the test
-split's kept images of ``dawsol.scoring.score_split``; ``assigner.png`` (an MLflow artifact of
+split's kept images of ``dawsol.evaluation.scoring.score_split``; ``assigner.png`` (an MLflow artifact of
 DA cells) shows the Target Sample Assigner's universum, fake and true target on training images.
 """
 
@@ -21,8 +21,8 @@ from torch import nn
 from dawsol.atomic import atomic_write_bytes
 from dawsol.config import Settings
 from dawsol.data.datasets import collate_eval, to_bgr
-from dawsol.evaluation.boxes import scoremap_boxes
-from dawsol.scoring import SplitResult, eval_dataset
+from dawsol.evaluation.scoring import SplitResult, eval_dataset
+from dawsol.protocol.boxes import scoremap_boxes
 
 GT_COLOR = (0, 200, 0)  # BGR
 PRED_COLOR = (0, 0, 255)
@@ -90,7 +90,7 @@ def write_cams_png(path: Path, result: SplitResult, threshold: float) -> None:
 
 def write_cam_samples(path: Path, result: SplitResult) -> None:
     """``cam_samples.npz``: ``image_ids`` and ``cams`` (N x S x S float16) of the kept images, and
-    ``cams_<method>`` of each post-hoc method (``dawsol.posthoc``) on the same images."""
+    ``cams_<method>`` of each post-hoc method (``dawsol.evaluation.posthoc``) on the same images."""
     buffer = io.BytesIO()
     extra = {f"cams_{name}": np.stack(r.scoremaps).astype(np.float16) for name, r in result.posthoc.items()}
     np.savez_compressed(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dawsol.evaluation.scoremap import check_scoremap
+from dawsol.protocol.scoremap import check_scoremap
 
 # A searched mask whose neighbour below had this many contours is read from connected components
 # (about 0.5 ms whatever the count) rather than traced (about 1 us per contour, with the reductions).

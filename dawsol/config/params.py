@@ -1,0 +1,190 @@
+"""params.yaml: loading, schema validation with errors that name file and key, profiles, ``KEY=VALUE`` overrides,
+and the check of a cell's parts against the file."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dawsol.config.cells import Cell, parse_cell
+from dawsol.config.settings import deep_merge
+from dawsol.errors import DawsolError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = PACKAGE_ROOT.parent
+SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+DEFAULT_PARAMS = Path("params.yaml")
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_wsol_methods() -> list[str]:
+    """The WSOL methods the schema admits (``grid.wsol``); a test holds them equal to ``dawsol.wsol.WSOL_METHODS``."""
+    return list(_schema()["$defs"]["grid"]["properties"]["wsol"]["items"]["enum"])
+
+
+def _error_location(error: Any) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        unexpected = re.findall(r"'([^']+)' (?:was|were) unexpected", error.message)
+        if unexpected:
+            return ".".join([*parts, unexpected[0]]) + ": unknown key"
+    if error.validator == "propertyNames":
+        return ".".join(parts) + f": invalid name {error.instance!r}"
+    where = ".".join(parts) or "(top level)"
+    return f"{where}: {error.message}"
+
+
+def validate_params(params: Any, source: str | Path, definition: str | None = None) -> None:
+    """Validate a params tree against the schema (or one of its ``$defs``); raise DawsolError naming key and file."""
+    from jsonschema import Draft202012Validator  # here, not at the top: it is half of `dawsol --help`'s import time
+
+    schema = _schema() if definition is None else {"$ref": f"#/$defs/{definition}", "$defs": _schema()["$defs"]}
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        # an unknown key (often a typo) explains the most; otherwise report the deepest problem
+        unknown = [e for e in errors if e.validator == "additionalProperties"]
+        best = unknown[0] if unknown else max(errors, key=lambda e: len(e.absolute_path))
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise DawsolError(f"{source}: {_error_location(best)}{more}")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
+    """Read, validate and (optionally) apply a named profile overlay to params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise DawsolError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DawsolError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    validate_params(params, path)
+    check_override_keys(params, path)
+    profiles = params.get("profiles") or {}
+    for name, overlay in profiles.items():  # a typo in any profile is an error, not only in the one asked for
+        check_override_keys(deep_merge(params, overlay), f"{path} (profile {name})")
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise DawsolError(f"{path}: unknown profile {profile!r} (known: {known})")
+        params = deep_merge(params, profiles[profile])
+        if "imports" in profiles[profile]:  # a profile's imports replace the base's (its grid does too)
+            params["imports"] = copy.deepcopy(profiles[profile]["imports"])
+        validate_params(params, f"{path} (profile {profile})")
+    return params
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """One command-line override ``dotted.key=value`` as a partial settings tree, its value typed as YAML types it
+    (``2``, ``0.5``, ``true``, ``[30, 50]``, ``null``; an exponent without a dot, ``1e-3``, is a number too)."""
+    key, sep, text = item.partition("=")
+    if not sep or not _OVERRIDE_KEY.fullmatch(key):
+        raise DawsolError(f"override {item!r}: expected KEY=VALUE with a dotted settings key, e.g. train.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        raise DawsolError(f"override {item!r}: the value is not valid YAML (quote it: {key}='...')") from None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-3 as a string; nobody means that on a command line
+    tree: dict[str, Any] = {}
+    branch = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        branch = branch.setdefault(part, {})
+    branch[leaf] = value
+    return tree
+
+
+def apply_overrides(params: Mapping[str, Any], cell: Cell | str, overrides: Sequence[str]) -> dict[str, Any]:
+    """``params`` with command-line overrides (``train.epochs=2``) merged into the cell's ``cells."<cell>"`` block.
+
+    They behave exactly as if written there: the same schema check (a wrong key is the same one-line
+    error), the same resolution and digest (a search trial's drawn values still come last). A
+    ``wsol.<method>`` or ``da.<method>`` block of another method than the cell's is an error (it
+    would be ignored). README, "Settings".
+    """
+    if isinstance(cell, str):
+        cell = parse_cell(cell)
+    merged = copy.deepcopy(dict(params))
+    if not overrides:
+        return merged
+    block: dict[str, Any] = dict((merged.get("cells") or {}).get(cell.name) or {})
+    for item in overrides:
+        tree = parse_override(item)
+        validate_params(tree, f"override {item}", definition="settings")
+        for group, own in (("wsol", cell.wsol), ("da", cell.da)):
+            for method, value in (tree.get(group) or {}).items():
+                if isinstance(value, Mapping) and method != own:
+                    raise DawsolError(
+                        f"override {item}: {group}.{method} does not apply to {cell.name} (its {group} method is {own})"
+                    )
+        block = deep_merge(block, tree)
+    merged["cells"] = {**(merged.get("cells") or {}), cell.name: block}
+    return merged
+
+
+def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
+    """Every ``pairs."<dataset>/<backbone>"`` and ``cells."<cell>"`` key must name what params defines.
+
+    A key that matches nothing would otherwise be ignored, and its cell would silently run
+    without the overrides meant for it.
+    """
+    for key in params.get("pairs") or {}:
+        dataset, _, backbone = key.partition("/")
+        parts = (("dataset", dataset, params["datasets"]), ("backbone", backbone, params["backbones"]))
+        unknown = [f"{kind} {name!r}" for kind, name, known in parts if name not in known]
+        if unknown:
+            raise DawsolError(f'{source}: pairs."{key}" names an unknown {" and ".join(unknown)}')
+    blocks = {
+        "all",
+        *schema_wsol_methods(),
+        *(k for k, v in params["defaults"].get("da", {}).items() if isinstance(v, Mapping)),
+    }
+    for block in (params.get("search") or {}).get("space") or {}:
+        if block not in blocks:
+            raise DawsolError(
+                f"{source}: search.space.{block} names no method (use all, a WSOL method or a DA method of defaults.da)"
+            )
+    for key in params.get("tuned") or {}:
+        try:
+            check_cell(parse_cell(f"{key}/seed0"), params, source)
+        except DawsolError as exc:
+            raise DawsolError(f'{source}: tuned."{key}" (expected <dataset>/<backbone>/<wsol>-<da>): {exc}') from None
+    for key in params.get("cells") or {}:
+        try:
+            check_cell(parse_cell(key), params, source)
+        except DawsolError as exc:
+            raise DawsolError(f'{source}: cells."{key}": {exc}') from None
+
+
+def check_cell(cell: Cell, params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -> None:
+    """Raise DawsolError if any part of the cell is not defined in params."""
+    defaults_da = params["defaults"].get("da", {})
+    if cell.dataset not in params["datasets"]:
+        known = ", ".join(sorted(params["datasets"]))
+        raise DawsolError(f"unknown dataset {cell.dataset!r} in cell {cell.name} (known in {source}: {known})")
+    if cell.backbone not in params["backbones"]:
+        known = ", ".join(sorted(params["backbones"]))
+        raise DawsolError(f"unknown backbone {cell.backbone!r} in cell {cell.name} (known in {source}: {known})")
+    methods = schema_wsol_methods()
+    if cell.wsol not in methods:
+        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(methods)})")
+    if cell.da != "none":
+        methods = {k for k, v in defaults_da.items() if isinstance(v, Mapping)}
+        if cell.da not in methods:
+            known = ", ".join(["none", *sorted(methods)])
+            raise DawsolError(f"unknown DA method {cell.da!r} in cell {cell.name} (known in {source}: {known})")
