@@ -209,7 +209,8 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
 
     A sqlite store found in another folder than its artifacts were first kept beside (a copied
     or moved project) is re-pointed at its own ``mlartifacts/`` where the files prove the move
-    (``relocate_artifacts``); one reached through a link keeps its runs where they are. Returns the client and the experiment id.
+    (``relocate_artifacts``); one reached through a link keeps its runs where they are. Returns the client and
+    the experiment id.
     """
     from mlflow import MlflowClient
 
