@@ -13,7 +13,6 @@ import logging
 import os
 import pickle
 import shutil
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first bytes, also where the archive is cut short
 HEAD_WEIGHT = "classifier.weight"  # WSOLModel's class scores: [K, D, 1, 1]
 # what torch.load raises on a damaged file besides pickle's own error (its weights-only unpickler fails anywhere)
 TORCH_LOAD_FAILURES = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError)
@@ -75,7 +75,7 @@ def require_torch_file(path: Path) -> None:
     legacy format (which starts with the pickle protocol byte)."""
     with open(path, "rb") as handle:
         start = handle.read(8)
-    if start[:1] != b"\x80" and not zipfile.is_zipfile(path):
+    if not start.startswith((b"\x80", ZIP_MAGIC)):
         raise DawsolError(
             f"{path}: not a torch checkpoint (torch.save writes a zip archive or a pickle; this file starts with "
             f"{start!r}); give the checkpoint file itself"
