@@ -99,6 +99,7 @@ def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS,
     store is one ``DawsolError`` line naming it (the cell's result files are written before tracking)."""
     deadline = time.monotonic() + timeout
     delay = 0.05
+    waiting = False
     while True:
         try:
             return fn(*args, **kwargs)
@@ -111,6 +112,14 @@ def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS,
                 ) from None
             if not is_locked_error(exc) or time.monotonic() > deadline:
                 raise
+            if not waiting:
+                log.warning(
+                    "MLflow store %s is locked by another process (a job or `dawsol tracking ui` writing to it); "
+                    "waiting for it, up to %.0f s",
+                    tracking_uri(),
+                    timeout,
+                )
+                waiting = True
             log.debug("tracking store busy, retrying in %.2fs", delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
@@ -174,7 +183,7 @@ def relocate_artifacts(db: Path, root: str) -> list[str]:
         return []
     new_folder = new_folder.resolve()
     moved: list[str] = []
-    with contextlib.closing(sqlite3.connect(db, timeout=RETRY_SECONDS)) as connection, connection:
+    with contextlib.closing(sqlite3.connect(db, timeout=1.0)) as connection, connection:  # with_retry waits, saying so
         rows = connection.execute(
             "SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location != ?", (root,)
         )
