@@ -34,7 +34,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dawsol.checkpoints.format import imported_state, load_checkpoint, save_checkpoint
+from dawsol.checkpoints.format import (
+    TORCH_LOAD_FAILURES,
+    imported_state,
+    load_checkpoint,
+    require_torch_file,
+    save_checkpoint,
+    weights_problem,
+)
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
 from dawsol.files import file_digest
@@ -195,6 +202,7 @@ def load_weights_file(path: Path) -> dict[str, Any]:
         raise DawsolError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise DawsolError(f"{path}: not a file (give the checkpoint file itself)")
+    require_torch_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -206,7 +214,7 @@ def load_weights_file(path: Path) -> dict[str, Any]:
                 "dawsol loads checkpoints with weights_only=True only"
             ) from None
         raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({_pickle_reason(text)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except TORCH_LOAD_FAILURES as exc:
         reason = (str(exc).strip().splitlines() or ["the file ends early"])[0].split(". ")[0].rstrip(".")
         raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]})") from None
     if not isinstance(loaded, dict):
@@ -286,6 +294,11 @@ def read_source(path: Path) -> SourceCheckpoint:
             classifier = _take_classifier(path, "state_dict", trunk, "SPG_A4", 4)
         else:
             classifier = _take_classifier(path, "state_dict", trunk, "fc", 2)
+    problem = weights_problem(
+        {**trunk, classifier.weight_name: classifier.weight, classifier.bias_name: classifier.bias}
+    )
+    if problem is not None:
+        raise DawsolError(f"{path}: {problem}; not a usable model")
     return SourceCheckpoint(path, fmt, architecture, epoch, trunk, classifier)
 
 

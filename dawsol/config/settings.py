@@ -59,6 +59,7 @@ class TrainSettings:
     device: str
     bf16: bool
     channels_last: bool
+    threads: int = 1  # CPU threads of train/evaluate: they decide the floating-point order (dawsol.threads)
 
 
 @dataclass(frozen=True)

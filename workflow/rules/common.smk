@@ -55,6 +55,11 @@ def cell_weights_digest(wildcards):
     return resolve(wildcards.cell, PARAMS_TREE, PARAMS).weights_digest()
 
 
+def cell_threads(wildcards):
+    """The CPU threads a cell's job uses (train.threads, which dawsol applies itself): the cores Snakemake books."""
+    return resolve(wildcards.cell, PARAMS_TREE, PARAMS).train.threads
+
+
 def as_pattern(paths):
     """dawsol.layout's per-cell paths with the {cell} wildcard."""
     return {name: path.as_posix() for name, path in paths.items()}
