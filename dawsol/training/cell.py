@@ -65,6 +65,8 @@ def train_cell(
     the ranks train the cell together with DistributedDataParallel (``dawsol.distributed``);
     rank 0 writes the checkpoint, the log and the MLflow run.
     """
+    if warning := settings.da_never_active():
+        log.warning(warning)
     require_prepared(settings)
     for split in ("train", "val"):  # caught now, not at the first batch or the first validation
         check_split(settings, split)
