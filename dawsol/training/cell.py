@@ -76,6 +76,22 @@ def train_cell(
         return _train_locked(settings, ctx, device, tracking, progress)
 
 
+def position_checkpoint(parts: TrainingParts, position: Position, run_id: str | None) -> dict[str, Any]:
+    """The checkpoint of ``parts`` at ``position``: weights, optimizer and DA state, the RNGs, the records so far."""
+    return training_state(
+        parts.settings,
+        parts.model,
+        parts.optimizer,
+        parts.da_loss,
+        epoch=position.epoch,
+        batch=position.batch,
+        stats=position.stats.to_dict(),
+        rng=rng_state(parts.generators),
+        records=position.records,
+        run_id=run_id,
+    )
+
+
 @contextlib.contextmanager
 def trainer_lock(cell: Cell) -> Iterator[None]:
     """Hold ``runs/<cell>/.train.lock`` while training: one trainer per cell.
@@ -143,21 +159,9 @@ def _train_locked(
 
     def save(position: Position) -> None:
         if ctx.is_main:
-            rng = rng_state(parts.generators)
-            stats = position.stats.to_dict()
-            checkpoint = training_state(
-                settings,
-                parts.model,
-                parts.optimizer,
-                parts.da_loss,
-                epoch=position.epoch,
-                batch=position.batch,
-                stats=stats,
-                rng=rng,
-                records=position.records,
-                run_id=run_id,
+            save_checkpoint(
+                checkpoint_path(cell), position_checkpoint(parts, position, run_id), resume=resume_path(cell)
             )
-            save_checkpoint(checkpoint_path(cell), checkpoint, resume=resume_path(cell))
 
     def validate(epoch: int, stop: threading.Event) -> dict[str, Any] | None:
         if not validation_due(settings.train, epoch):
