@@ -47,6 +47,7 @@ from dawsol.errors import DawsolError
 from dawsol.files import file_digest
 from dawsol.layout import checkpoint_path, resume_path
 from dawsol.models import WSOLModel, build_model
+from dawsol.models.pretrained import misfit
 
 log = logging.getLogger(__name__)
 
@@ -395,25 +396,13 @@ def load_strictly(source: SourceCheckpoint, model: WSOLModel, mapped: MappedWeig
     for name in expected:
         if name not in state and name.rsplit(".", 1)[-1] == BN_COUNTER:
             state[name] = torch.zeros((), dtype=torch.int64)
-    missing = [name for name in expected if name not in state]
-    unexpected = mapped.unmapped + [file_name for name, (file_name, _) in mapped.state.items() if name not in expected]
-    wrong = [name for name in state if name in expected and state[name].shape != expected[name].shape]
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            name = wrong[0]
-            problems.append(
-                f"{len(wrong)} of another shape (e.g. {mapped.state[name][0]}: {list(state[name].shape)} in the file, "
-                f"{list(expected[name].shape)} in the model)"
-            )
+    file_names = {name: file_name for name, (file_name, _) in mapped.state.items()}
+    problems = misfit(expected, state, unmapped=mapped.unmapped, file_names=file_names)
+    if problems:
         raise DawsolError(
             f"{source.path}: its weights do not fit cell {settings.cell.name}'s {settings.model.backbone} model "
             f"(wsol {settings.wsol.method}, large_feature_map {str(settings.model.large_feature_map).lower()}): "
-            f"{', '.join(problems)}{layout_hint(source, settings)}"
+            f"{problems}{layout_hint(source, settings)}"
         )
     try:
         model.load_state_dict(state, strict=True)
