@@ -30,6 +30,9 @@ TABLE_FORMATS = ("tex", "csv", "md", "html")
 # the reported vs reproduced table over the whole grid (dawsol.report.reported)
 COMPARISON_STEM = "reported_vs_reproduced"
 COMPARISON_FORMATS = ("tex", "csv", "md", "html")
+# the post-hoc table per dataset: every extractor x method (dawsol.report.posthoc)
+POSTHOC_SUFFIX = "_posthoc"
+POSTHOC_FORMATS = ("md", "csv")
 FIGURE_KINDS = ("cams", "boxacc", "pxpr", "training")
 SPLITS = ("train", "val", "test")
 
@@ -152,6 +155,7 @@ def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, l
     tables, figures, plots, search = [], [], [], []
     for dataset in dict.fromkeys(c.dataset for c in trained):
         tables += [TABLES_DIR / f"{dataset}.{fmt}" for fmt in TABLE_FORMATS]
+        tables += [TABLES_DIR / f"{dataset}{POSTHOC_SUFFIX}.{fmt}" for fmt in POSTHOC_FORMATS]
         figures += [FIGURES_DIR / f"{dataset}_{kind}.png" for kind in FIGURE_KINDS]
         keys = dict.fromkeys(method_key(c) for c in trained if c.dataset == dataset)
         plots += [PLOTS_DIR / dataset / f"{key}.csv" for key in keys]

@@ -171,3 +171,36 @@ def test_tables_and_the_comparison_take_the_extractor_rows(project: Path) -> Non
         metrics["extractors"]["bagcams"]["splits"]["test"]["PxAP"]
     )
     assert table.loc["bagcams-cam", "reproduced"] == pytest.approx(metrics["splits"]["test"]["PxAP"])
+
+
+def test_library_methods_score_a_split_and_dawsol_cams_writes_the_same_maps(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pytorch-grad-cam's methods through score_split (with their time per image) and `dawsol cams`."""
+    from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_settings
+
+    checkpoint = project / "runs" / CELL / "checkpoint.pt"
+    state = load_checkpoint(checkpoint)
+    settings = stored_settings(state)
+    model = model_from_state(state, torch.device("cpu"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        result = score_split(model, settings, "test", torch.device("cpu"), posthoc=["cam", "layercam", "scorecam"])
+    assert sorted(result.posthoc) == ["layercam", "scorecam"]
+    assert result.seconds_per_image > 0 and all(r.seconds_per_image > 0 for r in result.posthoc.values())
+    out = project / "layercam_test"
+    args = ["--checkpoint", str(checkpoint), "--split", "test", "--out", str(out)]
+    assert run_in(project, "cams", "--method", "layercam", *args) == 0
+    box, mask = evaluate_split(
+        project / "data/synthetic/metadata/test",
+        out,
+        mask_root=project / "data/synthetic",
+        size=32,
+        cam_curve_interval=settings.eval.cam_curve_interval,
+    )
+    assert metrics_dict(box, mask)["PxAP"] == pytest.approx(result.posthoc["layercam"].metrics["PxAP"], abs=1e-9)
+    capsys.readouterr()
+    assert run_in(project, "cams", "--method", "layer-cam", *args[:-2], "--out", str(project / "y")) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "unknown posthoc method 'layer-cam'" in error and "ablationcam" in error
+    assert not (project / "y").exists()

@@ -104,6 +104,8 @@ class EvalSettings:
     # methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
     cam_methods: tuple[str, ...] = ("cam",)
     target_layer: str | None = None
+    # ScoreCAM's and AblationCAM's forward passes per batch, one per target-layer channel (docs/posthoc.md section 8)
+    channel_batch_size: int = 32
 
 
 @dataclass(frozen=True)

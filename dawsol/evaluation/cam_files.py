@@ -47,9 +47,10 @@ def write_cam_files(
 
     ``layer`` overrides the checkpoint's ``eval.target_layer`` (None: the backbone's default).
     """
-    extract = extractor(method)
+    extractor(method)  # an unknown method fails before any work
     state = load_checkpoint(checkpoint)
     settings = stored_settings(state)
+    extract = extractor(method, channel_batch_size=settings.eval.channel_batch_size)
     model = model_from_state(state, device)
     layer = layer if layer is not None else settings.eval.target_layer
     if method != "cam":

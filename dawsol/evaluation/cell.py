@@ -79,6 +79,7 @@ def evaluate_cell(
         "code": {"trained": state.get("code"), "evaluated": code_version()},
         **({"imported": state["imported"]} if state.get("imported") else {}),
         "splits": {split: result.metrics for split, result in splits.items()},
+        "seconds_per_image": {split: result.seconds_per_image for split, result in splits.items()},
         "extractors": _extractor_blocks(settings, model, splits),
     }
     with staged(mark=outputs["metrics"]):  # metrics.json, the mark of a finished evaluation, comes last
@@ -126,6 +127,7 @@ def _extractor_blocks(settings: Settings, model: WSOLModel, splits: Mapping[str,
             "target_layer": layer.name,
             "target_module": layer.path,
             "splits": {split: result.posthoc[name].metrics for split, result in splits.items()},
+            "seconds_per_image": {split: result.posthoc[name].seconds_per_image for split, result in splits.items()},
         }
     return blocks
 

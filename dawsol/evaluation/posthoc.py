@@ -1,4 +1,5 @@
-"""Post-hoc localization maps of a trained WSOL model: CAM, GradCAM, GradCAM++, PCS and BagCAMs (docs/posthoc.md)."""
+"""Post-hoc localization maps of a trained WSOL model: CAM, GradCAM, GradCAM++, PCS and BagCAMs, and pytorch-grad-cam's
+methods (docs/posthoc.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
+from dawsol.evaluation import gradcam_library
 from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, Trunk, VGGSPGTrunk, VGGTrunk
 from dawsol.models.efficientnet_lite import EfficientNetLiteTrunk
 from dawsol.models.model import WSOLModel
@@ -234,12 +236,30 @@ def bagcams(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None 
     return F.relu(mu * t).sum(1)
 
 
+def library_method(
+    method: str,
+    model: WSOLModel,
+    images: Tensor,
+    labels: Tensor,
+    layer: str | None = None,
+    *,
+    channel_batch_size: int = gradcam_library.CHANNEL_BATCH_SIZE,
+) -> Tensor:
+    """A pytorch-grad-cam method's rectified raw maps at the resolved target layer, in eval mode (section 8)."""
+    target = target_layer(model, layer)
+    with _evaluating(model):
+        return gradcam_library.library_maps(
+            method, model, images, labels, target.module, target.path, channel_batch_size=channel_batch_size
+        )
+
+
 EXTRACTORS: dict[str, Extractor] = {
     "cam": cam,
     "gradcam": gradcam,
     "gradcampp": gradcampp,
     "pcs": pcs,
     "bagcams": bagcams,
+    **{name: partial(library_method, name) for name in gradcam_library.LIBRARY_METHODS},
 }
 
 
@@ -248,11 +268,16 @@ def _check_method(method: str) -> None:
         raise DawsolError(f"unknown posthoc method {method!r} (known: {', '.join(EXTRACTORS)})")
 
 
-def extractor(method: str, *, gradcampp_exp_score: bool = False) -> Extractor:
-    """The extractor ``method`` (a key of ``EXTRACTORS``), GradCAM++ with ``exp(y_c)`` if asked."""
+def extractor(
+    method: str, *, gradcampp_exp_score: bool = False, channel_batch_size: int = gradcam_library.CHANNEL_BATCH_SIZE
+) -> Extractor:
+    """The extractor ``method`` (a key of ``EXTRACTORS``), GradCAM++ with ``exp(y_c)`` if asked; ScoreCAM and
+    AblationCAM with ``channel_batch_size`` forward passes per batch."""
     _check_method(method)
     if method == "gradcampp" and gradcampp_exp_score:
         return partial(gradcampp, exp_score=True)
+    if method in gradcam_library.LIBRARY_METHODS:
+        return partial(library_method, method, channel_batch_size=channel_batch_size)
     return EXTRACTORS[method]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ class SplitResult:
     gt_boxes: list[np.ndarray] = field(default_factory=list)
     # post-hoc maps of the same model (method -> its metrics, accumulators and kept score maps)
     posthoc: dict[str, SplitResult] = field(default_factory=dict)
+    # wall-clock seconds per image of making the score maps (the CAM's: the model's forward pass included)
+    seconds_per_image: float = float("nan")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class _Scorer:
     box: Any = None
     mask: Any = None
     kept: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0  # making the score maps
 
 
 @dataclass
@@ -163,7 +167,7 @@ def score_split(
             raise DawsolError(f"predictions: no prediction for {split} image {missing[0]!r} ({len(missing)} missing)")
     ev = settings.eval
     extra = [name for name in posthoc if name != "cam"]
-    extractors = {name: extractor(name) for name in extra}
+    extractors = {name: extractor(name, channel_batch_size=ev.channel_batch_size) for name in extra}
     if extra:
         target_layer(model, ev.target_layer)  # a bad layer name fails before the first batch
     loader = torch.utils.data.DataLoader(
@@ -183,18 +187,22 @@ def score_split(
                 raise Interrupted
             labels = batch["label"].to(device)
             images = batch["image"].to(device)
+            started = time.perf_counter()
             with torch.inference_mode():
                 out = model(images)
                 predicted = out.logits.argmax(1)
                 maps = {"cam": [prepare_scoremap(c, size) for c in model.wsol_cams(out, labels).double().cpu().numpy()]}
+                scorers["cam"].seconds += time.perf_counter() - started
                 assignment = None
                 if assigned is not None and any(m is not None for m in batch["mask"]):
                     pixels = out.features.float().flatten(2).transpose(1, 2)
                     assignment = assigner(pixels, out.pooled.float(), labels, update=False)
                     assignment = assignment.view(out.features.shape[0], *out.features.shape[2:]).cpu().numpy()
             for name, extract in extractors.items():
+                started = time.perf_counter()
                 raw = extract(model, images, labels, ev.target_layer)
                 maps[name] = score_maps(name, raw, tuple(images.shape[2:]), size)
+                scorers[name].seconds += time.perf_counter() - started
             hits = (predicted == labels).cpu().tolist()
             correct += sum(hits)
             for k, image_id in enumerate(batch["image_id"]):
@@ -237,6 +245,7 @@ def score_split(
         scorer = scorers[name]
         metrics = metrics_dict(scorer.box, scorer.mask, ev.iou_thresholds)
         metrics["Top-1 Cls"] = 100.0 * correct / max(num_images, 1)
+        seconds_per_image = scorer.seconds / max(len(dataset), 1)  # this process's images
         if name == "cam":
             if two_stage is not None:
                 metrics["Top-1 Loc (two-stage)"] = metrics_dict(two_stage, None)["Top-1 Loc"]
@@ -244,9 +253,17 @@ def score_split(
             if assigned is not None and scorer.mask is not None:
                 metrics["TSA"] = assigned.metrics()
             result.metrics, result.box, result.mask, result.scoremaps = metrics, scorer.box, scorer.mask, scorer.kept
+            result.seconds_per_image = seconds_per_image
         else:
             result.posthoc[name] = SplitResult(
-                metrics, scorer.box, scorer.mask, result.image_ids, scorer.kept, result.images, result.gt_boxes
+                metrics,
+                scorer.box,
+                scorer.mask,
+                result.image_ids,
+                scorer.kept,
+                result.images,
+                result.gt_boxes,
+                seconds_per_image=seconds_per_image,
             )
     return result
 

@@ -35,6 +35,7 @@ from dawsol.layout import (
 )
 from dawsol.protocol import metrics_dict
 from dawsol.protocol.evaluator import evaluate_split
+from dawsol.report.posthoc import posthoc_frame, write_posthoc_tables
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
 from dawsol.report.tables import (
@@ -86,6 +87,7 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
 
     imports = grid_imports(params, source)
     frame = load_metrics(cells, CELLS_DIR)
+    extracted = posthoc_frame(cells, CELLS_DIR)
     tables = {}
     for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
@@ -101,6 +103,7 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
                 "; ".join(table.code_versions),
             )
         write_tables(table, TABLES_DIR)
+        write_posthoc_tables(extracted, dataset, TABLES_DIR)
         tables[dataset] = table
         labels = _labels(own)
 

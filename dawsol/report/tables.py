@@ -32,7 +32,29 @@ DA_NAMES = {
     "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
     "lu_only": "$L_u$ only",
 }
-EXTRACTOR_NAMES = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "pcs": "PCS", "bagcams": "BagCAMs"}
+EXTRACTOR_NAMES = {
+    "cam": "CAM",
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAM++",
+    "pcs": "PCS",
+    "bagcams": "BagCAMs",
+    # pytorch-grad-cam's (dawsol.evaluation.gradcam_library.LIBRARY_METHODS; the library's own GradCAM and GradCAM++
+    # are labelled apart from dawsol's)
+    "lib-gradcam": "GradCAM (pytorch-grad-cam)",
+    "lib-gradcampp": "GradCAM++ (pytorch-grad-cam)",
+    "hirescam": "HiResCAM",
+    "gradcam-elementwise": "GradCAM element-wise",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigengradcam": "EigenGradCAM",
+    "shapleycam": "ShapleyCAM",
+    "finercam": "FinerCAM",
+    "fullgrad": "FullGrad",
+    "eigencam": "EigenCAM",
+    "kpcacam": "KPCA-CAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+}
 BACKBONE_NAMES = {
     "resnet18": "ResNet18",
     "resnet50": "ResNet50",
