@@ -2,14 +2,8 @@
 # prepare (per dataset) -> train (per cell) -> evaluate (per cell) -> report.
 # Every rule calls the `dawsol` CLI; no stage logic lives here (see docs/architecture.md).
 # `--config profile=NAME` selects a named overlay of params.yaml (e.g. the paper's grid).
-from snakemake.utils import validate
-
-
-configfile: "params.yaml"
-
-
-PROFILE = config.pop("profile", None)
-validate(config, "workflow/schemas/params.schema.yaml")
+# dawsol reads and checks params.yaml itself (workflow/rules/common.smk), not Snakemake's `configfile:`, so a
+# config error is dawsol's one line naming file, line and key, and a duplicate key is refused.
 
 
 include: "workflow/rules/common.smk"

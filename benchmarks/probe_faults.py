@@ -1,8 +1,10 @@
 """A probe of bad inputs and faults as a user meets them: each case runs a ``dawsol`` command in a fresh copy of a
 tiny prepared project and is classed as refused in one line, a traceback, or accepted (exit 0). A case marked
-``must_refuse`` that is accepted is a silent wrong result. Prints one JSON object: the counts and every case.
+``must_refuse`` that is accepted is a silent wrong result. A ``snakemake -n`` case is refused in one line when
+dawsol's line is all it prints. A leftover case (what a killed command leaves) is a silent wrong result when the
+next run of the same command keeps the leftover. Prints one JSON object: the counts and every case.
 
-Run: ``python benchmarks/probe_faults.py`` (about a minute on two cores; no training).
+Run: ``python benchmarks/probe_faults.py`` (a few minutes on two cores; no training).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 from train_fixtures import prepare_tiny_data, write_project  # noqa: E402
 
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
 CELL = "synthetic/resnet18/cam-none/seed0"
 TEST = Path("data/synthetic/metadata/test")
 
@@ -32,6 +36,32 @@ def _edit(path: str, change: Callable[[str], str]) -> Callable[[Path], None]:
     def harm(project: Path) -> None:
         target = project / path
         target.write_text(change(target.read_text()))
+
+    return harm
+
+
+def _replace(old: str, new: str) -> Callable[[str], str]:
+    def change(text: str) -> str:
+        assert old in text, old
+        return text.replace(old, new, 1)
+
+    return change
+
+
+def _leftovers(*paths: str, damage: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """What a killed command leaves: the staging folders (or temporary files) ``paths``, after ``damage``."""
+
+    def harm(project: Path) -> None:
+        if damage is not None:
+            damage(project)
+        for path in paths:
+            target = project / path
+            if target.suffix == ".tmp":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(b"half")
+            else:
+                target.mkdir(parents=True)
+                (target / "half.npy").write_bytes(b"half")
 
     return harm
 
@@ -89,6 +119,17 @@ def _box_outside(text: str) -> str:
 EVALUATE = ["evaluate", CELL, "--no-tracking", "-q"]
 METRICS = ["metrics", "--metadata", str(TEST), "--baseline", "center", "--out", "m.json", "-q"]
 RESOLVE = ["resolve", CELL, "-q"]
+DRY_RUN = ["snakemake", "-n", "--cores", "1"]
+CAMS = ["cams", "--checkpoint", f"runs/{CELL}/checkpoint.pt", "--method", "cam", "--split", "val", "--out", "maps/cam"]
+EPOCHS = "    epochs: 50\n"  # defaults.train.epochs as write_project dumps it
+SEEDS = "  seeds:\n  - 0\n  - 1\n  - 2\n"  # grid.seeds as write_project dumps it
+EXTRA_GRID = "grid: {datasets: [synthetic], backbones: [resnet18], wsol: [cam], da: [none], seeds: [0]}\n"
+# leftover cases: the paths that must be gone after the next run of the same command
+LEFTOVERS = {
+    "killed prepare's build": ["data/.synthetic.build-killed"],
+    "killed cams' staging and old folders": ["maps/.cam.staging-killed", "maps/.cam.old-killed"],
+    "killed evaluate's temporary file": [f"results/cells/{CELL}/.metrics.json.killed.tmp"],
+}
 # (category, name, damage or None, command, must_refuse)
 CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], bool]] = [
     ("settings", "cam_curve_interval 1e-9", None, [*RESOLVE, "eval.cam_curve_interval=1e-9"], True),
@@ -133,6 +174,50 @@ CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], bool]] = [
     ("front doors", "unknown profile", None, [*RESOLVE, "--profile", "nope"], True),
     ("front doors", "YAML syntax error", _edit("params.yaml", lambda t: t + "\n  bad: [unclosed\n"), RESOLVE, True),
     ("front doors", "missing params file", None, [*RESOLVE, "--params", "nope.yaml"], True),
+    ("front doors", "duplicate top-level key", _edit("params.yaml", lambda t: t + EXTRA_GRID), RESOLVE, True),
+    (
+        "front doors",
+        "duplicate nested key",
+        _edit("params.yaml", _replace(EPOCHS, EPOCHS + "    epochs: 5\n")),
+        RESOLVE,
+        True,
+    ),
+    ("front doors", "empty grid", _edit("params.yaml", _replace(SEEDS, "  seeds: []\n")), ["cells", "-q"], True),
+    ("snakemake", "unknown profile", None, [*DRY_RUN, "--config", "profile=nope"], True),
+    ("snakemake", "YAML syntax error", _edit("params.yaml", lambda t: t + "\n  bad: [unclosed\n"), DRY_RUN, True),
+    ("snakemake", "unknown key", _edit("params.yaml", _replace(EPOCHS, "    epoch: 50\n")), DRY_RUN, True),
+    ("snakemake", "bad value", _edit("params.yaml", _replace(EPOCHS, "    epochs: ten\n")), DRY_RUN, True),
+    ("snakemake", "--config key nothing reads", None, [*DRY_RUN, "--config", "train=x"], True),
+    ("snakemake", "duplicate top-level key", _edit("params.yaml", lambda t: t + EXTRA_GRID), DRY_RUN, True),
+    (
+        "snakemake",
+        "duplicate nested key",
+        _edit("params.yaml", _replace(EPOCHS, EPOCHS + "    epochs: 5\n")),
+        DRY_RUN,
+        True,
+    ),
+    ("snakemake", "empty grid", _edit("params.yaml", _replace(SEEDS, "  seeds: []\n")), DRY_RUN, True),
+    (
+        "leftovers",
+        "killed prepare's build",
+        _leftovers(*LEFTOVERS["killed prepare's build"]),
+        ["prepare", "synthetic", "-q"],
+        False,
+    ),
+    (
+        "leftovers",
+        "killed cams' staging and old folders",
+        _leftovers(*LEFTOVERS["killed cams' staging and old folders"], damage=_checkpoint("none")),
+        [*CAMS, "-q"],
+        False,
+    ),
+    (
+        "leftovers",
+        "killed evaluate's temporary file",
+        _leftovers(*LEFTOVERS["killed evaluate's temporary file"], damage=_checkpoint("none")),
+        EVALUATE,
+        False,
+    ),
 ]
 
 
@@ -153,8 +238,14 @@ def main() -> None:
                 "PYTHONPATH": str(PROJECT_ROOT),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
             }
+            snakemake = command[0] == "snakemake"
+            if snakemake:
+                for part in ("Snakefile", "workflow"):
+                    (shutil.copytree if (PROJECT_ROOT / part).is_dir() else shutil.copy)(
+                        PROJECT_ROOT / part, project / part
+                    )
             done = subprocess.run(
-                [sys.executable, "-m", "dawsol", *command],
+                [str(SNAKEMAKE), *command[1:]] if snakemake else [sys.executable, "-m", "dawsol", *command],
                 cwd=project,
                 env=env,
                 capture_output=True,
@@ -162,10 +253,15 @@ def main() -> None:
                 timeout=600,
             )
             err = done.stderr.strip()
-            if "Traceback" in err:
+            lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+            if "Traceback" in err or (snakemake and any(line.lstrip().startswith('File "') for line in lines)):
                 outcome = "traceback"
             elif done.returncode == 0:
-                outcome = "silent wrong result" if must_refuse else "accepted"
+                kept = [path for path in LEFTOVERS.get(name, []) if (project / path).exists()]
+                outcome = "silent wrong result" if must_refuse or kept else "accepted"
+            elif snakemake:
+                outcome = "one line" if len(lines) == 1 and lines[0].startswith("dawsol: error:") else "unclear message"
+                err = "\n".join(lines)
             else:
                 last = err.splitlines()[-1] if err else ""
                 outcome = "one line" if last.startswith("dawsol: error:") else "unclear message"

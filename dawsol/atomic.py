@@ -107,6 +107,22 @@ def remove_leftovers(paths: Iterable[Path]) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def staging_folder(target: Path, kind: str) -> Path:
+    """A new empty folder ``.<name>.<kind>-XXXXXXXX`` beside ``target``, where a command builds what becomes
+    ``target`` (``kind``: what it holds, e.g. ``build``, ``old``), so that ``remove_staging`` finds it."""
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+
+
+def remove_staging(target: Path, *kinds: str) -> None:
+    """Remove the ``staging_folder``s of ``target`` that a killed run left (a run that ends removes its own)."""
+    if not target.parent.is_dir():
+        return
+    for kind in kinds:
+        for stale in target.parent.glob(f".{target.name}.{kind}-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.

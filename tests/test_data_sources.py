@@ -175,6 +175,20 @@ def test_cub_end_to_end_then_a_rerun_only_verifies(server, tmp_path: Path) -> No
     assert len(httpd.requests) == requests  # verified, nothing fetched
 
 
+def test_a_killed_rebuild_is_removed_by_the_next_prepare(server, tmp_path: Path) -> None:
+    """A prepare killed while rebuilding leaves its build folder beside the old dataset; the next prepare finds the
+    dataset valid and still removes the build folder."""
+    _, served, url = server
+    tables = make_fake_cub(served, url)
+    root = tmp_path / "data"
+    assert prepare_dataset("cub", root, **tables)
+    leftover = root / ".cub.build-killed" / ".extract-0"  # as a kill during the extraction leaves it
+    leftover.mkdir(parents=True)
+    (leftover / "half.jpg").write_bytes(b"half")
+    assert not prepare_dataset("cub", root, **tables)
+    assert sorted(path.name for path in root.iterdir()) == ["cub", "downloads"]
+
+
 def test_prepare_without_optional_masks(server, tmp_path: Path) -> None:
     _, served, url = server
     assert prepare_dataset("cub", tmp_path / "data", **make_fake_cub(served, url))

@@ -38,17 +38,77 @@ def schema_wsol_methods() -> list[str]:
     return list(_schema()["$defs"]["grid"]["properties"]["wsol"]["items"]["enum"])
 
 
-def _error_location(error: Any) -> str:
+def _error_location(error: Any) -> tuple[list[str], str]:
+    """The dotted path of a schema error's key (an unknown key's own name included) and the message's text."""
     parts = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties":
         unexpected = re.findall(r"'([^']+)' (?:was|were) unexpected", error.message)
         if unexpected:
-            return ".".join([*parts, unexpected[0]]) + ": unknown key"
+            return [*parts, unexpected[0]], ".".join([*parts, unexpected[0]]) + ": unknown key"
     if error.validator == "propertyNames":
-        return ".".join(parts) + f": invalid name {error.instance!r}"
+        return [*parts, str(error.instance)], ".".join(parts) + f": invalid name {error.instance!r}"
     reason = error.schema.get("description") if error.validator in BOUNDS and isinstance(error.schema, dict) else None
     message = error.message + (f" ({reason})" if reason else "")
-    return f"{'.'.join(parts)}: {message}" if parts else message  # a bare value (a CLI option): its source names it
+    return (
+        parts,
+        f"{'.'.join(parts)}: {message}" if parts else message,
+    )  # a bare value (a CLI option): its source names it
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The YAML file's data and its node tree (which knows each key's line); a syntax error or a duplicate key is a
+    DawsolError naming the line."""
+    text = path.read_text()
+    try:
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicate = _duplicate_key(document)
+        if duplicate is not None:
+            key, line, first = duplicate
+            raise DawsolError(
+                f"{path}: line {line}: duplicate key {key} (first at line {first}; YAML would keep only the last)"
+            )
+        return yaml.safe_load(text), document
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DawsolError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def _duplicate_key(node: yaml.Node | None, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:
+    """The first key that a mapping of the node tree repeats: its dotted path, its line and its first line."""
+    if isinstance(node, yaml.MappingNode):
+        first_lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in first_lines and key != "<<":
+                return ".".join((*path, key)), key_node.start_mark.line + 1, first_lines[key]
+            first_lines.setdefault(key, key_node.start_mark.line + 1)
+            found = _duplicate_key(value_node, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, (*path, str(index)))
+            if found is not None:
+                return found
+    return None
+
+
+def _line_of(document: yaml.Node | None, parts: Sequence[str]) -> int | None:
+    """The line of the key (or list item) at ``parts`` in the node tree, or None if the file does not write it."""
+    node, line = document, None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if str(k.value) == part), None)
+            if match is None:
+                return None
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            return None
+    return line
 
 
 def _non_finite(tree: Any, path: tuple[str, ...] = ()) -> tuple[str, float] | None:
@@ -63,8 +123,18 @@ def _non_finite(tree: Any, path: tuple[str, ...] = ()) -> tuple[str, float] | No
     return None
 
 
-def validate_params(params: Any, source: str | Path, definition: str | None = None) -> None:
-    """Validate a params tree against the schema (or one of its ``$defs``); raise DawsolError naming key and file."""
+def validate_params(
+    params: Any,
+    source: str | Path,
+    definition: str | None = None,
+    document: yaml.Node | None = None,
+    within: Sequence[str] = (),
+) -> None:
+    """Validate a params tree against the schema (or one of its ``$defs``); raise DawsolError naming key and file.
+
+    ``document``: the file's node tree, to name the key's line too (``within``: where the tree's keys are written
+    first, e.g. a profile's overlay; then the base file).
+    """
     from jsonschema import Draft202012Validator  # here, not at the top: it is half of `dawsol --help`'s import time
 
     found = _non_finite(params)
@@ -79,7 +149,30 @@ def validate_params(params: Any, source: str | Path, definition: str | None = No
         unknown = [e for e in errors if e.validator == "additionalProperties"]
         best = unknown[0] if unknown else max(errors, key=lambda e: len(e.absolute_path))
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise DawsolError(f"{source}: {_error_location(best)}{more}")
+        parts, location = _error_location(best)
+        raise DawsolError(f"{source}: {_where(document, within, parts)}{location}{more}")
+
+
+def _where(document: yaml.Node | None, within: Sequence[str], parts: Sequence[str]) -> str:
+    """``"line N: "`` for the key at ``parts`` (looked up under ``within`` first), or nothing."""
+    line = _line_of(document, [*within, *parts]) if within else None
+    line = line if line is not None else _line_of(document, parts) if parts else None
+    return f"line {line}: " if line is not None else ""
+
+
+def _check_grid_not_empty(
+    params: Mapping[str, Any], source: str, document: yaml.Node | None, within: Sequence[str]
+) -> None:
+    """An empty list in the grid's product, with no ``extra`` cells, makes a grid of no cells: an error naming it."""
+    grid = params["grid"]
+    if grid.get("extra"):
+        return
+    for key in ("datasets", "backbones", "wsol", "da", "seeds"):
+        if not grid[key]:
+            raise DawsolError(
+                f"{source}: {_where(document, within, ['grid', key])}grid.{key} is empty, so the grid has no cells "
+                "(list at least one, or name cells in grid.extra)"
+            )
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
@@ -87,13 +180,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
     path = Path(path)
     if not path.is_file():
         raise DawsolError(f"{path}: params file not found (run from the project root or pass --params)")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise DawsolError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    validate_params(params, path)
+    params, document = _read_yaml(path)
+    validate_params(params, path, document=document)
     check_override_keys(params, path)
     profiles = params.get("profiles") or {}
     for name, overlay in profiles.items():  # a typo in any profile is an error, not only in the one asked for
@@ -105,7 +193,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS, profile: str | None = None) -
         params = deep_merge(params, profiles[profile])
         if "imports" in profiles[profile]:  # a profile's imports replace the base's (its grid does too)
             params["imports"] = copy.deepcopy(profiles[profile]["imports"])
-        validate_params(params, f"{path} (profile {profile})")
+        validate_params(params, f"{path} (profile {profile})", document=document, within=("profiles", profile))
+        _check_grid_not_empty(params, f"{path} (profile {profile})", document, ("profiles", profile))
+    else:
+        _check_grid_not_empty(params, str(path), document, ())
     return params
 
 

@@ -148,4 +148,6 @@ def grid_cells(params: Mapping[str, Any], source: str | Path = DEFAULT_PARAMS) -
         check_cell(cell, params, source)
         if cell not in cells:
             cells.append(cell)
+    if not cells:  # load_params refused an empty list of the product: here grid.exclude took every cell
+        raise DawsolError(f"{source}: grid.exclude removes every cell of the grid (and grid.extra names none)")
     return cells

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from dawsol.atomic import remove_staging, staging_folder
 from dawsol.errors import DawsolError
 from dawsol.files import CHUNK, readable_size
 
@@ -195,7 +196,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
     """
     dest.mkdir(parents=True, exist_ok=True)
     is_zip = zipfile.is_zipfile(archive)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+    remove_staging(dest, "extract")  # what a killed extraction into dest left
+    work = staging_folder(dest, "extract")
     try:
         (_extract_zip if is_zip else _extract_tar)(archive, work)
         move_tree(work, dest)

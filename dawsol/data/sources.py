@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dawsol.atomic import atomic_write_text
+from dawsol.atomic import atomic_write_text, remove_staging, staging_folder
 from dawsol.data.archives import check_archive_type, move_tree, safe_extract
 from dawsol.data.download import Remote, download, verify_file
 from dawsol.data.metadata import MASK_LOCALIZATION, read_split, validate_dataset
@@ -247,6 +247,7 @@ def prepare_dataset(
     root = Path(root)
     dataset_dir = root / dataset
     num_classes = num_classes if num_classes is not None else NUM_CLASSES.get(dataset)
+    remove_staging(dataset_dir, "build")  # what a killed run left
     if dataset_dir.is_dir() and is_prepared(dataset_dir, num_classes):
         log.info("%s is prepared and valid", dataset_dir)
         return False
@@ -264,9 +265,7 @@ def prepare_dataset(
         for name, path in local.items()
         if path is not None
     }
-    for stale in root.glob(f".{dataset}.build-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dataset}.build-", dir=root))
+    build = staging_folder(dataset_dir, "build")
     try:
         for k, step in enumerate(steps):
             archive = local[step.remote]

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dawsol.atomic import atomic_write_bytes, atomic_write_text
+from dawsol.atomic import atomic_write_bytes, atomic_write_text, remove_staging, staging_folder
 from dawsol.config import tree_digest
 from dawsol.data.metadata import SPLITS, SplitMetadata, read_split, validate_dataset, write_split
 from dawsol.errors import DawsolError
@@ -395,18 +395,19 @@ def prepare_synthetic(config: SyntheticConfig, dataset_dir: str | Path) -> bool:
     interrupted run leaves the previous dataset (or none), never a half-written one.
     """
     dataset_dir = Path(dataset_dir)
+    remove_staging(dataset_dir, "build", "old")  # what a killed run left
     if dataset_dir.is_dir() and is_prepared(config, dataset_dir):
         log.info("%s is up to date (settings digest %s)", dataset_dir, config.digest())
         return False
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
+    work = staging_folder(dataset_dir, "build")
     try:
         log.info("generating the synthetic benchmark into %s", dataset_dir)
         generate(config, work)
         atomic_write_text(work / STAMP, json.dumps({"digest": config.digest(), "settings": asdict(config)}, indent=2))
         if dataset_dir.exists():
-            old = dataset_dir.with_name(f".{dataset_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = staging_folder(dataset_dir, "old")
+            old.rmdir()
             dataset_dir.rename(old)
             work.rename(dataset_dir)
             shutil.rmtree(old)

@@ -11,13 +11,12 @@ this command wrote (``.dawsol-cams`` in it) is replaced; any other existing ``ou
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dawsol.atomic import write_errors_named
+from dawsol.atomic import remove_staging, staging_folder, write_errors_named
 from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_settings
 from dawsol.data.datasets import collate_eval
 from dawsol.errors import DawsolError
@@ -33,7 +32,7 @@ def _swap_in(staging: Path, out: Path) -> None:
     if not out.exists():
         staging.rename(out)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    aside = staging_folder(out, "old")
     aside.rmdir()
     out.rename(aside)
     staging.rename(out)
@@ -61,7 +60,8 @@ def write_cam_files(
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file())):
         raise DawsolError(f"{out}: exists and is not a folder dawsol cams wrote; pick another --out or empty it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_staging(out, "staging", "old")  # what a killed run left
+    staging = staging_folder(out, "staging")
     try:
         with write_errors_named(out):
             for batch in loader:

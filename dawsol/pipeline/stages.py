@@ -7,11 +7,42 @@ the same cells.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from dawsol.atomic import filesystem_error
 from dawsol.config import DEFAULT_PARAMS, Cell, grid_cells, parse_cell, resolve
+from dawsol.errors import DawsolError
+
+
+@contextlib.contextmanager
+def snakemake_errors() -> Iterator[None]:
+    """The Snakefile's reading of the settings: a DawsolError (or a filesystem fault that names its path) ends
+    Snakemake with dawsol's one line. Snakemake prints a SystemExit's message alone; any other exception under a
+    "<Error> in file <rules file>, line N:" header, with a traceback after the message."""
+    try:
+        yield
+    except DawsolError as exc:
+        raise SystemExit(f"dawsol: error: {exc}") from None
+    except OSError as exc:
+        failure = filesystem_error(exc)
+        if failure is None:
+            raise
+        raise SystemExit(f"dawsol: error: {failure}") from None
+
+
+def snakemake_profile(config: Mapping[str, Any]) -> str | None:
+    """The params.yaml profile of ``--config profile=NAME``. Settings live in params.yaml alone, so any other
+    ``--config`` (or ``--configfile``) key, which nothing would read, is refused by name."""
+    unread = sorted(set(config) - {"profile"})
+    if unread:
+        raise DawsolError(
+            f"--config {unread[0]}: not a setting Snakemake reads (only profile=NAME; settings live in params.yaml)"
+        )
+    profile = config.get("profile")
+    return None if profile in (None, "") else str(profile)
 
 
 def dataset_dir(params: Mapping[str, Any], dataset: str, source: str | Path) -> Path:

@@ -18,20 +18,22 @@ from dawsol.config import (
 )
 
 PARAMS = "params.yaml"
-PARAMS_TREE = load_params(PARAMS, PROFILE)
-CELLS = grid_cells(PARAMS_TREE, PARAMS)
-# imported cells (params.yaml `imports`) get their checkpoint from a file, the others from training
-IMPORTS = {cell.name: path.as_posix() for cell, path in grid_imports(PARAMS_TREE, PARAMS).items()}
 NEVER = "(?!)"  # a wildcard constraint that matches no cell
-IMPORTED_CELLS = "|".join(re.escape(name) for name in IMPORTS) or NEVER
-TRAINED_CELLS = "|".join(re.escape(c.name) for c in CELLS if c.name not in IMPORTS) or NEVER
-DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
-DATA_DIRS = {d: stages.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
-REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
-REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
-for warning in stages.da_warnings(PARAMS_TREE, PARAMS):  # e.g. da.start_epoch too late for train.epochs
-    logger.warning(f"warning: {warning}")
-
+# a config error is dawsol's one line (as `dawsol` prints it), not a Snakemake traceback
+with stages.snakemake_errors():
+    PROFILE = stages.snakemake_profile(config)
+    PARAMS_TREE = load_params(PARAMS, PROFILE)
+    CELLS = grid_cells(PARAMS_TREE, PARAMS)
+    # imported cells (params.yaml `imports`) get their checkpoint from a file, the others from training
+    IMPORTS = {cell.name: path.as_posix() for cell, path in grid_imports(PARAMS_TREE, PARAMS).items()}
+    IMPORTED_CELLS = "|".join(re.escape(name) for name in IMPORTS) or NEVER
+    TRAINED_CELLS = "|".join(re.escape(c.name) for c in CELLS if c.name not in IMPORTS) or NEVER
+    DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
+    DATA_DIRS = {d: stages.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
+    REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
+    REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
+    for warning in stages.da_warnings(PARAMS_TREE, PARAMS):  # e.g. da.start_epoch too late for train.epochs
+        logger.warning(f"warning: {warning}")
 
 
 wildcard_constraints:
