@@ -2,14 +2,15 @@
 # prepare (per dataset) -> train (per cell) -> evaluate (per cell) -> report.
 # Every rule calls the `dawsol` CLI; no stage logic lives here (see docs/architecture.md).
 # `--config profile=NAME` selects a named overlay of params.yaml (e.g. the paper's grid).
-from snakemake.utils import validate
+from dawsol.config import validate_params
 
 
 configfile: "params.yaml"
 
 
 PROFILE = config.pop("profile", None)
-validate(config, "workflow/schemas/params.schema.yaml")
+# the schema with its component names filled in from the records (dawsol.components)
+validate_params(config, "params.yaml")
 
 
 include: "workflow/rules/common.smk"

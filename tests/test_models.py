@@ -17,7 +17,7 @@ import torchvision
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
 from dawsol.models import build_model, pretrained
-from dawsol.models.backbones import _scaled_resnet18
+from dawsol.models.resnet import scaled_resnet18
 
 CAM = WSOLSettings("cam")
 
@@ -124,7 +124,7 @@ def test_lr_groups_inception_new_spg_layers_and_vgg_conv6_at_ratio():
 
 def test_pretrained_path_loads_torchvision_state_dict(tmp_path: Path):
     torch.manual_seed(1)
-    reference = _scaled_resnet18(0.25)
+    reference = scaled_resnet18(0.25)
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
     model = build_model(ModelSettings("resnet18", str(path), True, 0.25), 4, CAM)
@@ -143,7 +143,7 @@ def test_pretrained_path_errors(tmp_path: Path):
     with pytest.raises(DawsolError, match="not a readable torch state dict"):
         build_model(settings(corrupt), 4, CAM)
     wrong = tmp_path / "wrong.pth"
-    torch.save(_scaled_resnet18(0.5).state_dict(), wrong)  # another width: shapes differ
+    torch.save(scaled_resnet18(0.5).state_dict(), wrong)  # another width: shapes differ
     with pytest.raises(DawsolError, match="shape mismatch"):
         build_model(settings(wrong), 4, CAM)
     other = tmp_path / "vgg.pth"

@@ -90,8 +90,8 @@ class EvalSettings:
     iou_thresholds: tuple[int, ...]
     batch_size: int
     workers: int
-    # the localization maps evaluated (dawsol.evaluation.posthoc.EXTRACTORS; the cell's own CAM always) and the gradient
-    # methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
+    # the localization maps evaluated (dawsol.components.extractors.EXTRACTORS; the cell's own CAM always) and the
+    # gradient methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
     cam_methods: tuple[str, ...] = ("cam",)
     target_layer: str | None = None
 

@@ -15,6 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from dawsol.atomic import atomic_write_text
+from dawsol.components.backbones import BACKBONES
+from dawsol.components.da_losses import DA_LOSSES
+from dawsol.components.extractors import EXTRACTORS
+from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
 from dawsol.provenance import describe
@@ -23,24 +27,17 @@ from dawsol.provenance import describe
 BASELINE_BACKBONE = "baseline"
 BASELINE_LABELS = {"center": "Centre baseline (no model)", "random": "Random 16x16 maps (no model)"}
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
-WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL", "acol": "ACoL", "spg": "SPG"}
+WSOL_NAMES = {name: record.title for name, record in WSOL_METHODS.items()}
+# a DA method named after its loss takes the loss's label; the ablation variants of params.yaml have theirs here
 DA_NAMES = {
     "none": "",
-    "mmd": "DA-WSOL-MMD",
-    "dann": "DA-WSOL-DANN",
+    **{name: record.title for name, record in DA_LOSSES.items()},
     "mmd_notsa": "DA-WSOL-MMD w/o TSA, w/o $L_u$",
     "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
     "lu_only": "$L_u$ only",
 }
-EXTRACTOR_NAMES = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "pcs": "PCS", "bagcams": "BagCAMs"}
-BACKBONE_NAMES = {
-    "resnet18": "ResNet18",
-    "resnet50": "ResNet50",
-    "inception_v3": "InceptionV3",
-    "vgg16": "VGG16",
-    "efficientnet_lite0": "EfficientNet-Lite0",
-    BASELINE_BACKBONE: "—",
-}
+EXTRACTOR_NAMES = {name: record.title for name, record in EXTRACTORS.items()}
+BACKBONE_NAMES = {**{name: record.title for name, record in BACKBONES.items()}, BASELINE_BACKBONE: "—"}
 DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
 
 
