@@ -273,3 +273,30 @@ def test_width_only_for_resnet18_and_not_with_imagenet():
         build_model(ModelSettings("resnet50", "none", True, 0.5), 4, CAM)
     with pytest.raises(DawsolError, match=r"width 1\.0"):
         build_model(ModelSettings("resnet18", "imagenet", True, 0.5), 4, CAM)
+
+
+def test_inception_new_layers_are_initialised_as_the_official_trunk():
+    """SPG_A3_1b / SPG_A3_2b: xavier-uniform weights and zero bias, as wsolevaluation's InceptionCam (not Kaiming)."""
+    trunk = _model("inception_v3", False).trunk
+    for layer in (trunk.SPG_A3_1b[0], trunk.SPG_A3_2b[0]):
+        fan_in, fan_out = (layer.in_channels * 9, layer.out_channels * 9)
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        weight = layer.weight.detach()
+        assert weight.abs().max() <= bound
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.01)  # uniform; Kaiming's is 1.3-1.6x
+        assert not layer.bias.any()
+
+
+def test_inception_drops_out_around_its_new_layers_only_without_adl():
+    """The official CAM trunk drops out in training, the official ADL trunk does not (wsolevaluation's InceptionAdl)."""
+    adl = WSOLSettings("adl", {"drop_rate": 0.0, "threshold": 0.9})  # ADL's importance map only: deterministic
+    images = torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
+    for wsol, dropped in ((CAM, True), (adl, False)):
+        torch.manual_seed(0)
+        model = build_model(ModelSettings("inception_v3", "none", False, 1.0), 3, wsol).train()
+        outputs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outputs.append(model(images).features)
+        assert (not torch.equal(*outputs)) == dropped, wsol.method

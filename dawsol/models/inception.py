@@ -4,7 +4,9 @@
 |---|---|---|---|---|
 | inception_v3 | 1024 | 14x14 | 28x28 | SPG-style: stem pools 3x3/2 pad 1, Mixed_6a stride 1, SPG_A3_1b/2b |
 
-ACoL's variant ends at Mixed_6e (D 768).
+ACoL's variant ends at Mixed_6e (D 768). The new layers SPG_A3_1b/2b are xavier-uniform initialised
+with zero bias, and only the trunk without ADL drops out around them, as the official CAM, SPG and
+ADL trunks have it (wsolevaluation's ``InceptionCam``, ``InceptionSpg``, ``InceptionAdl``).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ class _InceptionBStride1(InceptionB):
 class InceptionTrunk(Trunk):
     """InceptionV3 to Mixed_6e (SPG-style), then SPG_A3_1b (768->1024) and SPG_A3_2b (1024->1024).
 
-    Dropout 0.5 precedes each new layer and follows the last one in training, so the pixel
-    features are post-dropout as in the official code. The max-pool after Mixed_5d is skipped
-    with the large map. ADL after Mixed_5d, after Mixed_6e and after SPG_A3_2b. ACoL's variant
+    Without ADL, dropout 0.5 precedes each new layer and follows the last one in training, so the
+    pixel features are post-dropout as in the official code; with ADL there is no dropout, as in the
+    official ADL trunk. The max-pool after Mixed_5d is skipped with the large map. ADL after
+    Mixed_5d, after Mixed_6e and after SPG_A3_2b. ACoL's variant
     (``spg_layers=False``) ends at Mixed_6e: ``[B, 768, h, w]``, no new layers, no dropout.
     """
 
@@ -73,12 +76,16 @@ class InceptionTrunk(Trunk):
             self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
             self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
             for layer in (self.SPG_A3_1b, self.SPG_A3_2b):
-                nn.init.kaiming_normal_(layer[0].weight, mode="fan_out", nonlinearity="relu")
+                nn.init.xavier_uniform_(layer[0].weight)
                 nn.init.zeros_(layer[0].bias)
             self.feature_dim = 1024
 
     def _adl(self, x: Tensor) -> Tensor:
         return self.adl(x) if self.adl is not None else x
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        """Dropout 0.5 in training around the new layers; none with ADL (the official ADL trunk has none)."""
+        return x if self.adl is not None else F.dropout(x, 0.5, self.training)
 
     def spg_taps(self) -> tuple[Tap, Tap]:
         """Mixed_6a's input (after Mixed_5d and its pool) and, as the official code has it, Mixed_6d's output
@@ -97,9 +104,9 @@ class InceptionTrunk(Trunk):
         x = self._adl(self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x)))))
         if not self.spg_layers:
             return x
-        x = self.SPG_A3_1b(F.dropout(x, 0.5, self.training))
-        x = self.SPG_A3_2b(F.dropout(x, 0.5, self.training))
-        return self._adl(F.dropout(x, 0.5, self.training))
+        x = self.SPG_A3_1b(self._dropout(x))
+        x = self.SPG_A3_2b(self._dropout(x))
+        return self._adl(self._dropout(x))
 
 
 def inception_v3_trunk(
