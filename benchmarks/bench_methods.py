@@ -1,9 +1,11 @@
 """Benchmark: the cost of DA-WSOL over CAM, and the batched assigner against per-image scikit-learn.
 
-1. Training step (same run, same backbone, same batch): a CAM step (forward, L_c, backward, SGD)
-   against a DA-WSOL (MMD) step (the same plus the assigner, sampling, L_d and L_u), on the CPU
-   and on CUDA when present, median wall and process-CPU seconds of interleaved steps.
-   Target: ``da_step_s / cam_step_s <= 1.2``.
+1. Training step (same run, same backbone, same batch): training's own step
+   (``dawsol.training.step.train_step`` on the parts ``dawsol.training.parts.build_parts`` builds for the
+   cell, as ``dawsol estimate`` times it) in an epoch before the DA terms switch on (a CAM step: forward,
+   L_c, backward, SGD) against one after (the same plus the assigner, sampling, L_d and L_u), on the CPU
+   and on CUDA when present, under training's determinism settings, median wall and process-CPU
+   seconds of interleaved steps. Target: ``da_step_s / cam_step_s <= 1.2``.
    The batch is real images of the cell's prepared train split when it is prepared (so as many
    images qualify for L_d as in training), random pixels otherwise (``step[].images`` says which).
 2. Assigner: ``dawsol.da.tsa.kmeans3`` on B images of pixel features at once, against the
@@ -29,19 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dawsol.atomic import atomic_write_text  # noqa: E402
 from dawsol.config import Settings, resolve  # noqa: E402
-from dawsol.da import DALoss, kmeans3  # noqa: E402
+from dawsol.da import kmeans3  # noqa: E402
 from dawsol.data.datasets import EvalDataset, collate_eval  # noqa: E402
 from dawsol.errors import DawsolError  # noqa: E402
 from dawsol.models import build_model  # noqa: E402
 from dawsol.models.registry import normalization  # noqa: E402
-from dawsol.runtime import synchronize  # noqa: E402
+from dawsol.runtime import deterministic, synchronize  # noqa: E402
+from dawsol.training.parts import build_parts  # noqa: E402
+from dawsol.training.step import train_step  # noqa: E402
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -63,53 +68,48 @@ def _timed_both(fn: Callable[[], object], device: torch.device) -> tuple[float, 
 
 
 def bench_step(params: Path, cell: str, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
-    """Median seconds of a CAM step and a DA-WSOL step, interleaved on one model and batch."""
+    """Median seconds of training's step before and after ``da.start_epoch``, interleaved on one model and batch."""
     settings = resolve(cell, source=params)
     if settings.da is None:
         raise SystemExit(f"{cell}: pick a DA cell (e.g. synthetic/resnet18/cam-mmd/seed0)")
-    torch.manual_seed(0)
-    model = build_model(settings.model, settings.data.num_classes, settings.wsol).to(device).train()
-    da_loss = DALoss(settings.da, settings.data.num_classes, model.feature_dim).to(device).train()
-    optimizer = torch.optim.SGD(model.param_groups(settings.train), lr=settings.train.lr, momentum=0.9, nesterov=True)
     size, batch = settings.data.image_size, settings.train.batch_size
     real = real_batch(settings, batch)
     if real is None:
-        images = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, settings.data.num_classes, (batch,), device=device)
+        images = torch.randn(batch, 3, size, size)
+        labels = torch.randint(0, settings.data.num_classes, (batch,))
     else:
-        images, labels = real[0].to(device), real[1].to(device)
+        images, labels = real
+    torch.manual_seed(0)
     qualified: list[int] = []
+    with deterministic(device):
+        parts = build_parts(settings, device, dataset=TensorDataset(images, labels))
+        assert parts.da_loss is not None  # a DA cell
+        parts.da_loss.register_forward_hook(lambda module, inputs, result: qualified.append(result.num_qualified))
+        parts.model.train()
+        iteration = parts.objective.total_iterations // 2  # DANN's progress 0.5, mid-run
+        cam_epoch, da_epoch = settings.da.first_epoch - 1, settings.da.first_epoch  # DA terms off, on
+        da_losses: list[dict[str, float]] = []
 
-    def cam_step() -> None:
-        out = model(images)
-        loss = F.cross_entropy(out.logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        def cam_step() -> None:
+            train_step(parts, images, labels, cam_epoch, iteration)
 
-    def da_step() -> None:
-        out = model(images)
-        result = da_loss(out.features, out.pooled, labels, progress=0.5)
-        loss = F.cross_entropy(out.logits, labels)
-        loss = loss + settings.da.lambda1 * result.loss_d + settings.da.lambda2 * result.loss_u
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        qualified.append(result.num_qualified)
+        def da_step() -> None:
+            da_losses.append(train_step(parts, images, labels, da_epoch, iteration)[1])
 
-    cam_times, da_times = [], []
-    for index in range(warmup + steps):
-        cam, da = _timed_both(cam_step, device), _timed_both(da_step, device)
-        if index >= warmup:
-            cam_times.append(cam)
-            da_times.append(da)
+        cam_times, da_times = [], []
+        for index in range(warmup + steps):
+            cam, da = _timed_both(cam_step, device), _timed_both(da_step, device)
+            if index >= warmup:
+                cam_times.append(cam)
+                da_times.append(da)
+        with torch.no_grad():
+            feature_shape = list(parts.model(images[:1].to(device)).features.shape[1:])
     cam_s, da_s = (statistics.median(t[0] for t in times) for times in (cam_times, da_times))
     cam_cpu, da_cpu = (statistics.median(t[1] for t in times) for times in (cam_times, da_times))
-    with torch.no_grad():
-        feature_shape = list(model(images[:1]).features.shape[1:])
     return {
         "device": str(device),
         "cell": cell,
+        "step": "dawsol.training.step.train_step",
         "backbone": settings.model.backbone,
         "width": settings.model.width,
         "image_size": size,
@@ -118,6 +118,7 @@ def bench_step(params: Path, cell: str, device: torch.device, steps: int, warmup
         "frozen_stages": settings.model.frozen_stages,
         "feature_map": feature_shape,
         "sample_num": [settings.da.sample_num_source, settings.da.sample_num_target],
+        "epochs_timed": {"cam": cam_epoch, "da": da_epoch},
         "steps": steps,
         "cam_step_s": round(cam_s, 5),
         "da_step_s": round(da_s, 5),
@@ -128,6 +129,8 @@ def bench_step(params: Path, cell: str, device: torch.device, steps: int, warmup
         "target_ratio": 1.2,
         "pass": da_s / cam_s <= 1.2,
         "mean_qualified_images": round(statistics.mean(qualified[warmup:]), 2),
+        "mean_loss_d": round(statistics.mean(losses["loss_d"] for losses in da_losses[warmup:]), 5),
+        "mean_loss_u": round(statistics.mean(losses["loss_u"] for losses in da_losses[warmup:]), 5),
     }
 
 
@@ -282,10 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.output)
+        atomic_write_text(args.output, text + "\n")
     return report
 
 

@@ -43,6 +43,32 @@ def free_space(folder: Path) -> str:
     return f"{free / 1024**2:.1f} MiB"
 
 
+# what the system says of a path it refused, with what to do
+_FILESYSTEM_HINTS = {
+    errno.EACCES: "no permission: make it writable or choose another place",
+    errno.EPERM: "not permitted: make it writable or choose another place",
+    errno.EROFS: "a read-only file system: choose a writable place",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way of a folder",
+    errno.EISDIR: "a folder is in the way of a file",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ENOSPC: "no space left: free some and re-run the same command",
+    errno.EDQUOT: "disk quota exceeded: free some and re-run the same command",
+}
+
+
+def filesystem_error(exc: OSError) -> DawsolError | None:
+    """A filesystem fault that names its path (a read-only or unwritable folder, a file in the way) as one line;
+    None for any other OSError."""
+    if exc.filename is None or exc.errno not in _FILESYSTEM_HINTS:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    if path.name.startswith(".") and path.name.endswith(".tmp"):  # an atomic write's temporary file: name its target
+        path = path.parent
+    return DawsolError(f"{path}: {_FILESYSTEM_HINTS[exc.errno]} ({exc.strerror})")
+
+
 def write_failed(path: Path, reason: str) -> DawsolError:
     """The one-line error of a write to ``path`` that failed for want of space (``reason``: the system's words)."""
     return DawsolError(

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from dawsol import __version__
+from dawsol.atomic import filesystem_error
 from dawsol.errors import DawsolError
 
 # name -> module, in the order `dawsol --help` lists them.
@@ -74,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except DawsolError as exc:
         print(f"dawsol: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        failure = filesystem_error(exc)
+        if failure is None:
+            raise
+        print(f"dawsol: error: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dawsol: interrupted", file=sys.stderr)

@@ -1,15 +1,17 @@
 """Where everything lives: every cell and report path, the resume link, the prepared data's metadata files.
 
 One place for the path contract of docs/architecture.md ("Cell outputs"): the library writes
-these paths, the Snakefile and the generated ``dvc.yaml`` declare them, the report reads them.
+these paths, the Snakefile and the generated ``dvc.yaml`` declare them, the report reads them
+(a cell's ``metrics.json`` through ``read_cell_metrics``).
 Every path of a cell derives from its name ``<dataset>/<backbone>/<wsol>-<da>/seed<k>``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dawsol.config import Cell, Settings, grid_cells, grid_imports
 from dawsol.errors import DawsolError
@@ -90,9 +92,9 @@ def weights_settings_output(cell: Cell | str) -> Path:
     return RUNS_DIR / str(cell) / "resolved_weights.json"
 
 
-def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
-    """``dawsol evaluate``'s outputs of one cell."""
-    cell_dir = CELLS_DIR / str(cell)
+def evaluate_outputs(cell: Cell | str, cells_dir: Path = CELLS_DIR) -> dict[str, Path]:
+    """``dawsol evaluate``'s outputs of one cell (under ``cells_dir``, by default the project's)."""
+    cell_dir = cells_dir / str(cell)
     return {
         "metrics": cell_dir / "metrics.json",
         # the few numbers a user compares across cells (DVC's metrics; the whole metrics.json is an out)
@@ -102,6 +104,39 @@ def evaluate_outputs(cell: Cell | str) -> dict[str, Path]:
         "cams": cell_dir / "cams.png",
         "cam_samples": cell_dir / "cam_samples.npz",
     }
+
+
+class CellMetrics(NamedTuple):
+    """One split of a cell's ``metrics.json``: the whole document and the split's metrics per map
+    (``OWN_MAPS``: the cell's own CAMs, then one entry per post-hoc extractor)."""
+
+    document: dict[str, Any]
+    maps: dict[str, dict[str, Any]]
+
+
+OWN_MAPS = "cam"  # the key of a cell's own maps in ``CellMetrics.maps``
+
+
+def read_cell_metrics(cell: Cell, split: str, cells_dir: Path = CELLS_DIR) -> CellMetrics:
+    """``split`` of the cell's ``metrics.json`` under ``cells_dir`` (by default the project's).
+
+    A missing file, or one without ``split``'s metrics for the cell's own maps or a post-hoc extractor's,
+    is a DawsolError naming the file and the command that writes it.
+    """
+    path = evaluate_outputs(cell, cells_dir)["metrics"]
+    try:
+        document = json.loads(path.read_text())
+        maps = {OWN_MAPS: document["splits"][split]}
+        maps.update({name: block["splits"][split] for name, block in (document.get("extractors") or {}).items()})
+        if not all(isinstance(metrics, dict) for metrics in maps.values()):
+            raise TypeError(f"a {split} entry is not an object")
+    except FileNotFoundError:
+        raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise DawsolError(
+            f"{path}: not a cell metrics.json with {split} metrics ({exc!r}); re-run `dawsol evaluate {cell.name}`"
+        ) from None
+    return CellMetrics(document, maps)
 
 
 def method_key(cell: Cell) -> str:

@@ -474,7 +474,7 @@ def test_missing_corrupt_and_foreign_files_are_refused(workdir):
     settings = cell_settings(CUB_RESNET50)
     assert "no such checkpoint file" in refusal(workdir / "absent.pth.tar", settings)
     (workdir / "noise.pth.tar").write_bytes(bytes(range(256)) * 8)
-    assert "unreadable" in refusal(workdir / "noise.pth.tar", settings)
+    assert "not a torch checkpoint" in refusal(workdir / "noise.pth.tar", settings)
     torch.save({"a": torch.zeros(4)}, workdir / "whole.pt")
     (workdir / "half.pt").write_bytes((workdir / "whole.pt").read_bytes()[:200])
     assert "unreadable" in refusal(workdir / "half.pt", settings)

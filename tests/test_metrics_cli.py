@@ -201,7 +201,7 @@ def test_split_without_foreground_pixels(tmp_path):
 
 def test_split_without_localization_labels(tmp_path):
     split = _dataset(tmp_path, with_boxes=False, with_masks=False)
-    with pytest.raises(DawsolError, match="no boxes or masks"):
+    with pytest.raises(DawsolError, match="has no box or mask"):
         evaluate_split(split, baseline="center", size=SIZE)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_fixtures import dawsol_env, prepare_tiny_data, run_in, write_project
+from train_fixtures import dawsol_env, evaluated_project, prepare_tiny_data, run_in, write_project
 from workflow_fixtures import write_cell, write_dataset
 
 from dawsol import atomic
@@ -232,10 +232,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """CELL trained and evaluated without tracking."""
-    project = write_project(tmp_path_factory.mktemp("evaluated"), tiny_data)
-    for command in ("train", "evaluate"):
-        assert run_in(project, command, CELL, "--no-tracking") == 0
-    return project
+    return evaluated_project(tmp_path_factory.mktemp("evaluated"), tiny_data, CELL)
 
 
 def cell_dir(project: Path) -> Path:

@@ -463,3 +463,56 @@ def test_a_full_disk_under_the_store_is_one_named_line(monkeypatch: pytest.Monke
 
     with pytest.raises(ValueError):
         tracking.with_retry(other)
+
+
+def _project_with_a_run(project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, str]:
+    """A project folder whose store holds one run with one artifact and one logged model; (run id, model id)."""
+    project.mkdir()
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    run = tracking.CellRun.start(settings_of("synthetic/resnet18/cam-none/seed0"))
+    artifact = tmp_path / "kept.txt"
+    artifact.write_text("kept")
+    run.log_artifact(artifact)
+    model = tracking.CellRun(run.client, run.run_id).log_model(artifact, "model", 1)
+    return run.run_id, model
+
+
+def test_a_store_reached_through_a_symlink_rewrites_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    run_id, model = _project_with_a_run(project, monkeypatch, tmp_path)
+    client, experiment_id = tracking.init_store()
+    before = (client.get_experiment(experiment_id).artifact_location, client.get_run(run_id).info.artifact_uri)
+    elsewhere.mkdir()
+    (project / "mlflow.db").rename(elsewhere / "mlflow.db")
+    (project / "mlflow.db").symlink_to(elsewhere / "mlflow.db")
+
+    client, experiment_id = tracking.init_store()  # what `dawsol report` does first
+    assert (client.get_experiment(experiment_id).artifact_location, client.get_run(run_id).info.artifact_uri) == before
+    assert client.get_logged_model(model).artifact_location.startswith(before[0] + "/")
+    assert [a.path for a in client.list_artifacts(run_id)] == ["kept.txt"]
+
+
+def test_a_moved_project_is_re_pointed_and_a_run_not_proven_moved_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    original, moved = tmp_path / "original", tmp_path / "moved"
+    run_id, model = _project_with_a_run(original, monkeypatch, tmp_path)
+    client, experiment_id = tracking.init_store()
+    lost = client.create_run(experiment_id)  # its artifacts will not travel with the project
+    (Path(client.get_run(lost.info.run_id).info.artifact_uri.removeprefix("file://"))).mkdir(parents=True)
+    lost_uri = client.get_run(lost.info.run_id).info.artifact_uri
+    shutil.move(original, moved)
+    shutil.rmtree(moved / "mlartifacts" / lost.info.run_id)
+    (original / "mlartifacts" / lost.info.run_id).mkdir(parents=True)  # still in the old place
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{moved / 'mlflow.db'}")
+    client, experiment_id = tracking.init_store()
+    root = (moved / "mlartifacts").as_uri()
+    assert client.get_experiment(experiment_id).artifact_location == root
+    assert client.get_run(run_id).info.artifact_uri.startswith(root + "/")
+    assert client.get_logged_model(model).artifact_location.startswith(root + "/")
+    assert [a.path for a in client.list_artifacts(run_id)] == ["kept.txt"]
+    assert client.get_run(lost.info.run_id).info.artifact_uri == lost_uri

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_fixtures import prepare_tiny_data, run_in, start, write_project
+from train_fixtures import evaluated_project, prepare_tiny_data, run_in, start, write_project
 
 from dawsol import cli
-from dawsol.checkpoints.format import load_checkpoint, restore_training, save_checkpoint, training_state
+from dawsol.checkpoints.format import load_checkpoint, restore_training, save_checkpoint
 from dawsol.config import load_params, resolve
 from dawsol.errors import DawsolError
-from dawsol.runtime import restore_rng, rng_state, select_device
+from dawsol.runtime import restore_rng, select_device
+from dawsol.training.cell import position_checkpoint
 from dawsol.training.loop import Position
 from dawsol.training.parts import build_parts
 from dawsol.training.step import train_step
@@ -37,10 +38,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """An uninterrupted train + evaluate of CELL, without tracking."""
-    project = write_project(tmp_path_factory.mktemp("reference"), tiny_data)
-    for command in ("train", "evaluate"):
-        assert run_in(project, command, CELL, "--no-tracking") == 0
-    return project
+    return evaluated_project(tmp_path_factory.mktemp("reference"), tiny_data, CELL)
 
 
 def metrics_of(project: Path, cell: str = CELL) -> dict:
@@ -219,19 +217,7 @@ def test_checkpoint_round_trip_with_dann(reference: Path, monkeypatch: pytest.Mo
     parts = build_parts(settings, torch.device("cpu"))
     restore_training(state, parts.model, parts.optimizer, parts.da_loss)
     restore_rng(state["rng"], parts.generators)
-    position = Position.from_checkpoint(state)
-    again = training_state(
-        settings,
-        parts.model,
-        parts.optimizer,
-        parts.da_loss,
-        epoch=position.epoch,
-        batch=position.batch,
-        stats=position.stats.to_dict(),
-        rng=rng_state(parts.generators),
-        records=position.records,
-        run_id=state["mlflow_run_id"],
-    )
+    again = position_checkpoint(parts, Position.from_checkpoint(state), state["mlflow_run_id"])
     for part in ("model", "da"):
         assert again[part].keys() == state[part].keys()
         for key, value in state[part].items():

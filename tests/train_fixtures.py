@@ -52,6 +52,14 @@ def write_project(folder: Path, data: Path | None, **overrides: dict) -> Path:
     return folder
 
 
+def evaluated_project(folder: Path, data: Path, cell: str) -> Path:
+    """A tiny project in ``folder`` on ``data`` with ``cell`` trained and evaluated, without tracking."""
+    project = write_project(folder, data)
+    for command in ("train", "evaluate"):
+        assert run_in(project, command, cell, "--no-tracking") == 0
+    return project
+
+
 def prepare_tiny_data(folder: Path) -> Path:
     """Generate the tiny synthetic benchmark into ``folder`` with the data library."""
     from dawsol.data.synthetic import SyntheticConfig, prepare_synthetic

@@ -51,12 +51,7 @@ def write_cell(root: Path, cell: Cell, epochs: int = 3, code: dict | None = None
     split = {name: cell_value(cell, name) for name in METRIC_NAMES}
     split.update({"num_images": 4, "iou_thresholds": [30, 50, 70], "BoxAcc": {"30": 1.0, "50": 1.0, "70": 1.0}})
     metrics = {
-        "cell": cell.name,
-        "dataset": cell.dataset,
-        "backbone": cell.backbone,
-        "wsol": cell.wsol,
-        "da": cell.da,
-        "seed": cell.seed,
+        **cell.record(),
         "settings_digest": "0" * 16,
         "code": {"trained": code or CODE, "evaluated": code or CODE},
         "splits": {"val": split, "test": split},

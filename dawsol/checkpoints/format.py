@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first bytes, also where the archive is cut short
+HEAD_WEIGHT = "classifier.weight"  # WSOLModel's class scores: [K, D, 1, 1]
+# what torch.load raises on a damaged file besides pickle's own error (its weights-only unpickler fails anywhere)
+TORCH_LOAD_FAILURES = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError)
 # what torch.save's zip writer says when the disk fills under it (it raises RuntimeError, not OSError)
 _TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing file", "file write failed", "iostream error")
 
@@ -66,10 +70,31 @@ def save_checkpoint(path: Path, state: dict[str, Any], resume: Path | None = Non
             link_resume_state(tmp, resume)
 
 
+def require_torch_file(path: Path) -> None:
+    """Refuse, before unpickling, a file that is not ``torch.save`` output: its zip archive, or the pickle of the
+    legacy format (which starts with the pickle protocol byte)."""
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+    if not start.startswith((b"\x80", ZIP_MAGIC)):
+        raise DawsolError(
+            f"{path}: not a torch checkpoint (torch.save writes a zip archive or a pickle; this file starts with "
+            f"{start!r}); give the checkpoint file itself"
+        )
+
+
+def weights_problem(weights: Mapping[str, torch.Tensor]) -> str | None:
+    """What makes weights unusable (NaN or infinite values: a diverged or damaged model), or None."""
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if not bad:
+        return None
+    return f"{len(bad)} of {len(weights)} weights hold NaN or infinite values (e.g. {bad[0]})"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything else is a one-line DawsolError."""
     if not path.is_file():
         raise DawsolError(f"{path}: no checkpoint (run: dawsol train <cell>)")
+    require_torch_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -78,7 +103,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: refused, it is not a plain weights checkpoint (weights_only: {reason[:160]}); "
             "delete it and retrain, or only load files you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except TORCH_LOAD_FAILURES as exc:
         reason = (str(exc).strip().splitlines() or [f"{type(exc).__name__}, {path.stat().st_size} bytes"])[0]
         raise DawsolError(f"{path}: unreadable checkpoint ({reason[:160]}); delete it and retrain") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -294,11 +319,25 @@ def restore_training(
 
 
 def model_from_state(state: Mapping[str, Any], device: torch.device) -> WSOLModel:
-    """Rebuild a checkpoint's model from the settings it stores, in eval mode (no pretrained weights are read)."""
+    """Rebuild a checkpoint's model from the settings it stores, in eval mode (no pretrained weights are read).
+
+    The weights are checked first: the head's class count must be the stored ``data.num_classes`` and every
+    weight finite, so a damaged or diverged checkpoint never reaches an output.
+    """
     settings = stored_settings(state)
-    model = build_model(
-        dataclasses.replace(settings.model, pretrained="none"), int(state["num_classes"]), settings.wsol
-    )
+    num_classes = settings.data.num_classes
+    head = state["model"].get(HEAD_WEIGHT)
+    scored = int(head.shape[0]) if head is not None and head.dim() > 0 else None
+    if state["num_classes"] != num_classes or scored not in (None, num_classes):
+        shown = f"{scored} classes ({HEAD_WEIGHT} {list(head.shape)})" if scored else f"{state['num_classes']} classes"
+        raise DawsolError(
+            f"checkpoint of {state['cell']}: its head scores {shown} but its settings say data.num_classes "
+            f"{num_classes}; retrain the cell or import the right file"
+        )
+    problem = weights_problem(state["model"])
+    if problem is not None:
+        raise DawsolError(f"checkpoint of {state['cell']}: {problem}; retrain the cell (a lower train.lr?)")
+    model = build_model(dataclasses.replace(settings.model, pretrained="none"), num_classes, settings.wsol)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

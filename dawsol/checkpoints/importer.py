@@ -34,13 +34,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dawsol.checkpoints.format import imported_state, load_checkpoint, save_checkpoint
+from dawsol.checkpoints.format import (
+    TORCH_LOAD_FAILURES,
+    imported_state,
+    load_checkpoint,
+    require_torch_file,
+    save_checkpoint,
+    weights_problem,
+)
 from dawsol.components.backbones import BACKBONES, DA_WSOL, WSOLEVALUATION
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
 from dawsol.files import file_digest
 from dawsol.layout import checkpoint_path, resume_path
 from dawsol.models import WSOLModel, build_model
+from dawsol.models.pretrained import misfit
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +207,7 @@ def load_weights_file(path: Path) -> dict[str, Any]:
         raise DawsolError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise DawsolError(f"{path}: not a file (give the checkpoint file itself)")
+    require_torch_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -210,7 +219,7 @@ def load_weights_file(path: Path) -> dict[str, Any]:
                 "dawsol loads checkpoints with weights_only=True only"
             ) from None
         raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({_pickle_reason(text)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except TORCH_LOAD_FAILURES as exc:
         reason = (str(exc).strip().splitlines() or ["the file ends early"])[0].split(". ")[0].rstrip(".")
         raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]})") from None
     if not isinstance(loaded, dict):
@@ -290,6 +299,11 @@ def read_source(path: Path) -> SourceCheckpoint:
             classifier = _take_classifier(path, "state_dict", trunk, "SPG_A4", 4)
         else:
             classifier = _take_classifier(path, "state_dict", trunk, "fc", 2)
+    problem = weights_problem(
+        {**trunk, classifier.weight_name: classifier.weight, classifier.bias_name: classifier.bias}
+    )
+    if problem is not None:
+        raise DawsolError(f"{path}: {problem}; not a usable model")
     return SourceCheckpoint(path, fmt, architecture, epoch, trunk, classifier)
 
 
@@ -386,25 +400,13 @@ def load_strictly(source: SourceCheckpoint, model: WSOLModel, mapped: MappedWeig
     for name in expected:
         if name not in state and name.rsplit(".", 1)[-1] == BN_COUNTER:
             state[name] = torch.zeros((), dtype=torch.int64)
-    missing = [name for name in expected if name not in state]
-    unexpected = mapped.unmapped + [file_name for name, (file_name, _) in mapped.state.items() if name not in expected]
-    wrong = [name for name in state if name in expected and state[name].shape != expected[name].shape]
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            name = wrong[0]
-            problems.append(
-                f"{len(wrong)} of another shape (e.g. {mapped.state[name][0]}: {list(state[name].shape)} in the file, "
-                f"{list(expected[name].shape)} in the model)"
-            )
+    file_names = {name: file_name for name, (file_name, _) in mapped.state.items()}
+    problems = misfit(expected, state, unmapped=mapped.unmapped, file_names=file_names)
+    if problems:
         raise DawsolError(
             f"{source.path}: its weights do not fit cell {settings.cell.name}'s {settings.model.backbone} model "
             f"(wsol {settings.wsol.method}, large_feature_map {str(settings.model.large_feature_map).lower()}): "
-            f"{', '.join(problems)}{layout_hint(source, settings)}"
+            f"{problems}{layout_hint(source, settings)}"
         )
     try:
         model.load_state_dict(state, strict=True)

@@ -25,8 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawsol.evaluation.cell import evaluate_cell
+    from dawsol.threads import use_threads
 
     _, settings = cell_settings(args)
+    use_threads(settings.train.threads)  # before torch loads below
+
+    from dawsol.evaluation.cell import evaluate_cell
+
     evaluate_cell(settings, device_name=args.device, predictions=args.predictions, tracking=not args.no_tracking)
     return 0

@@ -41,12 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dawsol.config import validate_params
     from dawsol.errors import DawsolError
     from dawsol.protocol import metrics_dict, write_curves, write_metrics
     from dawsol.protocol.evaluator import evaluate_split
 
-    if not 0 < args.cam_curve_interval < 1:
-        raise DawsolError(f"--cam-curve-interval must lie in (0, 1), got {args.cam_curve_interval}")
+    validate_params(args.cam_curve_interval, "--cam-curve-interval", definition="cam_curve_interval")
+    validate_params(args.size, "--size", definition="image_side")
+    validate_params(args.workers, "--workers", definition="workers")
     if any(not 0 < d <= 100 for d in args.iou_thresholds):
         raise DawsolError(f"--iou-thresholds must lie in 1..100, got {args.iou_thresholds}")
     if args.size < 2:

@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.cell not in grid_cells(params, args.params):
         where = f"profile {args.profile}" if args.profile else args.params
         log.warning("%s is not a cell of the grid of %s: the pipeline does not run it", settings.cell.name, where)
+    if warning := settings.da_never_active():
+        log.warning(warning)
     if args.diff:
         from dawsol.pipeline.settings_diff import diff_lines  # imports torch (the checkpoint)
 

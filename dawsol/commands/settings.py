@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from dawsol.atomic import atomic_write_text, staged
 from dawsol.config import grid_cells, load_params, resolve
 from dawsol.layout import RUNS_DIR, settings_output, weights_settings_output
+
+log = logging.getLogger(__name__)
 
 HELP = (
     "write runs/<cell>/resolved.json (the resolved settings) and resolved_weights.json (all but eval) "
@@ -29,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     with staged():
         for cell in grid_cells(params, args.params):
             settings = resolve(cell, params, args.params)
+            if warning := settings.da_never_active():
+                log.warning(warning)
             outputs = (
                 (settings_output(cell), settings.to_dict()),
                 (weights_settings_output(cell), settings.weights_dict()),

@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from dawsol.threads import use_threads
+
+    params, settings = cell_settings(args)
+    use_threads(settings.train.threads)  # before torch loads below
+
     from dawsol.config import grid_imports
     from dawsol.distributed import launch_command, run_launcher, shutdown
     from dawsol.errors import DawsolError
@@ -28,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from dawsol.training import train_cell
     from dawsol.training.cell import trainer_lock
 
-    params, settings = cell_settings(args)
     imported = grid_imports(params, args.params)
     if settings.cell in imported:
         raise DawsolError(

@@ -45,6 +45,17 @@ class Cell:
         """``<dataset>/<backbone>/<wsol>-<da>``: the key of params.yaml ``tuned`` and of a search."""
         return f"{self.dataset}/{self.backbone}/{self.method}"
 
+    def record(self) -> dict[str, str | int]:
+        """The cell's name and parts as its ``metrics.json`` opens with them."""
+        return {
+            "cell": self.name,
+            "dataset": self.dataset,
+            "backbone": self.backbone,
+            "wsol": self.wsol,
+            "da": self.da,
+            "seed": self.seed,
+        }
+
     def __str__(self) -> str:
         return self.name
 

@@ -4,6 +4,7 @@ and the check of a cell's parts against the file."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -28,6 +29,7 @@ _OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*
 _EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")  # schema checks whose reason is shown
 # the schema's component names, ``$defs.<key>``: each enum is its registry's keys, filled in at load
 REGISTERED_NAMES: dict[str, Mapping[str, Any]] = {
     "backbone": BACKBONES,
@@ -57,14 +59,31 @@ def _error_location(error: Any) -> str:
             return ".".join([*parts, unexpected[0]]) + ": unknown key"
     if error.validator == "propertyNames":
         return ".".join(parts) + f": invalid name {error.instance!r}"
-    where = ".".join(parts) or "(top level)"
-    return f"{where}: {error.message}"
+    reason = error.schema.get("description") if error.validator in BOUNDS and isinstance(error.schema, dict) else None
+    message = error.message + (f" ({reason})" if reason else "")
+    return f"{'.'.join(parts)}: {message}" if parts else message  # a bare value (a CLI option): its source names it
+
+
+def _non_finite(tree: Any, path: tuple[str, ...] = ()) -> tuple[str, float] | None:
+    """The dotted key and value of the first NaN or infinite number in a params tree, or None."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return ".".join(path), tree
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        found = _non_finite(value, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
 
 
 def validate_params(params: Any, source: str | Path, definition: str | None = None) -> None:
     """Validate a params tree against the schema (or one of its ``$defs``); raise DawsolError naming key and file."""
     from jsonschema import Draft202012Validator  # here, not at the top: it is half of `dawsol --help`'s import time
 
+    found = _non_finite(params)
+    if found is not None:
+        where = f"{found[0]}: " if found[0] else ""
+        raise DawsolError(f"{source}: {where}{found[1]} is not a finite number (settings are finite numbers)")
     schema = load_schema()
     if definition is not None:
         schema = {"$ref": f"#/$defs/{definition}", "$defs": schema["$defs"]}

@@ -42,7 +42,7 @@ class ModelSettings:
     pretrained: str
     large_feature_map: bool
     width: float
-    frozen_stages: int = 0  # leading trunk stages kept fixed (dawsol.models.backbones.Trunk.freeze)
+    frozen_stages: int = 0  # leading trunk stages kept fixed (dawsol.models.trunk.Trunk.freeze)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class TrainSettings:
     device: str
     bf16: bool
     channels_last: bool
+    threads: int = 1  # CPU threads of train/evaluate: they decide the floating-point order (dawsol.threads)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,15 @@ class DASettings:
     use_tsa: bool
     use_ld: bool
     use_lu: bool
+
+    @property
+    def first_epoch(self) -> int:
+        """The first 0-based epoch with the DA terms on: they are off up to ``start_epoch``, on after it."""
+        return self.start_epoch + 1
+
+    def active(self, epoch: int) -> bool:
+        """Whether the DA terms are on in 0-based ``epoch``."""
+        return epoch >= self.first_epoch
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,16 @@ class Settings:
     def dataset_dir(self) -> Path:
         """The prepared dataset: ``<data.root>/<dataset>``."""
         return Path(self.data.root) / self.cell.dataset
+
+    def da_never_active(self) -> str | None:
+        """A one-line warning if the cell has DA terms that never switch on in its ``train.epochs``, else None."""
+        if self.da is None or self.da.first_epoch < self.train.epochs:
+            return None
+        return (
+            f"cell {self.cell.name}: its DA terms never switch on: they start in 0-based epoch {self.da.first_epoch} "
+            f"(da.start_epoch {self.da.start_epoch} + 1) and training stops after epoch {self.train.epochs - 1} "
+            f"(train.epochs {self.train.epochs}); lower da.start_epoch or raise train.epochs"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable nested dict of every resolved setting (``from_dict`` reads it back)."""

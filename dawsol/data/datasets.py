@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from dawsol.components.backbones import IMAGENET_NORMALIZATION, Normalization
 from dawsol.data.groundtruth import load_mask, rescale_boxes
-from dawsol.data.metadata import IMAGE_ERRORS, IMAGE_SIZES, SplitMetadata, read_split
+from dawsol.data.metadata import IMAGE_ERRORS, IMAGE_SIZES, SplitMetadata, read_split, to_rgb
 from dawsol.errors import DawsolError
 
 
@@ -93,7 +93,7 @@ def load_image(dataset_dir: Path, image_id: str) -> Image.Image:
     path = Path(dataset_dir) / image_id
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image, path)
     except IMAGE_ERRORS as exc:
         reason = "missing" if not path.exists() else f"unreadable ({' '.join(str(exc).split())})"
         raise DawsolError(f"image {image_id}: {path} is {reason}; re-run `dawsol prepare`") from None

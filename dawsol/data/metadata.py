@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -47,6 +48,10 @@ Box = tuple[int, int, int, int]
 FileRead = tuple[int, int] | str | None
 # The errors PIL raises for a file that is not a readable image (DecompressionBombError is none of the others)
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# 16-bit grey levels, which Pillow's RGB conversion clips to white: scaled to 8 bits instead
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# modes with no defined 8-bit range, refused by name
+UNCONVERTIBLE_MODES = {"I": "32-bit integer pixels", "F": "32-bit floating-point pixels"}
 # Bytes that are not UTF-8, as errors="surrogateescape" decodes them
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
@@ -222,12 +227,16 @@ class _Parser:
 
 
 def read_split(split_dir: str | Path) -> SplitMetadata:
-    """Read ``metadata/<split>/``; raise DawsolError naming file and line on a format error."""
-    parser = _Parser(Path(split_dir))
+    """Read ``metadata/<split>/`` and check it as ``dawsol validate`` does, less the image and mask files (every
+    command that reads a split reads it here, so none checks less); the first problem is a DawsolError naming
+    file and line."""
+    split_dir = Path(split_dir)
+    parser = _Parser(split_dir)
     meta = parser.parse()
-    if parser.problems:
-        more = f" (and {len(parser.problems) - 1} more; run `dawsol validate`)" if len(parser.problems) > 1 else ""
-        raise DawsolError(f"{parser.problems[0]}{more}")
+    problems = _check_split(split_dir.name, parser, meta, split_dir.parent.parent, None, None, None)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run `dawsol validate`)" if len(problems) > 1 else ""
+        raise DawsolError(f"{problems[0]}{more}")
     return meta
 
 
@@ -273,6 +282,25 @@ def write_split(split_dir: str | Path, meta: SplitMetadata) -> None:
         (split_dir / PROXY_IDS).unlink(missing_ok=True)
 
 
+def mode_problem(mode: str) -> str | None:
+    """Why an image of PIL ``mode`` cannot become the 8-bit RGB a model reads, or None."""
+    if mode in UNCONVERTIBLE_MODES:
+        return f"image mode {mode} ({UNCONVERTIBLE_MODES[mode]}) has no 8-bit range; save it as 8-bit RGB or grey"
+    return None
+
+
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB: 16-bit grey scaled (not clipped), every other 8-bit mode by Pillow's conversion;
+    a mode with no 8-bit range is a DawsolError naming ``path``."""
+    problem = mode_problem(image.mode)
+    if problem is not None:
+        raise DawsolError(f"{path}: {problem}")
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(image, dtype=np.uint32)
+        return Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def _read_file(path: Path, decode: bool) -> FileRead:
     """The (width, height) of the image at ``path``, why it is unreadable, or None if it is missing.
 
@@ -285,7 +313,7 @@ def _read_file(path: Path, decode: bool) -> FileRead:
         with Image.open(path) as image:
             if decode:
                 image.load()
-            return image.size
+            return mode_problem(image.mode) or image.size
     except IMAGE_ERRORS as exc:
         return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -324,10 +352,12 @@ def _check_split(
     parser: _Parser,
     meta: SplitMetadata,
     dataset_dir: Path,
-    mask_root: Path,
+    mask_root: Path | None,
     num_classes: int | None,
-    read: Mapping[Path, FileRead],
+    read: Mapping[Path, FileRead] | None,
 ) -> list[Problem]:
+    """Every problem of a parsed split; its image and mask files only where ``read`` holds what reading them
+    gave (``validate_dataset``), its metadata alone otherwise (``read_split``)."""
     split_dir = parser.split_dir
     problems = parser.problems
 
@@ -340,12 +370,12 @@ def _check_split(
     actual: dict[str, tuple[int, int]] = {}  # image id -> (width, height) of its file
     for image_id, n in known.items():
         path = dataset_dir / image_id
-        result = read[path]
+        result = read[path] if read is not None else ()
         if result is None:
             add(IMAGE_IDS, n, f"image file missing: {path}")
         elif isinstance(result, str):
             add(IMAGE_IDS, n, f"image {path} unreadable: {result}")
-        else:
+        elif result:  # () where the files are not read
             actual[image_id] = result
         if (split_dir / CLASS_LABELS).is_file() and image_id not in meta.labels:
             add(IMAGE_IDS, n, f"{image_id} has no label in {CLASS_LABELS}")
@@ -388,6 +418,8 @@ def _check_split(
         if image_id not in known:
             add(name, n, f"unknown image id {image_id} (not in {IMAGE_IDS})")
         image_size = actual.get(image_id, meta.sizes.get(image_id))
+        if read is None or mask_root is None:
+            continue
         for path in [mask_root / p for p in (mask, ignore) if p]:
             result = read[path]
             if result is None:
@@ -404,6 +436,12 @@ def _check_split(
         for image_id, n in known.items():
             if image_id not in meta.boxes and image_id not in meta.masks:
                 add(IMAGE_IDS, n, f"{image_id} has no box or mask ({split} images need localization labels)")
+            elif meta.boxes and image_id not in meta.boxes:
+                add(IMAGE_IDS, n, f"{image_id} has no box in {LOCALIZATION} (the box metrics would leave it out)")
+            elif meta.masks and image_id not in meta.masks:
+                add(IMAGE_IDS, n, f"{image_id} has no mask (the mask metrics would leave it out)")
+        if not meta.boxes and (split_dir / MASK_LOCALIZATION).is_file():
+            add(LOCALIZATION, None, f"no box lines, but {MASK_LOCALIZATION} says this split has boxes")
 
     seen: set[str] = set()
     for n, image_id in parser.proxy_lines:

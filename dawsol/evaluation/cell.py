@@ -74,12 +74,7 @@ def evaluate_cell(
     threshold = figure_threshold(splits["val"].metrics)
     cell = settings.cell
     document = {
-        "cell": cell.name,
-        "dataset": cell.dataset,
-        "backbone": cell.backbone,
-        "wsol": cell.wsol,
-        "da": cell.da,
-        "seed": cell.seed,
+        **cell.record(),
         "settings_digest": settings.digest(),
         "code": {"trained": state.get("code"), "evaluated": code_version()},
         **({"imported": state["imported"]} if state.get("imported") else {}),

@@ -29,7 +29,7 @@ from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_
 from dawsol.components.backbones import BACKBONES
 from dawsol.config import Settings
 from dawsol.data.datasets import Normalization, eval_transform
-from dawsol.data.metadata import CLASS_LABELS, SPLITS
+from dawsol.data.metadata import CLASS_LABELS, SPLITS, to_rgb
 from dawsol.errors import DawsolError
 from dawsol.evaluation.figures import encode_png, figure_threshold, predicted_boxes, tile
 from dawsol.models import WSOLModel
@@ -123,7 +123,7 @@ def imagenet_localizer(name: str, device: torch.device, threshold: float | None)
 def _read_rgb(image_path: Path) -> Image.Image:
     try:
         with Image.open(image_path) as handle:
-            return handle.convert("RGB")
+            return to_rgb(handle, image_path)
     except (OSError, ValueError, Image.DecompressionBombError):
         raise DawsolError(f"{image_path}: not a readable image") from None
 

@@ -11,7 +11,7 @@ taken and whose score estimator is left out, to fine-tune from another cell.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -100,6 +100,37 @@ def load_state_dict_file(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
+def misfit(
+    expected: Mapping[str, Tensor],
+    state: Mapping[str, Tensor],
+    optional: tuple[str, ...] = (),
+    unmapped: Sequence[str] = (),
+    file_names: Mapping[str, str] | None = None,
+) -> str:
+    """How ``state`` does not fit a module whose state dict is ``expected``; '' when it fits.
+
+    Names with a prefix in ``optional`` may be absent or extra; ``unmapped`` names of the file count as
+    unexpected too; ``file_names`` (a model name -> its name in the file) names the file's weights in the
+    text, e.g. ``1 missing (e.g. a), 2 of another shape (e.g. b: [3] in the file, [4] in the model)``.
+    """
+    names = file_names or {}
+    missing = [name for name in expected if name not in state and not name.startswith(optional)]
+    unexpected = [*unmapped, *(names.get(n, n) for n in state if n not in expected and not n.startswith(optional))]
+    reshaped = [name for name in state if name in expected and state[name].shape != expected[name].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if reshaped:
+        name = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} of another shape (e.g. {names.get(name, name)}: {list(state[name].shape)} in the file, "
+            f"{list(expected[name].shape)} in the model)"
+        )
+    return ", ".join(problems)
+
+
 def load_into(
     net: nn.Module, state: Mapping[str, Tensor], backbone: str, source: str, dropped: tuple[str, ...]
 ) -> None:
@@ -109,24 +140,11 @@ def load_into(
     Any other missing or unexpected key, or a shape mismatch, raises DawsolError naming ``source``.
     """
     expected = net.state_dict()
-    missing = [k for k in expected if k not in state and not k.startswith(dropped)]
-    unexpected = [k for k in state if k not in expected and not k.startswith(dropped)]
-    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-    if wrong_shape:
-        key = wrong_shape[0]
-        problems.append(
-            f"{len(wrong_shape)} shape mismatch(es), e.g. {key}: "
-            f"{tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
-        )
+    problems = misfit(expected, state, optional=dropped)
     if problems:
         raise DawsolError(
             f"model.pretrained: {source} is not a {backbone} state dict in its network's layout "
-            f"({'; '.join(problems)}); check model.pretrained and model.width"
+            f"({problems}); check model.pretrained and model.width"
         )
     net.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
@@ -152,15 +170,10 @@ def pretrained_state(
 
 def load_trunk(trunk: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Load a dawsol checkpoint's trunk weights into ``trunk``; any mismatch raises DawsolError naming ``source``."""
-    expected = trunk.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        key = (missing or unexpected or wrong_shape)[0]
+    problems = misfit(trunk.state_dict(), state)
+    if problems:
         raise DawsolError(
-            f"model.pretrained: {source} is a checkpoint of another trunk ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(wrong_shape)} differently shaped weight(s), e.g. {key}); "
+            f"model.pretrained: {source} is a checkpoint of another trunk ({problems}); "
             "use a checkpoint of a cell with the same backbone, width and WSOL layers"
         )
     trunk.load_state_dict(state)

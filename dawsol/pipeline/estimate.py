@@ -137,7 +137,7 @@ def benchmark(settings: Settings, device: torch.device, steps: int = 3, warmup: 
         parts = build_parts(settings, device, dataset=data)
         model = parts.model
         images, labels = data.images, data.labels
-        epoch = settings.da.start_epoch + 1 if settings.da is not None else 0
+        epoch = settings.da.first_epoch if settings.da is not None else 0
         model.train()
         for _ in range(warmup):
             train_step(parts, images, labels, epoch, 0)

@@ -22,6 +22,12 @@ def dataset_dir(params: Mapping[str, Any], dataset: str, source: str | Path) -> 
     raise ValueError(f"dataset {dataset!r} has no cell in the grid")
 
 
+def da_warnings(params: Mapping[str, Any], source: str | Path) -> list[str]:
+    """The one-line warning of every grid cell whose DA terms never switch on (``Settings.da_never_active``)."""
+    warnings = (resolve(cell, params, source).da_never_active() for cell in grid_cells(params, source))
+    return [warning for warning in warnings if warning]
+
+
 def prepare_params(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The params.yaml entries ``dawsol prepare <dataset>`` reads, by dotted key (its re-run trigger)."""
     candidates = {

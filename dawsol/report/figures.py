@@ -15,6 +15,7 @@ from dawsol.config import Cell
 from dawsol.data.groundtruth import load_mask, rescale_boxes
 from dawsol.data.metadata import read_split
 from dawsol.errors import DawsolError
+from dawsol.layout import evaluate_outputs
 from dawsol.report.tables import EXTRACTOR_NAMES
 
 TRAIN_SERIES = ("loss", "loss_c", "loss_d", "loss_u", "train_acc")
@@ -41,7 +42,7 @@ def read_curves(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> 
     """The curves CSVs of ``cells`` for one split, with ``method``/``backbone``/``seed`` columns."""
     frames = []
     for cell in cells:
-        path = cells_dir / cell.name / "curves.csv"
+        path = evaluate_outputs(cell, cells_dir)["curves"]
         if not path.is_file():
             raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)")
         frame = pd.read_csv(path)
@@ -169,7 +170,7 @@ def plot_cams(
     plt = _pyplot()
     samples, row_labels = [], []
     for cell, label in zip(cells, labels, strict=True):
-        npz = cells_dir / cell.name / "cam_samples.npz"
+        npz = evaluate_outputs(cell, cells_dir)["cam_samples"]
         if not npz.is_file():
             raise DawsolError(f"{npz}: missing (run `dawsol evaluate {cell.name}` first)")
         with np.load(npz, allow_pickle=False) as data:

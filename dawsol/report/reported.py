@@ -13,7 +13,6 @@ are kept in the file and left out of the table.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
-from dawsol.layout import COMPARISON_FORMATS, COMPARISON_STEM
+from dawsol.layout import COMPARISON_FORMATS, COMPARISON_STEM, evaluate_outputs, read_cell_metrics
 from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, _number, method_label
 
 REPORTED_CSV = Path("results/reference/reported.csv")
@@ -48,17 +47,9 @@ def reproduced_values(cells: Sequence[Cell], cells_dir: Path, split: str = "test
     found; ``extractor`` is ``cam`` for the cell's own maps, else the post-hoc method."""
     rows = []
     for cell in cells:
-        path = cells_dir / cell.name / "metrics.json"
-        if not path.is_file():
+        if not evaluate_outputs(cell, cells_dir)["metrics"].is_file():
             continue
-        try:
-            data = json.loads(path.read_text())
-            maps = {"cam": data["splits"][split]}
-            maps.update({name: block["splits"][split] for name, block in (data.get("extractors") or {}).items()})
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DawsolError(
-                f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
-            ) from None
+        maps = read_cell_metrics(cell, split, cells_dir).maps
         for extractor, metrics in maps.items():
             for metric, value in metrics.items():
                 number = _number(value)

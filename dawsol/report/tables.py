@@ -6,7 +6,6 @@ Built with pandas from the cells' ``metrics.json`` (test split) and written as L
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dawsol.components.extractors import EXTRACTORS
 from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
+from dawsol.layout import OWN_MAPS, read_cell_metrics
 from dawsol.provenance import describe
 
 # the rows of score maps that need no model: what a number is worth (dawsol.report.baselines)
@@ -54,17 +54,8 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
     (method ``<wsol>-<da>/<extractor>``, label e.g. ``CAM + DA-WSOL-MMD + BagCAMs``)."""
     rows = []
     for cell in cells:
-        path = cells_dir / cell.name / "metrics.json"
-        try:
-            data = json.loads(path.read_text())
-            metrics = data["splits"][split]
-        except FileNotFoundError:
-            raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DawsolError(
-                f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
-            ) from None
-        code = data.get("code") or {}
+        found = read_cell_metrics(cell, split, cells_dir)
+        code = found.document.get("code") or {}
         row = {
             "dataset": cell.dataset,
             "backbone": cell.backbone,
@@ -73,16 +64,14 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
             "seed": cell.seed,
             "code": " | ".join(sorted({describe(code.get("trained")), describe(code.get("evaluated"))})),
         }
-        row.update({name: _number(metrics.get(name)) for name in METRICS})
-        rows.append(row)
-        for name, block in (data.get("extractors") or {}).items():  # post-hoc maps of the same model
-            extracted = (block.get("splits") or {}).get(split) or {}
+        for name, metrics in found.maps.items():  # the cell's own maps, then the post-hoc maps of the same model
+            own = name == OWN_MAPS
             rows.append(
                 {
                     **row,
-                    "method": f"{cell.method}/{name}",
-                    "label": f"{row['label']} + {EXTRACTOR_NAMES.get(name, name)}",
-                    **{metric: _number(extracted.get(metric)) for metric in METRICS},
+                    "method": cell.method if own else f"{cell.method}/{name}",
+                    "label": row["label"] if own else f"{row['label']} + {EXTRACTOR_NAMES.get(name, name)}",
+                    **{metric: _number(metrics.get(metric)) for metric in METRICS},
                 }
             )
     return pd.DataFrame(rows)

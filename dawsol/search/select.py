@@ -9,7 +9,6 @@ chosen draws become params.yaml's ``tuned:`` block (``tuned_block``, written by
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from dawsol import tracking
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
+from dawsol.layout import OWN_MAPS, evaluate_outputs, read_cell_metrics
 from dawsol.search.space import draw, expand
 
 DEFAULT_METRICS = ("MaxBoxAccV2", "PxAP")
@@ -55,21 +55,14 @@ def read_trials(
     for cell in cells:
         if cell.trial is None:
             continue
-        path = cells_dir / cell.name / "metrics.json"
-        try:
-            document = json.loads(path.read_text())
-            val = document["splits"][SELECTION_SPLIT]
-        except FileNotFoundError:
-            raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        found = read_cell_metrics(cell, SELECTION_SPLIT, cells_dir)
+        if digests is not None and found.document.get("settings_digest") != digests[cell]:
             raise DawsolError(
-                f"{path}: no {SELECTION_SPLIT} metrics ({exc}); re-run `dawsol evaluate {cell.name}`"
-            ) from None
-        if digests is not None and document.get("settings_digest") != digests[cell]:
-            raise DawsolError(
-                f"{path}: evaluated under other settings than params.yaml gives {cell.name} now (search.space "
-                "changed?); re-run the search (snakemake --cores all --config profile=search)"
+                f"{evaluate_outputs(cell, cells_dir)['metrics']}: evaluated under other settings than params.yaml "
+                f"gives {cell.name} now (search.space changed?); re-run the search "
+                "(snakemake --cores all --config profile=search)"
             )
+        val = found.maps[OWN_MAPS]
         draws = draw(search, cell.wsol, cell.da, cell.trial)
         trials.append(Trial(cell, draws, val, selection_score(val, metrics)))
     return trials

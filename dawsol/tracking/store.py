@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from dawsol.atomic import DISK_FULL_ERRNOS
 from dawsol.errors import DawsolError
@@ -97,6 +99,7 @@ def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS,
     store is one ``DawsolError`` line naming it (the cell's result files are written before tracking)."""
     deadline = time.monotonic() + timeout
     delay = 0.05
+    waiting = False
     while True:
         try:
             return fn(*args, **kwargs)
@@ -109,6 +112,14 @@ def with_retry(fn: Callable[..., T], *args: Any, timeout: float = RETRY_SECONDS,
                 ) from None
             if not is_locked_error(exc) or time.monotonic() > deadline:
                 raise
+            if not waiting:
+                log.warning(
+                    "MLflow store %s is locked by another process (a job or `dawsol tracking ui` writing to it); "
+                    "waiting for it, up to %.0f s",
+                    tracking_uri(),
+                    timeout,
+                )
+                waiting = True
             log.debug("tracking store busy, retrying in %.2fs", delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
@@ -140,36 +151,75 @@ def _is_artifact_root(location: str) -> bool:
     return location.rstrip("/").rsplit("/", 1)[-1] == ARTIFACT_DIR
 
 
-def relocate_artifacts(db: Path, root: str) -> list[str]:
-    """Point a sqlite store's ``mlartifacts`` locations at ``root``; return the old ones.
+def _local_folder(location: str) -> Path | None:
+    """The folder of a ``file:`` URI or a plain path; None for a remote location."""
+    if location.startswith("file:"):
+        return Path(url2pathname(urlparse(location).path))
+    return None if "://" in location else Path(location)
 
-    MLflow stores absolute artifact locations, so a project copied or moved with its
-    ``mlflow.db`` would keep writing into (and its UI reading from) the original's
-    ``mlartifacts/``. Every experiment kept in an ``mlartifacts`` folder other than ``root``,
-    and its runs' and logged models' locations under it, move to ``root``: the copy's own
-    folder, beside its database (which holds the copied artifacts, if they were copied).
+
+def _travelled(root: Path, relative: str) -> bool:
+    """True where the store entry kept at ``relative`` under an artifact root (``<run>/artifacts``,
+    ``models/<id>/artifacts``) has its folder under ``root``: its files came with the store."""
+    entry = Path(relative)
+    folder = entry.parent if entry.name == "artifacts" else entry
+    return (root / folder).is_dir()
+
+
+def relocate_artifacts(db: Path, root: str) -> list[str]:
+    """Point a sqlite store's ``mlartifacts`` locations at ``root`` where they provably moved there; return the
+    old locations re-pointed.
+
+    MLflow stores absolute artifact locations, so a project copied or moved with its ``mlflow.db`` would keep
+    writing into (and its UI reading from) the original's ``mlartifacts/``. Only proven facts move a location:
+    an old ``mlartifacts`` folder that is the same folder as ``root`` once links are resolved is left alone; a
+    run or logged model is re-pointed only when its own folder is under ``root`` (it travelled with the
+    database); the experiment (where new runs go) only when one of its entries travelled or its old folder is
+    gone. A database reached through a link from another folder thus rewrites nothing: its runs' files are
+    still where the store says.
     """
-    with contextlib.closing(sqlite3.connect(db, timeout=RETRY_SECONDS)) as connection, connection:
+    new_folder = _local_folder(root)
+    if new_folder is None:
+        return []
+    new_folder = new_folder.resolve()
+    moved: list[str] = []
+    with contextlib.closing(sqlite3.connect(db, timeout=1.0)) as connection, connection:  # with_retry waits, saying so
         rows = connection.execute(
             "SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location != ?", (root,)
         )
-        old_roots = [location for (location,) in rows if location and _is_artifact_root(location)]
-        for old in old_roots:
-            connection.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (root, old))
-            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+        for old in [location for (location,) in rows if location and _is_artifact_root(location)]:
+            old_folder = _local_folder(old)
+            if old_folder is None or old_folder.resolve() == new_folder:
+                continue
+            prefix = old.rstrip("/") + "/"
+            travelled = 0
+            for table, key, column in (
+                ("runs", "run_uuid", "artifact_uri"),
+                ("logged_models", "model_id", "artifact_location"),
+            ):
+                entries = connection.execute(
+                    f"SELECT {key}, {column} FROM {table} WHERE substr({column}, 1, ?) = ?", (len(prefix), prefix)
+                ).fetchall()
+                for entry, location in entries:
+                    if _travelled(new_folder, location[len(prefix) :]):
+                        new_location = root.rstrip("/") + "/" + location[len(prefix) :]
+                        connection.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (new_location, entry))
+                        travelled += 1
+            if travelled or not old_folder.is_dir():
                 connection.execute(
-                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                    (root, len(old) + 1, len(old) + 1, old + "/"),
+                    "UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (root, old)
                 )
-    return old_roots
+                moved.append(old)
+    return moved
 
 
 def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
     """Create the store and the experiment (with its description) if missing; safe from parallel jobs.
 
     A sqlite store found in another folder than its artifacts were first kept beside (a copied
-    or moved project) is re-pointed at its own ``mlartifacts/`` (``relocate_artifacts``).
-    Returns the client and the experiment id.
+    or moved project) is re-pointed at its own ``mlartifacts/`` where the files prove the move
+    (``relocate_artifacts``); one reached through a link keeps its runs where they are. Returns the client and
+    the experiment id.
     """
     from mlflow import MlflowClient
 

@@ -65,6 +65,8 @@ def train_cell(
     the ranks train the cell together with DistributedDataParallel (``dawsol.distributed``);
     rank 0 writes the checkpoint, the log and the MLflow run.
     """
+    if warning := settings.da_never_active():
+        log.warning(warning)
     require_prepared(settings)
     for split in ("train", "val"):  # caught now, not at the first batch or the first validation
         check_split(settings, split)
@@ -72,6 +74,22 @@ def train_cell(
     # one process: it holds the lock; under torchrun the launcher (`dawsol train`) holds it for its ranks
     with trainer_lock(settings.cell) if ctx.world_size == 1 else contextlib.nullcontext():
         return _train_locked(settings, ctx, device, tracking, progress)
+
+
+def position_checkpoint(parts: TrainingParts, position: Position, run_id: str | None) -> dict[str, Any]:
+    """The checkpoint of ``parts`` at ``position``: weights, optimizer and DA state, the RNGs, the records so far."""
+    return training_state(
+        parts.settings,
+        parts.model,
+        parts.optimizer,
+        parts.da_loss,
+        epoch=position.epoch,
+        batch=position.batch,
+        stats=position.stats.to_dict(),
+        rng=rng_state(parts.generators),
+        records=position.records,
+        run_id=run_id,
+    )
 
 
 @contextlib.contextmanager
@@ -141,21 +159,9 @@ def _train_locked(
 
     def save(position: Position) -> None:
         if ctx.is_main:
-            rng = rng_state(parts.generators)
-            stats = position.stats.to_dict()
-            checkpoint = training_state(
-                settings,
-                parts.model,
-                parts.optimizer,
-                parts.da_loss,
-                epoch=position.epoch,
-                batch=position.batch,
-                stats=stats,
-                rng=rng,
-                records=position.records,
-                run_id=run_id,
+            save_checkpoint(
+                checkpoint_path(cell), position_checkpoint(parts, position, run_id), resume=resume_path(cell)
             )
-            save_checkpoint(checkpoint_path(cell), checkpoint, resume=resume_path(cell))
 
     def validate(epoch: int, stop: threading.Event) -> dict[str, Any] | None:
         if not validation_due(settings.train, epoch):

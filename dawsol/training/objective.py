@@ -81,7 +81,7 @@ class Objective:
         zero = logits.new_zeros(())
         loss_d, loss_u = zero, zero
         da = self.settings.da
-        if self.da_loss is not None and da is not None and epoch > da.start_epoch:
+        if self.da_loss is not None and da is not None and da.active(epoch):
             progress = iteration / self.total_iterations
             features, pooled = out.features.float(), out.pooled.float()
             result = self.da_loss(features, pooled, batch.labels_a, progress)

@@ -2,6 +2,8 @@
 # (dawsol.config, dawsol.layout and dawsol.pipeline.stages), never re-derived here.
 import re
 
+from snakemake.logging import logger
+
 from dawsol import layout
 from dawsol.pipeline import stages
 from dawsol.config import (
@@ -27,6 +29,8 @@ DATASETS = grid_datasets(PARAMS_TREE, PARAMS)
 DATA_DIRS = {d: stages.dataset_dir(PARAMS_TREE, d, PARAMS).as_posix() for d in DATASETS}
 REPORT_OUTPUTS = layout.report_outputs(PARAMS_TREE, PARAMS)
 REPORT_FILES = [p.as_posix() for group in REPORT_OUTPUTS.values() for p in group]
+for warning in stages.da_warnings(PARAMS_TREE, PARAMS):  # e.g. da.start_epoch too late for train.epochs
+    logger.warning(f"warning: {warning}")
 
 
 
@@ -53,6 +57,11 @@ def cell_weights_digest(wildcards):
     """The digest of the settings that decide the cell's weights (all but `eval`): training's re-run trigger,
     so a change of e.g. eval.cam_methods re-runs evaluation only."""
     return resolve(wildcards.cell, PARAMS_TREE, PARAMS).weights_digest()
+
+
+def cell_threads(wildcards):
+    """The CPU threads a cell's job uses (train.threads, which dawsol applies itself): the cores Snakemake books."""
+    return resolve(wildcards.cell, PARAMS_TREE, PARAMS).train.threads
 
 
 def as_pattern(paths):

@@ -12,7 +12,7 @@ rule evaluate:
         "logs/evaluate/{cell}.log",
     benchmark:
         "benchmarks/rules/evaluate/{cell}.tsv"
-    threads: 1
+    threads: cell_threads
     resources:
         mem_mb=4000,
         runtime=30,

@@ -13,7 +13,7 @@ rule train:
         "logs/train/{cell}.log",
     benchmark:
         "benchmarks/rules/train/{cell}.tsv"
-    threads: 1
+    threads: cell_threads
     resources:
         mem_mb=4000,
         runtime=60,
