@@ -1,6 +1,6 @@
 """Benchmark: seconds per image of every extractor (dawsol's and pytorch-grad-cam's) relative to CAM.
 
-Each extractor of ``dawsol.evaluation.posthoc.EXTRACTORS`` (or ``--methods``) maps the same random batch
+Each extractor of ``dawsol.components.extractors.EXTRACTORS`` (or ``--methods``) maps the same random batch
 with the same model and turns the maps into the protocol's score maps (``score_maps``), as ``dawsol
 evaluate`` pays for them, interleaved batch by batch, on the CPU and on CUDA when present: median
 wall seconds per image, process-CPU seconds per image (steadier on a shared machine) and the ratio
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dawsol.components.extractors import EXTRACTORS  # noqa: E402
 from dawsol.config import ModelSettings, WSOLSettings  # noqa: E402
 from dawsol.evaluation import posthoc  # noqa: E402
 from dawsol.models import build_model  # noqa: E402
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--large-feature-map", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--layer", default=None, help="target layer (default: the backbone's, docs/posthoc.md)")
-    parser.add_argument("--methods", nargs="+", default=list(posthoc.EXTRACTORS), choices=list(posthoc.EXTRACTORS))
+    parser.add_argument("--methods", nargs="+", default=list(EXTRACTORS), choices=list(EXTRACTORS))
     parser.add_argument("--channel-batch-size", type=int, default=32, help="ScoreCAM / AblationCAM forwards per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed batches per method")
     parser.add_argument("--warmup", type=int, default=1)

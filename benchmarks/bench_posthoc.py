@@ -1,8 +1,7 @@
 """Benchmark: images/s of each post-hoc extractor (docs/posthoc.md) against CAM, on one model and batch.
 
-Every dawsol extractor of ``dawsol.evaluation.posthoc.EXTRACTORS`` (pytorch-grad-cam's: bench_cam_family.py)
-maps the same random batch with the same
-model, interleaved step by step, on the CPU and on CUDA when present: median wall seconds,
+Every dawsol extractor (``dawsol.components.extractors.OWN_EXTRACTORS``; pytorch-grad-cam's:
+bench_cam_family.py) maps the same random batch with the same model, interleaved step by step, on the CPU and on CUDA when present: median wall seconds,
 process-CPU seconds (steadier on a shared machine), images/s and the slowdown against CAM in the
 same run, plus CUDA's peak memory per extractor. The maps alone are timed, not the score maps
 (``score_maps``), whose cost is the protocol's.
@@ -28,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dawsol.components.extractors import OWN_EXTRACTORS  # noqa: E402
 from dawsol.config import ModelSettings, WSOLSettings  # noqa: E402
-from dawsol.evaluation import gradcam_library, posthoc  # noqa: E402
+from dawsol.evaluation import posthoc  # noqa: E402
 from dawsol.models import build_model  # noqa: E402
 from dawsol.runtime import synchronize  # noqa: E402
 
@@ -41,11 +41,11 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, An
     model = build_model(settings, args.classes, WSOLSettings("cam")).to(device).eval()
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
-    own = {name: fn for name, fn in posthoc.EXTRACTORS.items() if name not in gradcam_library.LIBRARY_METHODS}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in own}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in OWN_EXTRACTORS}
     peaks: dict[str, int] = {}
     for step in range(args.warmup + args.steps):
-        for name, extract in own.items():
+        for name in OWN_EXTRACTORS:
+            extract = posthoc.extractor(name)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             synchronize(device)

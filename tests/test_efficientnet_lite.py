@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dawsol.components.backbones import BACKBONES
 from dawsol.errors import DawsolError
 from dawsol.models import efficientnet_lite
 from dawsol.models.efficientnet_lite import (
-    LITE_NORMALIZATION,
     EfficientNetLite0,
     build_efficientnet_lite0,
     imagenet_lite0_state_dict,
@@ -141,7 +141,7 @@ def test_flower_sample_is_a_daisy():
     image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - 224) // 2, (size[1] - 224) // 2
     image = image[..., top : top + 224, left : left + 224]
-    mean, std = (torch.tensor(v)[:, None, None] for v in LITE_NORMALIZATION)
+    mean, std = (torch.tensor(v)[:, None, None] for v in BACKBONES["efficientnet_lite0"].normalization)
     with torch.no_grad():
         logits = _net()((image - mean) / std)
     assert logits.argmax(1).item() == DAISY
@@ -226,7 +226,6 @@ def test_training_and_evaluation_normalise_as_the_backbone_expects(tmp_path, mon
 
     from dawsol.config import load_params, resolve
     from dawsol.evaluation.scoring import eval_dataset
-    from dawsol.models.registry import BACKBONES
     from dawsol.training.parts import train_dataset
 
     data = prepare_tiny_data(tmp_path / "data_src" / "synthetic")
@@ -242,4 +241,4 @@ def test_training_and_evaluation_normalise_as_the_backbone_expects(tmp_path, mon
         expected = (tuple(entry.normalization[0]), tuple(entry.normalization[1]))
         assert normalize(train_dataset(settings).transform) == expected, name
         assert normalize(eval_dataset(settings, "val").transform) == expected, name
-    assert BACKBONES["efficientnet_lite0"].normalization == LITE_NORMALIZATION
+    assert BACKBONES["efficientnet_lite0"].normalization == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [0, 1] -> [-1, 1]

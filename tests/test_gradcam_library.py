@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from test_posthoc import CASES, LABELS, OUTPUT_LAYERS, _images, _model
 from torch import Tensor, nn
 
+from dawsol.components.extractors import EXTRACTORS, LIBRARY_METHODS
 from dawsol.config import ModelSettings, WSOLSettings, load_params
 from dawsol.errors import DawsolError
 from dawsol.evaluation import posthoc
-from dawsol.evaluation.gradcam_library import LIBRARY_METHODS
 from dawsol.models import build_model
 from dawsol.report.tables import EXTRACTOR_NAMES
 
@@ -119,7 +119,7 @@ def test_every_gradient_and_projection_method_runs_on_every_backbone(backbone):
     model, images = _model(backbone), _images(backbone)
     expected = posthoc.capture(model, images, LABELS).activation.shape[2:]
     for name in CHEAP:
-        maps = posthoc.EXTRACTORS[name](model, images, LABELS)
+        maps = posthoc.extractor(name)(model, images, LABELS)
         assert maps.shape == (3, *(images.shape[2:] if name == "fullgrad" else expected)), name
         assert maps.dtype == torch.float32 and (maps >= 0).all() and torch.isfinite(maps).all(), name
 
@@ -149,10 +149,10 @@ def test_heads_acol_and_spg(wsol):
     for name in [*CHEAP, *PER_CHANNEL]:
         if name == "fullgrad":
             with pytest.raises(DawsolError, match=r"^fullgrad: FullGrad reads every .* training-only branch") as info:
-                posthoc.EXTRACTORS[name](model, images, LABELS)
+                posthoc.extractor(name)(model, images, LABELS)
             assert "\n" not in str(info.value)
             continue
-        maps = posthoc.EXTRACTORS[name](model, images, LABELS)
+        maps = posthoc.extractor(name)(model, images, LABELS)
         assert torch.isfinite(maps).all() and (maps >= 0).all(), name
 
 
@@ -162,7 +162,7 @@ def test_the_model_is_left_as_it_was_also_inside_inference_mode():
     modules = list(model.modules())
     marker = torch.full_like(model.classifier.bias, 7.0)
     model.classifier.bias.grad = marker.clone()  # a gradient the caller had stays
-    expected = {name: posthoc.EXTRACTORS[name](model, images, LABELS) for name in LIBRARY_METHODS}
+    expected = {name: posthoc.extractor(name)(model, images, LABELS) for name in LIBRARY_METHODS}
     assert torch.equal(model.classifier.bias.grad, marker)
     assert all(p.grad is None for p in model.parameters() if p is not model.classifier.bias)
     assert list(model.modules()) == modules  # AblationCAM swapped its layer back
@@ -174,7 +174,7 @@ def test_the_model_is_left_as_it_was_also_inside_inference_mode():
     model.eval()
     with torch.inference_mode():
         for name in ("lib-gradcam", "fullgrad", "shapleycam", "eigencam"):
-            torch.testing.assert_close(posthoc.EXTRACTORS[name](model, images.clone(), LABELS.clone()), expected[name])
+            torch.testing.assert_close(posthoc.extractor(name)(model, images.clone(), LABELS.clone()), expected[name])
 
 
 def test_finercam_compares_the_gt_class_with_its_nearest_classes():
@@ -195,7 +195,7 @@ def test_a_bad_method_name_is_one_line_listing_every_extractor(tmp_path):
     with pytest.raises(DawsolError) as info:
         posthoc.extractor("score-cam")
     message = str(info.value)
-    assert "\n" not in message and all(name in message for name in posthoc.EXTRACTORS)
+    assert "\n" not in message and all(name in message for name in EXTRACTORS)
     params = tmp_path / "params.yaml"
     params.write_text(
         (PROJECT / "params.yaml").read_text().replace("    cam_methods: [cam]", "    cam_methods: [cam, score-cam]", 1)
@@ -204,8 +204,8 @@ def test_a_bad_method_name_is_one_line_listing_every_extractor(tmp_path):
         load_params(params)
     message = str(info.value)
     assert "\n" not in message and "'score-cam' is not one of" in message
-    assert all(repr(name) in message for name in posthoc.EXTRACTORS)
+    assert all(repr(name) in message for name in EXTRACTORS)
 
 
 def test_every_extractor_has_a_report_label():
-    assert set(EXTRACTOR_NAMES) == set(posthoc.EXTRACTORS)
+    assert set(EXTRACTOR_NAMES) == set(EXTRACTORS)

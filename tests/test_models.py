@@ -17,7 +17,7 @@ import torchvision
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
 from dawsol.models import build_model, pretrained
-from dawsol.models.backbones import _scaled_resnet18
+from dawsol.models.resnet import scaled_resnet18
 
 CAM = WSOLSettings("cam")
 
@@ -124,7 +124,7 @@ def test_lr_groups_inception_new_spg_layers_and_vgg_conv6_at_ratio():
 
 def test_pretrained_path_loads_torchvision_state_dict(tmp_path: Path):
     torch.manual_seed(1)
-    reference = _scaled_resnet18(0.25)
+    reference = scaled_resnet18(0.25)
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
     model = build_model(ModelSettings("resnet18", str(path), True, 0.25), 4, CAM)
@@ -143,7 +143,7 @@ def test_pretrained_path_errors(tmp_path: Path):
     with pytest.raises(DawsolError, match="not a readable torch state dict"):
         build_model(settings(corrupt), 4, CAM)
     wrong = tmp_path / "wrong.pth"
-    torch.save(_scaled_resnet18(0.5).state_dict(), wrong)  # another width: shapes differ
+    torch.save(scaled_resnet18(0.5).state_dict(), wrong)  # another width: shapes differ
     with pytest.raises(DawsolError, match=r"of another shape \(e\.g\. conv1\.weight: \[32, 3, 7, 7\] in the file"):
         build_model(settings(wrong), 4, CAM)
     other = tmp_path / "vgg.pth"
@@ -274,3 +274,30 @@ def test_width_only_for_resnet18_and_not_with_imagenet():
         build_model(ModelSettings("resnet50", "none", True, 0.5), 4, CAM)
     with pytest.raises(DawsolError, match=r"width 1\.0"):
         build_model(ModelSettings("resnet18", "imagenet", True, 0.5), 4, CAM)
+
+
+def test_inception_new_layers_are_initialised_as_the_official_trunk():
+    """SPG_A3_1b / SPG_A3_2b: xavier-uniform weights and zero bias, as wsolevaluation's InceptionCam (not Kaiming)."""
+    trunk = _model("inception_v3", False).trunk
+    for layer in (trunk.SPG_A3_1b[0], trunk.SPG_A3_2b[0]):
+        fan_in, fan_out = (layer.in_channels * 9, layer.out_channels * 9)
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        weight = layer.weight.detach()
+        assert weight.abs().max() <= bound
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.01)  # uniform; Kaiming's is 1.3-1.6x
+        assert not layer.bias.any()
+
+
+def test_inception_drops_out_around_its_new_layers_only_without_adl():
+    """The official CAM trunk drops out in training, the official ADL trunk does not (wsolevaluation's InceptionAdl)."""
+    adl = WSOLSettings("adl", {"drop_rate": 0.0, "threshold": 0.9})  # ADL's importance map only: deterministic
+    images = torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
+    for wsol, dropped in ((CAM, True), (adl, False)):
+        torch.manual_seed(0)
+        model = build_model(ModelSettings("inception_v3", "none", False, 1.0), 3, wsol).train()
+        outputs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outputs.append(model(images).features)
+        assert (not torch.equal(*outputs)) == dropped, wsol.method

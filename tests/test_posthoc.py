@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.components.backbones import BACKBONES
+from dawsol.components.extractors import OWN_EXTRACTORS
+from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config import ModelSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.evaluation import gradcam_library, posthoc
+from dawsol.evaluation import posthoc
 from dawsol.models import build_model
-from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, VGGTrunk
-from dawsol.models.registry import BACKBONES
 from dawsol.protocol import prepare_scoremap
 
 
@@ -29,7 +30,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-# (backbone, width, input side): small inputs (Inception needs at least 75 px), random weights
+# (backbone, width, input side): small inputs (Inception needs at least 75 px), random weights; any other backbone of
+# the registry runs at width 1.0 and 64 px
 CASES = {
     "resnet18": (0.125, 64),
     "resnet50": (1.0, 64),
@@ -38,22 +40,30 @@ CASES = {
     "efficientnet_lite0": (1.0, 64),
 }
 NUM_CLASSES = 4
+# small heads for the methods that add one; the other methods build with no options
+WSOL_OPTIONS = {
+    "adl": {"drop_rate": 0.5, "threshold": 0.9},
+    "acol": {"threshold": 0.7, "head_channels": 16},
+    "spg": {"thresholds": [[0.7, 0.01], [0.5, 0.05], [0.7, 0.1]], "branch_channels": 8, "c_channels": 8},
+}
 LABELS = torch.tensor([0, 1, 2])
 # the trunk's output, where the gradient of y_c is uniform
 OUTPUT_LAYERS = {"resnet18": "layer4", "inception_v3": "SPG_A3_2b"}
 # ReLU calls above each backbone's default target layer (ResNet50: layer4's 3 Bottlenecks x 3 calls)
 GUIDED_CALLS = {"resnet18": 4, "resnet50": 9, "vgg16": 1, "inception_v3": 1, "efficientnet_lite0": 1}
-# dawsol's own extractors (pytorch-grad-cam's: tests/test_gradcam_library.py)
-OWN = {name: fn for name, fn in posthoc.EXTRACTORS.items() if name not in gradcam_library.LIBRARY_METHODS}
+
+
+def _case(backbone: str) -> tuple[float, int]:
+    return CASES.get(backbone, (1.0, 64))
 
 
 @cache
 def _model(backbone: str, wsol: str = "cam") -> nn.Module:
     """One untrained eval model per backbone, with a nonzero bias; built once (the big ones are slow)."""
     torch.manual_seed(0)
-    options = {"drop_rate": 0.5, "threshold": 0.9} if wsol == "adl" else {}
+    options = WSOL_OPTIONS.get(wsol, {})
     model = build_model(
-        ModelSettings(backbone, "none", True, CASES[backbone][0]), NUM_CLASSES, WSOLSettings(wsol, options)
+        ModelSettings(backbone, "none", True, _case(backbone)[0]), NUM_CLASSES, WSOLSettings(wsol, options)
     )
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([0.5, -0.3, 0.2, 0.1]))
@@ -62,7 +72,7 @@ def _model(backbone: str, wsol: str = "cam") -> nn.Module:
 
 @cache
 def _images(backbone: str, batch: int = 3) -> Tensor:
-    side = CASES[backbone][1]
+    side = _case(backbone)[1]
     return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1))
 
 
@@ -101,22 +111,41 @@ class _GuidedReLUModule(nn.Module):
         return _GuidedReLU.apply(x, float("inf"))
 
 
+def _resnet_upper(trunk: nn.Module, a: Tensor) -> Tensor:
+    layer4 = copy.deepcopy(trunk.layer4)
+    for block in layer4:
+        block.relu = _GuidedReLUModule()
+    return layer4(a)
+
+
+def _inception_upper(trunk: nn.Module, a: Tensor) -> Tensor:
+    spg = copy.deepcopy(trunk.SPG_A3_2b)
+    spg[1] = _GuidedReLUModule()
+    return spg(a)
+
+
+def _vgg_upper(trunk: nn.Module, a: Tensor) -> Tensor:
+    return _GuidedReLU.apply(trunk.conv6(a), float("inf"))  # conv6's functional ReLU, guided as the official module
+
+
+def _lite_upper(trunk: nn.Module, a: Tensor) -> Tensor:
+    return _GuidedReLU.apply(trunk._bn1(trunk._conv_head(a)), 6.0)  # the head's ReLU6
+
+
+# the trunk above each backbone's default target layer, written out by hand with every ReLU guided: BagCAMs'
+# independent reference (a backbone without one is covered by the registry-wide tests only)
+GUIDED_UPPER = {
+    "resnet18": _resnet_upper,
+    "resnet50": _resnet_upper,
+    "inception_v3": _inception_upper,
+    "vgg16": _vgg_upper,
+    "efficientnet_lite0": _lite_upper,
+}
+
+
 def _guided_upper(model: nn.Module, a: Tensor) -> Tensor:
     """Logits from the default target's output ``a``: the trunk above it, written out, with every ReLU guided."""
-    trunk = model.trunk
-    if isinstance(trunk, ResNetTrunk):
-        layer4 = copy.deepcopy(trunk.layer4)
-        for block in layer4:
-            block.relu = _GuidedReLUModule()
-        x = layer4(a)
-    elif isinstance(trunk, InceptionTrunk):
-        spg = copy.deepcopy(trunk.SPG_A3_2b)
-        spg[1] = _GuidedReLUModule()
-        x = spg(a)
-    elif isinstance(trunk, VGGTrunk):  # conv6's functional ReLU, guided as the official module
-        x = _GuidedReLU.apply(trunk.conv6(a), float("inf"))
-    else:  # efficientnet_lite0: the head's ReLU6
-        x = _GuidedReLU.apply(trunk._bn1(trunk._conv_head(a)), 6.0)
+    x = GUIDED_UPPER[model.backbone_name](model.trunk, a)
     return model.classifier(x.mean(dim=(2, 3))[:, :, None, None]).flatten(1)
 
 
@@ -157,7 +186,7 @@ def _normalised(maps: Tensor, size: int) -> np.ndarray:
     return np.stack(posthoc.score_maps("gradcam", maps, (size, size), size))
 
 
-@pytest.mark.parametrize("backbone", list(CASES))
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_plain_gradient_maps_match_autograd_and_their_formulas(backbone):
     model, images = _model(backbone), _images(backbone)
     c = posthoc.capture(model, images, LABELS)
@@ -170,7 +199,7 @@ def test_plain_gradient_maps_match_autograd_and_their_formulas(backbone):
     _close(posthoc.gradcampp(model, images, LABELS), _gradcampp_map(a, g), rtol=1e-3)
 
 
-@pytest.mark.parametrize("backbone", list(CASES))
+@pytest.mark.parametrize("backbone", list(GUIDED_UPPER))
 def test_bagcams_gradient_is_the_guided_gradient_of_log_y_c(backbone):
     model, images = _model(backbone), _images(backbone)
     c = posthoc.capture(model, images, LABELS, log_score=True, guided=True)
@@ -253,22 +282,23 @@ def test_gradcampp_with_and_without_exp_score_agree_until_exp_overflows():
     assert posthoc.score_maps("gradcampp", posthoc.gradcampp(model, images, LABELS), (side, side), side)[0].max() == 1.0
 
 
-@pytest.mark.parametrize("method", list(OWN))
+@pytest.mark.parametrize("method", OWN_EXTRACTORS)
 def test_batch_size_invariance(method):
     model, images = _model("resnet18"), _images("resnet18")
-    batched = posthoc.EXTRACTORS[method](model, images, LABELS)
-    single = torch.cat([posthoc.EXTRACTORS[method](model, images[i : i + 1], LABELS[i : i + 1]) for i in range(3)])
+    extract = posthoc.extractor(method)
+    batched = extract(model, images, LABELS)
+    single = torch.cat([extract(model, images[i : i + 1], LABELS[i : i + 1]) for i in range(3)])
     # GradCAM++ cubes the gradient, so a batch's other float32 conv algorithm shows up to ~1e-3 of the map's peak
     _close(batched, single, rtol=2e-3 if method == "gradcampp" else 1e-4)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "vgg16", "inception_v3", "efficientnet_lite0"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_extraction_leaves_no_grad_no_hooks_and_the_model_unchanged(backbone):
     model, images = _model(backbone), _images(backbone)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     inplace = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
-    for fn in OWN.values():
-        fn(model, images, LABELS)
+    for name in OWN_EXTRACTORS:
+        posthoc.extractor(name)(model, images, LABELS)
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
@@ -284,11 +314,12 @@ def test_extraction_leaves_no_grad_no_hooks_and_the_model_unchanged(backbone):
 
 def test_extractors_run_inside_inference_mode_with_the_same_result():
     model, images = _model("resnet18"), _images("resnet18")
-    expected = {name: fn(model, images, LABELS) for name, fn in OWN.items()}
+    expected = {name: posthoc.extractor(name)(model, images, LABELS) for name in OWN_EXTRACTORS}
     with torch.inference_mode():
         inference_images, inference_labels = images.clone(), LABELS.clone()
-        for name, fn in OWN.items():
-            torch.testing.assert_close(fn(model, inference_images, inference_labels), expected[name])
+        for name in OWN_EXTRACTORS:
+            got = posthoc.extractor(name)(model, inference_images, inference_labels)
+            torch.testing.assert_close(got, expected[name])
 
 
 def test_score_map_chains():
@@ -313,8 +344,17 @@ def test_score_map_chains():
     assert constant.shape == (16, 16) and not constant.any()
 
 
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("wsol", list(WSOL_METHODS))
+def test_every_trunk_variant_has_a_default_target_layer_that_runs(backbone, wsol):
+    """The record's default (or the variant's own) names a module of every variant's trunk, and it runs once."""
+    model = _model(backbone, wsol)
+    layer = posthoc.target_layer(model, None)
+    assert layer.module is dict(model.trunk.named_modules())[layer.path]
+    assert posthoc.capture(model, _images(backbone)[:1], LABELS[:1]).activation.dim() == 4
+
+
 def test_target_layer_defaults_and_resolution():
-    assert set(posthoc.DEFAULT_TARGET_LAYERS) == set(BACKBONES)
     expected = {
         "resnet18": ("layer3", "layer3.1"),
         "resnet50": ("layer3", "layer3.5"),

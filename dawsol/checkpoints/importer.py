@@ -42,6 +42,7 @@ from dawsol.checkpoints.format import (
     save_checkpoint,
     weights_problem,
 )
+from dawsol.components.backbones import BACKBONES, DA_WSOL, WSOLEVALUATION
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
 from dawsol.files import file_digest
@@ -51,11 +52,14 @@ from dawsol.models.pretrained import misfit
 
 log = logging.getLogger(__name__)
 
-DA_WSOL = "da-wsol"
-WSOLEVALUATION = "wsolevaluation"
 FORMAT_TITLES = {DA_WSOL: "DA-WSOL/BagCAMs", WSOLEVALUATION: "wsolevaluation"}
-# the architectures each format's training code writes, under dawsol's backbone names
-ARCHITECTURES = {DA_WSOL: ("resnet50", "inception_v3"), WSOLEVALUATION: ("resnet50", "inception_v3", "vgg16")}
+
+
+def architectures(fmt: str) -> tuple[str, ...]:
+    """The architectures format ``fmt``'s training code writes, under dawsol's backbone names (their records'
+    ``official_formats``)."""
+    return tuple(name for name, record in BACKBONES.items() if fmt in record.official_formats)
+
 
 TRUNK = "trunk."
 MODULE_PREFIX = "module."
@@ -272,10 +276,10 @@ def read_source(path: Path) -> SourceCheckpoint:
     architecture = top.get("architecture")
     if not isinstance(architecture, str):
         raise DawsolError(f"{path}: no architecture string in the file (found {architecture!r})")
-    if architecture not in ARCHITECTURES[fmt]:
+    if architecture not in architectures(fmt):
         raise DawsolError(
             f"{path}: architecture {architecture!r} is not one a {FORMAT_TITLES[fmt]} checkpoint has "
-            f"({', '.join(ARCHITECTURES[fmt])})"
+            f"({', '.join(architectures(fmt))})"
         )
     epoch = top.get("epoch")
     epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write one extractor's score maps (dawsol's or pytorch-grad-cam's, docs/posthoc.md) of a checkpoint on a split"
+from dawsol.components.extractors import EXTRACTORS
+
+HELP = f"write one extractor's score maps ({', '.join(EXTRACTORS)}) of a checkpoint on a split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a runs/<cell>/checkpoint.pt")
-    parser.add_argument(
-        "--method",
-        required=True,
-        help="the extractor: cam, gradcam, gradcampp, pcs, bagcams or a pytorch-grad-cam method (scorecam, layercam, "
-        "...; a wrong name lists them all)",
-    )
+    parser.add_argument("--method", required=True, choices=list(EXTRACTORS), help="the extractor: %(choices)s")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--out", required=True, help="output folder: <out>/<image_id>.npy")
     parser.add_argument("--layer", default=None, help="target layer of the gradient methods (default: the cell's)")

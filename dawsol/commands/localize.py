@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dawsol.components.backbones import BACKBONES
+
 HELP = (
     "draw the CAM and boxes of the top classes on your own images and write them (localization.json, .csv): "
     "a trained checkpoint or an ImageNet classifier"
@@ -17,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--imagenet",
         metavar="BACKBONE",
-        help="an ImageNet-pretrained classifier as it is, no training (e.g. efficientnet_lite0, offline)",
+        help="an ImageNet-pretrained classifier as it is, no training: "
+        + ", ".join(name for name, record in BACKBONES.items() if record.classifier_trunk is not None),
     )
     parser.add_argument("--out", default="localized", help="output folder (default: localized)")
     parser.add_argument("--top-k", type=int, default=None, help="classes listed per image (default: 5 ImageNet, 1)")

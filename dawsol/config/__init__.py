@@ -14,8 +14,8 @@ from dawsol.config.params import (
     check_cell,
     check_override_keys,
     load_params,
+    load_schema,
     parse_override,
-    schema_wsol_methods,
     validate_params,
 )
 from dawsol.config.resolve import grid_cells, grid_datasets, grid_imports, resolve
@@ -58,10 +58,10 @@ __all__ = [
     "grid_datasets",
     "grid_imports",
     "load_params",
+    "load_schema",
     "parse_cell",
     "parse_override",
     "resolve",
-    "schema_wsol_methods",
     "tree_digest",
     "validate_params",
 ]

@@ -13,6 +13,10 @@ from typing import Any
 
 import yaml
 
+from dawsol.components.backbones import BACKBONES
+from dawsol.components.da_losses import DA_LOSSES
+from dawsol.components.extractors import EXTRACTORS
+from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config.cells import Cell, parse_cell
 from dawsol.config.settings import deep_merge
 from dawsol.errors import DawsolError
@@ -26,16 +30,25 @@ _EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+
 
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")  # schema checks whose reason is shown
+# the schema's component names, ``$defs.<key>``: each enum is its registry's keys, filled in at load
+REGISTERED_NAMES: dict[str, Mapping[str, Any]] = {
+    "backbone": BACKBONES,
+    "wsol_method": WSOL_METHODS,
+    "da_loss": DA_LOSSES,
+    "extractor": EXTRACTORS,
+}
 
 
 @lru_cache(maxsize=1)
-def _schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+def load_schema() -> dict[str, Any]:
+    """The params schema (``SCHEMA_PATH``) with its component enums filled in from the records (``dawsol.components``).
 
-
-def schema_wsol_methods() -> list[str]:
-    """The WSOL methods the schema admits (``grid.wsol``); a test holds them equal to ``dawsol.wsol.WSOL_METHODS``."""
-    return list(_schema()["$defs"]["grid"]["properties"]["wsol"]["items"]["enum"])
+    The YAML file stays what users read; only the names come from the registries, never a copy.
+    """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    for key, registry in REGISTERED_NAMES.items():
+        schema["$defs"][key]["enum"] = list(registry)
+    return schema
 
 
 def _error_location(error: Any) -> tuple[list[str], str]:
@@ -141,7 +154,9 @@ def validate_params(
     if found is not None:
         where = f"{found[0]}: " if found[0] else ""
         raise DawsolError(f"{source}: {where}{found[1]} is not a finite number (settings are finite numbers)")
-    schema = _schema() if definition is None else {"$ref": f"#/$defs/{definition}", "$defs": _schema()["$defs"]}
+    schema = load_schema()
+    if definition is not None:
+        schema = {"$ref": f"#/$defs/{definition}", "$defs": schema["$defs"]}
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
@@ -263,7 +278,7 @@ def check_override_keys(params: Mapping[str, Any], source: str | Path) -> None:
             raise DawsolError(f'{source}: pairs."{key}" names an unknown {" and ".join(unknown)}')
     blocks = {
         "all",
-        *schema_wsol_methods(),
+        *WSOL_METHODS,
         *(k for k, v in params["defaults"].get("da", {}).items() if isinstance(v, Mapping)),
     }
     for block in (params.get("search") or {}).get("space") or {}:
@@ -292,9 +307,8 @@ def check_cell(cell: Cell, params: Mapping[str, Any], source: str | Path = DEFAU
     if cell.backbone not in params["backbones"]:
         known = ", ".join(sorted(params["backbones"]))
         raise DawsolError(f"unknown backbone {cell.backbone!r} in cell {cell.name} (known in {source}: {known})")
-    methods = schema_wsol_methods()
-    if cell.wsol not in methods:
-        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(methods)})")
+    if cell.wsol not in WSOL_METHODS:
+        raise DawsolError(f"unknown WSOL method {cell.wsol!r} in cell {cell.name} (known: {', '.join(WSOL_METHODS)})")
     if cell.da != "none":
         methods = {k for k, v in defaults_da.items() if isinstance(v, Mapping)}
         if cell.da not in methods:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dawsol.components.da_losses import DA_LOSSES
 from dawsol.config.cells import Cell, parse_cell
 from dawsol.config.params import DEFAULT_PARAMS, check_cell, load_params
 from dawsol.config.settings import (
@@ -40,6 +41,23 @@ def _build(cls: type, tree: Mapping[str, Any], where: str, source: str | Path, *
     names = [f for f in cls.__dataclass_fields__ if f not in extra]
     values = {name: _require(tree, name, where, source) for name in names}
     return cls(**values, **extra)
+
+
+def _da_loss(method: str, loss: str | None, source: str | Path) -> str:
+    """The L_d of DA method ``method``: the loss it is named after (``da.mmd``), else its block's ``loss``."""
+    if method in DA_LOSSES:
+        if loss not in (None, method):
+            raise DawsolError(
+                f"{source}: da.{method}.loss is {loss}, but the block is named after the loss {method}: "
+                "drop loss: or rename the block"
+            )
+        return method
+    if loss is None:
+        raise DawsolError(
+            f"{source}: da.{method}.loss is missing: a DA method not named after a loss names one "
+            f"({', '.join(DA_LOSSES)})"
+        )
+    return loss
 
 
 def resolve(
@@ -75,8 +93,7 @@ def resolve(
         common = {k: da_tree[k] for k in DA_COMMON_KEYS if k in da_tree}
         method = deep_merge(common, da_tree[cell.da])
         method.setdefault("grl_schedule", "official")
-        if "loss" not in method:
-            raise DawsolError(f"{source}: da.{cell.da}.loss is missing (mmd or dann)")
+        method["loss"] = _da_loss(cell.da, method.get("loss"), source)
         da = _build(DASettings, method, f"da.{cell.da}", source, method=cell.da)
 
     data_tree = _require(tree, "data", "defaults", source)

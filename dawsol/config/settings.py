@@ -42,7 +42,7 @@ class ModelSettings:
     pretrained: str
     large_feature_map: bool
     width: float
-    frozen_stages: int = 0  # leading trunk stages kept fixed (dawsol.models.backbones.Trunk.freeze)
+    frozen_stages: int = 0  # leading trunk stages kept fixed (dawsol.models.trunk.Trunk.freeze)
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ class EvalSettings:
     iou_thresholds: tuple[int, ...]
     batch_size: int
     workers: int
-    # the localization maps evaluated (dawsol.evaluation.posthoc.EXTRACTORS; the cell's own CAM always) and the gradient
-    # methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
+    # the localization maps evaluated (dawsol.components.extractors.EXTRACTORS; the cell's own CAM always) and the
+    # gradient methods' target layer (None: the backbone's default, docs/posthoc.md section 3)
     cam_methods: tuple[str, ...] = ("cam",)
     target_layer: str | None = None
     # ScoreCAM's and AblationCAM's forward passes per batch, one per target-layer channel (docs/posthoc.md section 8)

@@ -63,3 +63,13 @@ class DomainDiscriminator(nn.Module):
         mean_s = (loss_s.mean(1) * weights).sum() / count
         mean_t = (loss_t.mean(1) * weights).sum() / count
         return 0.5 * (mean_s + mean_t)
+
+
+def dann_term(
+    discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
+) -> Tensor:
+    """L_d as DANN (``dawsol.components.da_losses``): the domain discriminator's loss behind the gradient reversal,
+    qualified images weighted 1."""
+    if discriminator is None:
+        raise ValueError("dann_term needs the DANN discriminator")
+    return discriminator(source, target, qualified.to(source.dtype), grl_coefficient(progress, schedule))

@@ -7,19 +7,17 @@ mixes the terms by the area ratio, as the official code does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from dawsol.components import known, load
+from dawsol.components.da_losses import DA_LOSSES
 from dawsol.config import DASettings
-from dawsol.da.dann import DomainDiscriminator, grl_coefficient
-from dawsol.da.mmd import batched_linear_mk_mmd
 from dawsol.da.tsa import FAKE_TARGET, TRUE_TARGET, UNIVERSUM, TargetSampleAssigner
 from dawsol.da.universum import universum_loss
-from dawsol.distributed import global_denominator, global_rows
+from dawsol.distributed import global_rows
 from dawsol.errors import DawsolError
 
 
@@ -92,41 +90,9 @@ def sample_sets(
     return SampledSets(source, target)
 
 
-def _mmd_term(
-    _discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
-) -> Tensor:
-    """The linear-time MK-MMD per image, averaged over the qualified images of the (global) batch."""
-    per_image = batched_linear_mk_mmd(source, target)
-    count = global_denominator(qualified.sum().to(per_image.dtype))
-    return torch.where(qualified, per_image, 0.0).sum() / count
-
-
-def _dann_term(
-    discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
-) -> Tensor:
-    """The domain discriminator's loss behind the gradient reversal, qualified images weighted 1."""
-    assert discriminator is not None
-    return discriminator(source, target, qualified.to(source.dtype), grl_coefficient(progress, schedule))
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """One L_d: its term over the sampled sets, its trainable part, and whether it pairs samples one to one."""
-
-    term: Callable[[nn.Module | None, Tensor, Tensor, Tensor, float, str], Tensor]
-    discriminator: Callable[[int], nn.Module] | None = None
-    pairs_samples: bool = False
-
-
-# The DA loss registry: ``da.<method>.loss`` of params.yaml (the schema's enum, held equal by a test).
-DA_LOSSES: dict[str, Alignment] = {
-    "mmd": Alignment(_mmd_term, pairs_samples=True),
-    "dann": Alignment(_dann_term, discriminator=DomainDiscriminator),
-}
-
-
 class DALoss(nn.Module):
-    """L_d (MMD or DANN) and L_u from the Target Sample Assigner, for the settings of one DA method.
+    """L_d (the record of ``da.loss``, ``dawsol.components.da_losses``) and L_u from the Target Sample Assigner, for
+    the settings of one DA method.
 
     The state dict holds the assigner's anchors and counts and, for DANN, the discriminator.
     Ablations: ``use_tsa: false`` skips the assigner (every pixel is a true-target sample, the
@@ -136,18 +102,16 @@ class DALoss(nn.Module):
 
     def __init__(self, da: DASettings, num_classes: int, feature_dim: int) -> None:
         super().__init__()
-        if da.loss not in DA_LOSSES:
-            raise DawsolError(f"da.{da.method}.loss is {da.loss!r}; use {' or '.join(DA_LOSSES)}")
-        self.alignment = DA_LOSSES[da.loss]
-        if self.alignment.pairs_samples and da.use_ld and da.sample_num_source != da.sample_num_target:
+        record = known("DA loss", da.loss, DA_LOSSES)
+        self.term = load(record.term)
+        if record.pairs_samples and da.use_ld and da.sample_num_source != da.sample_num_target:
             raise DawsolError(
                 f"da.{da.method}: the linear-time MMD pairs source and target samples, so "
                 f"sample_num_source ({da.sample_num_source}) must equal sample_num_target ({da.sample_num_target})"
             )
         self.settings = da
         self.assigner = TargetSampleAssigner(num_classes, feature_dim, da.kmeans_max_iter, da.anchor_update)
-        build = self.alignment.discriminator
-        self.discriminator = None if build is None else build(feature_dim)
+        self.discriminator = None if record.discriminator is None else load(record.discriminator)(feature_dim)
 
     def param_groups(self, lr: float) -> list[dict]:
         """The discriminator's group at rate ``lr`` (the caller passes ``lr * lr_classifier_ratio``),
@@ -187,7 +151,7 @@ class DALoss(nn.Module):
         if da.use_ld:
             sets = sample_sets(flat, pooled, assignment, source_count, da.sample_num_target, generator)
             source = sets.source if da.use_tsa else sets.source.expand(-1, da.sample_num_source, -1)
-            loss_d = self.alignment.term(self.discriminator, source, sets.target, qualified, progress, da.grl_schedule)
+            loss_d = self.term(self.discriminator, source, sets.target, qualified, progress, da.grl_schedule)
         loss_u = universum_loss(flat, assignment == UNIVERSUM) if da.use_lu else zero
         return DAOutput(
             loss_d=loss_d,

@@ -9,7 +9,9 @@ pairwise squared distance over the 2n pooled vectors, computed without gradient.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from dawsol.distributed import global_denominator
 
 KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 # a floor for the bandwidth, so identical vectors give k = 5 rather than 0/0
@@ -41,3 +43,13 @@ def batched_linear_mk_mmd(source: Tensor, target: Tensor) -> Tensor:
 def linear_mk_mmd(source: Tensor, target: Tensor) -> Tensor:
     """The estimator for one pair of sets: ``source, target [n, D] -> scalar``."""
     return batched_linear_mk_mmd(source[None], target[None])[0]
+
+
+def mmd_term(
+    _discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
+) -> Tensor:
+    """L_d as MMD (``dawsol.components.da_losses``): the linear-time MK-MMD per image, averaged over the qualified
+    images of the (global) batch."""
+    per_image = batched_linear_mk_mmd(source, target)
+    count = global_denominator(qualified.sum().to(per_image.dtype))
+    return torch.where(qualified, per_image, 0.0).sum() / count

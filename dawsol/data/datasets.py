@@ -20,15 +20,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from dawsol.components.backbones import IMAGENET_NORMALIZATION, Normalization
 from dawsol.data.groundtruth import load_mask, rescale_boxes
 from dawsol.data.metadata import IMAGE_ERRORS, IMAGE_SIZES, SplitMetadata, read_split, to_rgb
 from dawsol.errors import DawsolError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# (mean, std) per RGB channel of pixels in [0, 1]; each backbone has its own (dawsol.models.registry)
-Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
-IMAGENET_NORMALIZATION: Normalization = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def train_transform(

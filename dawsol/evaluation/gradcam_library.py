@@ -16,7 +16,6 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from unittest import mock
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.components.extractors import LIBRARY_METHODS, LibraryMethod
 from dawsol.errors import DawsolError
 
 # ScoreCAM's and AblationCAM's forward passes per batch (one per channel of the target layer): at 32, ResNet50
@@ -33,34 +33,6 @@ from dawsol.errors import DawsolError
 CHANNEL_BATCH_SIZE = 32
 FINERCAM_COMPARISONS = 3  # the library's default: the classes ranked 1..3 nearest to the target's logit
 FINERCAM_ALPHA = 1.0  # the library's default comparison strength
-
-
-@dataclass(frozen=True)
-class LibraryMethod:
-    """One pytorch-grad-cam method: its class and what it runs (its label: ``dawsol.report.tables.EXTRACTOR_NAMES``)."""
-
-    class_name: str  # in ``pytorch_grad_cam``
-    gradients: bool  # a backward pass (else: forward passes only, under no_grad)
-    per_channel: bool = False  # a forward pass per target-layer channel, batched by ``channel_batch_size``
-    all_bias_layers: bool = False  # FullGrad: every Conv2d / BatchNorm2d with a bias instead of the target layer
-
-
-LIBRARY_METHODS: dict[str, LibraryMethod] = {
-    "lib-gradcam": LibraryMethod("GradCAM", gradients=True),
-    "lib-gradcampp": LibraryMethod("GradCAMPlusPlus", gradients=True),
-    "hirescam": LibraryMethod("HiResCAM", gradients=True),
-    "gradcam-elementwise": LibraryMethod("GradCAMElementWise", gradients=True),
-    "xgradcam": LibraryMethod("XGradCAM", gradients=True),
-    "layercam": LibraryMethod("LayerCAM", gradients=True),
-    "eigengradcam": LibraryMethod("EigenGradCAM", gradients=True),
-    "shapleycam": LibraryMethod("ShapleyCAM", gradients=True),
-    "finercam": LibraryMethod("FinerCAM", gradients=True),
-    "fullgrad": LibraryMethod("FullGrad", gradients=True, all_bias_layers=True),
-    "eigencam": LibraryMethod("EigenCAM", gradients=False),
-    "kpcacam": LibraryMethod("KPCA_CAM", gradients=False),
-    "scorecam": LibraryMethod("ScoreCAM", gradients=False, per_channel=True),
-    "ablationcam": LibraryMethod("AblationCAM", gradients=False, per_channel=True),
-}
 
 
 class _Logits(nn.Module):

@@ -26,13 +26,14 @@ from PIL import Image
 
 from dawsol.atomic import atomic_write_bytes, atomic_write_text, staged
 from dawsol.checkpoints.format import load_checkpoint, model_from_state, stored_settings
+from dawsol.components.backbones import BACKBONES
 from dawsol.config import Settings
 from dawsol.data.datasets import Normalization, eval_transform
 from dawsol.data.metadata import CLASS_LABELS, SPLITS, to_rgb
 from dawsol.errors import DawsolError
 from dawsol.evaluation.figures import encode_png, figure_threshold, predicted_boxes, tile
 from dawsol.models import WSOLModel
-from dawsol.models.registry import BACKBONES, backbone, normalization
+from dawsol.models.registry import backbone, classifier_trunk, imagenet_state, normalization
 from dawsol.protocol import prepare_scoremap
 
 IMAGENET_SIZE = 224
@@ -110,8 +111,8 @@ def imagenet_localizer(name: str, device: torch.device, threshold: float | None)
         raise DawsolError(
             f"--imagenet {name}: its ImageNet head is not one linear layer on pooled trunk features (use {usable})"
         )
-    full_state = entry.imagenet()
-    trunk = entry.classifier_trunk(lambda net: net.load_state_dict(full_state))  # the whole network, strictly
+    full_state = imagenet_state(name)
+    trunk = classifier_trunk(name, lambda net: net.load_state_dict(full_state))  # the whole network, strictly
     model = WSOLModel(trunk, 1000, name)
     weight, bias = full_state[f"{entry.imagenet_head}.weight"], full_state[f"{entry.imagenet_head}.bias"]
     model.classifier.load_state_dict({"weight": weight[:, :, None, None], "bias": bias})

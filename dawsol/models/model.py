@@ -10,10 +10,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dawsol.components.backbones import BACKBONES
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
-from dawsol.models.backbones import Tap, Trunk
 from dawsol.models.registry import backbone, build_trunk
+from dawsol.models.trunk import Tap, Trunk
 from dawsol.wsol import Head, TrunkFacts, method_head, trunk_layer, trunk_variant
 
 _NO_AUX: Mapping[str, Tensor] = MappingProxyType({})
@@ -141,8 +142,9 @@ def build_model(model: ModelSettings, num_classes: int, wsol: WSOLSettings) -> W
     """The WSOL model for ``model.backbone``: the trunk variant of ``wsol.method``, with the layer it adds to the trunk
     (ADL) and its head (ACoL, SPG)."""
     if model.width != 1.0 and not backbone(model.backbone).width_multiplier:
+        scalable = ", ".join(name for name, record in BACKBONES.items() if record.width_multiplier)
         raise DawsolError(
-            f"model.width is {model.width} for {model.backbone}: only resnet18 takes a width multiplier "
+            f"model.width is {model.width} for {model.backbone}: only {scalable} take(s) a width multiplier "
             "(set model.width: 1.0 for this backbone in params.yaml)"
         )
     if model.width != 1.0 and model.pretrained == "imagenet":

@@ -1,7 +1,7 @@
 """Pretrained backbone weights: ImageNet weights, a local state dict or a dawsol checkpoint.
 
-``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (each backbone's own source,
-``dawsol.models.registry``: torchvision's weights API, cached under
+``model.pretrained`` is ``none`` (train from scratch), ``imagenet`` (each backbone's own source, its record in
+``dawsol.components.backbones``: torchvision's weights API, cached under
 ``$TORCH_HOME/hub/checkpoints``, for the torchvision backbones) or a path: a state dict in the
 layout of that backbone's network (e.g. the ImageNet file downloaded by hand), or a dawsol
 checkpoint (``runs/<cell>/checkpoint.pt`` of a cell with the same backbone), whose trunk is
@@ -20,11 +20,6 @@ from torch import Tensor, nn
 
 from dawsol.errors import DawsolError
 from dawsol.files import file_digest
-
-
-def torchvision_imagenet(backbone: str, enum_name: str) -> Callable[[], dict[str, Tensor]]:
-    """The loader of torchvision's ImageNet (IMAGENET1K_V1) state dict ``enum_name`` for ``backbone``."""
-    return lambda: torchvision_state_dict(backbone, enum_name)
 
 
 def imagenet_url(enum_name: str) -> str:

@@ -14,6 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from dawsol.atomic import atomic_write_text
+from dawsol.components.backbones import BACKBONES
+from dawsol.components.da_losses import DA_LOSSES
+from dawsol.components.extractors import EXTRACTORS
+from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
 from dawsol.layout import OWN_MAPS, read_cell_metrics
@@ -23,46 +27,17 @@ from dawsol.provenance import describe
 BASELINE_BACKBONE = "baseline"
 BASELINE_LABELS = {"center": "Centre baseline (no model)", "random": "Random 16x16 maps (no model)"}
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
-WSOL_NAMES = {"cam": "CAM", "has": "HaS", "cutmix": "CutMix", "adl": "ADL", "acol": "ACoL", "spg": "SPG"}
+WSOL_NAMES = {name: record.title for name, record in WSOL_METHODS.items()}
+# a DA method named after its loss takes the loss's label; the ablation variants of params.yaml have theirs here
 DA_NAMES = {
     "none": "",
-    "mmd": "DA-WSOL-MMD",
-    "dann": "DA-WSOL-DANN",
+    **{name: record.title for name, record in DA_LOSSES.items()},
     "mmd_notsa": "DA-WSOL-MMD w/o TSA, w/o $L_u$",
     "mmd_nolu": "DA-WSOL-MMD w/o $L_u$",
     "lu_only": "$L_u$ only",
 }
-EXTRACTOR_NAMES = {
-    "cam": "CAM",
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAM++",
-    "pcs": "PCS",
-    "bagcams": "BagCAMs",
-    # pytorch-grad-cam's (dawsol.evaluation.gradcam_library.LIBRARY_METHODS; the library's own GradCAM and GradCAM++
-    # are labelled apart from dawsol's)
-    "lib-gradcam": "GradCAM (pytorch-grad-cam)",
-    "lib-gradcampp": "GradCAM++ (pytorch-grad-cam)",
-    "hirescam": "HiResCAM",
-    "gradcam-elementwise": "GradCAM element-wise",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigengradcam": "EigenGradCAM",
-    "shapleycam": "ShapleyCAM",
-    "finercam": "FinerCAM",
-    "fullgrad": "FullGrad",
-    "eigencam": "EigenCAM",
-    "kpcacam": "KPCA-CAM",
-    "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-}
-BACKBONE_NAMES = {
-    "resnet18": "ResNet18",
-    "resnet50": "ResNet50",
-    "inception_v3": "InceptionV3",
-    "vgg16": "VGG16",
-    "efficientnet_lite0": "EfficientNet-Lite0",
-    BASELINE_BACKBONE: "—",
-}
+EXTRACTOR_NAMES = {name: record.title for name, record in EXTRACTORS.items()}
+BACKBONE_NAMES = {**{name: record.title for name, record in BACKBONES.items()}, BASELINE_BACKBONE: "—"}
 DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
 
 

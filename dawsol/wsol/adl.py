@@ -6,6 +6,9 @@ ADL lives inside the backbone; ``dawsol.models`` places it (reference placements
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -39,3 +42,8 @@ class ADL(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_rate={self.drop_rate}, threshold={self.threshold}"
+
+
+def adl_layer(options: Mapping[str, Any]) -> ADL:
+    """The ADL layer of a cell's ``wsol.adl`` options."""
+    return ADL(drop_rate=float(options["drop_rate"]), threshold=float(options["threshold"]))

@@ -1,0 +1,121 @@
+"""The ResNet family's CAM trunks (resnet18, resnet50) on torchvision's networks.
+
+| backbone | D | 224 px | 224 px, large map | modifications |
+|---|---|---|---|---|
+| resnet50 | 2048 | 14x14 | 28x28 | layer4 stride 1, layer3 stride 1 with the large map |
+| resnet18 | 512*width | 28x28 | 56x56 | as resnet50, and layer2 stride 1 (small inputs: 16x16 at 64 px) |
+
+One trunk serves every WSOL method: ACoL's heads read layer4, SPG's branches layer3 (``spg_taps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from dawsol.models.trunk import Tap, Trunk
+from dawsol.wsol.adl import ADL
+
+
+def _block_channels(block: nn.Module) -> int:
+    """The output channels of a ResNet block (a Bottleneck's conv3 or a BasicBlock's conv2)."""
+    last = getattr(block, "conv3", None) or block.conv2
+    return last.out_channels
+
+
+def _stride_one(layer: nn.Sequential) -> None:
+    """Set every stride-2 convolution of a ResNet stage's first block (conv and shortcut) to stride 1."""
+    for module in layer[0].modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (1, 1)
+
+
+def scaled_resnet18(width: float) -> ResNet:
+    """torchvision's ResNet-18 with every channel count scaled by ``width`` (1.0 is torchvision's)."""
+    net = torchvision.models.resnet18()
+    if width == 1.0:
+        return net
+    channels = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+    net.inplanes = channels[0]
+    net.conv1 = nn.Conv2d(3, channels[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(channels[0])
+    net.layer1 = net._make_layer(BasicBlock, channels[0], 2)
+    net.layer2 = net._make_layer(BasicBlock, channels[1], 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, channels[2], 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, channels[3], 2, stride=2)
+    net.fc = nn.Linear(channels[3], 1000)
+    for module in net.modules():  # torchvision's initialisation, for the rebuilt layers
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return net
+
+
+class ResNetTrunk(Trunk):
+    """ResNet up to layer4; ADL after layer3[0], layer4[0] and layer4's last block."""
+
+    acol_head_init = "he"
+    iterated = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, net: ResNet, stride_one: tuple[str, ...], adl: ADL | None = None) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        for name in stride_one:
+            _stride_one(getattr(self, name))
+        self.feature_dim = net.fc.in_features
+        self.adl_after = {("layer3", 0), ("layer4", 0), ("layer4", len(self.layer4) - 1)} if adl is not None else set()
+        self.adl = adl
+
+    def stages(self) -> list[tuple[str, ...]]:
+        return [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+
+    def spg_taps(self) -> tuple[Tap, Tap]:
+        """layer3's first block and layer3's output (the official SPG_A1 and SPG_A2 split of layer3)."""
+        channels = _block_channels(self.layer3[-1])
+        return Tap("layer3.0", channels), Tap(f"layer3.{len(self.layer3) - 1}", channels)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        for stage in self.iterated:
+            for index, block in enumerate(getattr(self, stage)):
+                x = block(x)
+                if (stage, index) in self.adl_after:
+                    x = self.adl(x)
+        return x
+
+
+def resnet18_trunk(
+    load_pretrained: Callable[[nn.Module], None],
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+    variant: str = "cam",
+) -> Trunk:
+    """ResNet-18 with its channels scaled by ``width``, layer2 at stride 1 too (one trunk for every variant)."""
+    net = scaled_resnet18(width)
+    load_pretrained(net)
+    return ResNetTrunk(net, (*_stride_one_stages(large_feature_map), "layer2"), adl)
+
+
+def resnet50_trunk(
+    load_pretrained: Callable[[nn.Module], None],
+    large_feature_map: bool,
+    width: float,
+    adl: ADL | None,
+    variant: str = "cam",
+) -> Trunk:
+    """torchvision's ResNet-50 (one trunk for every variant)."""
+    net = torchvision.models.resnet50()
+    load_pretrained(net)
+    return ResNetTrunk(net, _stride_one_stages(large_feature_map), adl)
+
+
+def _stride_one_stages(large_feature_map: bool) -> tuple[str, ...]:
+    """The stages set to stride 1: layer4, and layer3 with the large map."""
+    return ("layer4", "layer3") if large_feature_map else ("layer4",)
