@@ -1,10 +1,10 @@
 """Benchmark: images/s of each post-hoc extractor (docs/posthoc.md) against CAM, on one model and batch.
 
 Every dawsol extractor (``dawsol.components.extractors.OWN_EXTRACTORS``; pytorch-grad-cam's:
-bench_cam_family.py) maps the same random batch with the same model, interleaved step by step, on the CPU and on CUDA when present: median wall seconds,
-process-CPU seconds (steadier on a shared machine), images/s and the slowdown against CAM in the
-same run, plus CUDA's peak memory per extractor. The maps alone are timed, not the score maps
-(``score_maps``), whose cost is the protocol's.
+bench_cam_family.py) maps the same random batch with the same model, interleaved step by step, on the CPU and on
+CUDA when present: median wall seconds, process-CPU seconds (steadier on a shared machine), images/s and the
+slowdown against CAM in the same run, plus CUDA's peak memory per extractor.
+The maps alone are timed, not the score maps (``score_maps``), whose cost is the protocol's.
 
 Usage (from the project root):
 ``python benchmarks/bench_posthoc.py --backbone efficientnet_lite0 --pretrained imagenet --size 96``
