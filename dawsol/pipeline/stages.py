@@ -13,6 +13,8 @@ from typing import Any
 
 from dawsol.config import DEFAULT_PARAMS, Cell, grid_cells, parse_cell, resolve
 
+GENERATED = ("synthetic", "photos")  # datasets built by a generator whose knobs are params.yaml's <dataset> block
+
 
 def dataset_dir(params: Mapping[str, Any], dataset: str, source: str | Path) -> Path:
     """The prepared dataset folder of ``dataset`` (``<data.root>/<dataset>`` of its first cell)."""
@@ -27,7 +29,7 @@ def prepare_params(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     candidates = {
         "defaults.data": params["defaults"].get("data"),
         f"datasets.{dataset}.data": (params["datasets"].get(dataset) or {}).get("data"),
-        "synthetic": params.get("synthetic") if dataset == "synthetic" else None,
+        dataset: params.get(dataset) if dataset in GENERATED else None,
     }
     return {key: value for key, value in candidates.items() if value is not None}
 

@@ -41,7 +41,13 @@ BACKBONE_NAMES = {
     "efficientnet_lite0": "EfficientNet-Lite0",
     BASELINE_BACKBONE: "—",
 }
-DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
+DATASET_NAMES = {
+    "synthetic": "Synthetic",
+    "photos": "Photos (pasted)",
+    "cub": "CUB-200-2011",
+    "ilsvrc": "ILSVRC",
+    "openimages": "OpenImages30k",
+}
 
 
 def method_label(cell: Cell) -> str:
