@@ -40,6 +40,7 @@ from dawsol.data.photos import (
     split_sources,
 )
 from dawsol.errors import DawsolError
+from dawsol.pipeline.stages import prepare_params
 from dawsol.protocol import metrics_dict
 from dawsol.protocol.evaluator import DEFAULT_IOU_THRESHOLDS, evaluate_split
 
@@ -397,3 +398,26 @@ def test_the_real_packages_match_the_member_list(request: pytest.FixtureRequest)
         for name, data in read_members(path, wanted).items():
             assert hashlib.sha256(data).hexdigest() == facts[(package.name, name)][1], name
     assert MANIFEST_DIR.is_dir()
+
+
+def test_config_errors_name_the_key() -> None:
+    block = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["photos"]
+    with pytest.raises(DawsolError, match=r"photos\.colour: unknown key"):
+        PhotosConfig.from_params({**block, "colour": 1})
+    with pytest.raises(DawsolError, match=r"photos\.seed is missing"):
+        PhotosConfig.from_params({k: v for k, v in block.items() if k != "seed"})
+    with pytest.raises(DawsolError, match=r"photos\.classes: \['mammal', 'reptile'\]"):
+        PhotosConfig.from_params({**block, "classes": ["mammal", "reptile"]})
+    with pytest.raises(DawsolError, match=r"photos\.split_fractions"):
+        PhotosConfig.from_params({**block, "split_fractions": [0.5, 0.5, 0.5]})
+    with pytest.raises(DawsolError, match=r"photos\.object_scale: \[0\.8, 0\.4\] must be \[min, max\]"):
+        PhotosConfig.from_params({**block, "object_scale": [0.8, 0.4]})
+
+
+def test_prepare_reruns_on_the_photos_block_only() -> None:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert prepare_params(params, "photos")["photos"] == params["photos"]
+    assert "photos" not in prepare_params(params, "synthetic")
+    url_only = dataclasses.replace(project_config(), mirror="http://example.org/debian/")
+    assert url_only.digest() == project_config().digest()  # where the packages come from changes no pixel
+    assert dataclasses.replace(project_config(), seed=7).digest() != project_config().digest()
