@@ -322,6 +322,14 @@ def test_a_truncated_package_is_named(tmp_path: Path, small, pool) -> None:
     with pytest.raises(DawsolError, match=r"size|sha256"):  # a pinned package: caught by its checksum
         prepare_photos(config, tmp_path / "data", [cut], manifest_dir=manifest, packages=packages)
     assert cut.exists()  # a file the user supplied is never deleted
+    with pytest.raises(DawsolError, match=r"--archive .*absent\.deb: no such file|unknown package file name"):
+        prepare_photos(
+            config, tmp_path / "data", [cut.with_name("absent.deb")], manifest_dir=manifest, packages=packages
+        )
+    with pytest.raises(DawsolError, match=r"--archive .*: no such file"):
+        prepare_photos(
+            config, tmp_path / "data", [tmp_path / pinned.filename], manifest_dir=manifest, packages=packages
+        )
     with pytest.raises(DawsolError, match=r"not a readable \.deb \(member 'data\.tar\.xz' needs \d+ bytes"):
         read_members(cut, {"./usr/x.png": 1})  # and the reader's own bounds say what is wrong
     assert not (tmp_path / "data/photos").exists()

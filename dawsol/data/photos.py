@@ -426,6 +426,8 @@ def fetch_package(package: Package, config: PhotosConfig, downloads: Path, archi
     """The verified local ``.deb``: ``archive`` (``--archive``), else ``downloads/<file>``, else
     downloaded there from the mirror, else from the snapshot archive. A download that fails its
     check is deleted (a file the user supplied is kept), so nothing unverified stays behind."""
+    if archive is not None and not archive.is_file():
+        raise DawsolError(f"--archive {archive}: no such file")
     path = archive or downloads / package.filename
     fetched = False
     if not path.is_file():
