@@ -266,7 +266,7 @@ def _add_clutter(rng: np.random.Generator, image: np.ndarray, strength: float) -
         image[:] = image * (1 - alpha) + color * alpha
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
@@ -288,7 +288,7 @@ def generate_image(
     for _ in range(count):
         for _attempt in range(20):
             obj = _place_object(rng, config, style, h, w, shrink * rng.uniform(*config.object_scale))
-            if all(_iou(obj.body, other.body) < 0.15 for other in objects):
+            if all(mask_iou(obj.body, other.body) < 0.15 for other in objects):
                 objects.append(obj)
                 break
     masks: list[np.ndarray] = []
@@ -320,7 +320,7 @@ def generate_image(
     return pixels, [m for m in masks if m.any()]
 
 
-def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
@@ -337,7 +337,7 @@ def ignore_band(masks: list[np.ndarray], width: int) -> np.ndarray:
     return band
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
@@ -355,18 +355,18 @@ def generate(config: SyntheticConfig, out_dir: Path) -> None:
                 rng = np.random.default_rng([config.seed, SPLIT_INDEX[split], label, k])
                 image, masks = generate_image(config, label, rng)
                 image_id = f"{split}/{label:03d}/{k:05d}.png"
-                _write_png(out_dir / image_id, image)
+                write_png(out_dir / image_id, image)
                 meta.image_ids.append(image_id)
                 meta.labels[image_id] = label
                 meta.sizes[image_id] = (image.shape[1], image.shape[0])
-                meta.boxes[image_id] = [_tight_box(m) for m in masks]
+                meta.boxes[image_id] = [tight_box(m) for m in masks]
                 if with_masks:
                     stem = f"masks/{split}/{label:03d}/{k:05d}"
                     meta.masks[image_id] = [f"{stem}_m{i}.png" for i in range(len(masks))]
                     meta.ignore_masks[image_id] = f"{stem}_ignore.png"
                     for name, mask in zip(meta.masks[image_id], masks, strict=True):
-                        _write_png(out_dir / name, mask.astype(np.uint8) * 255)
-                    _write_png(
+                        write_png(out_dir / name, mask.astype(np.uint8) * 255)
+                    write_png(
                         out_dir / f"{stem}_ignore.png", ignore_band(masks, config.ignore_band).astype(np.uint8) * 255
                     )
         write_split(out_dir / "metadata" / split, meta)
@@ -405,17 +405,22 @@ def prepare_synthetic(config: SyntheticConfig, dataset_dir: str | Path) -> bool:
         log.info("generating the synthetic benchmark into %s", dataset_dir)
         generate(config, work)
         atomic_write_text(work / STAMP, json.dumps({"digest": config.digest(), "settings": asdict(config)}, indent=2))
-        if dataset_dir.exists():
-            old = staging_folder(dataset_dir, "old")
-            old.rmdir()
-            dataset_dir.rename(old)
-            work.rename(dataset_dir)
-            shutil.rmtree(old)
-        else:
-            work.rename(dataset_dir)
+        install_folder(work, dataset_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return True
+
+
+def install_folder(work: Path, dataset_dir: Path) -> None:
+    """Put the finished folder ``work`` in the place of ``dataset_dir`` by renames (the old one, if any, is removed)."""
+    if dataset_dir.exists():
+        old = staging_folder(dataset_dir, "old")  # named as remove_staging finds it, should this be killed here
+        old.rmdir()
+        dataset_dir.rename(old)
+        work.rename(dataset_dir)
+        shutil.rmtree(old)
+    else:
+        work.rename(dataset_dir)
 
 
 def sample_grid(dataset_dir: str | Path, out_path: str | Path, split: str = "test", per_class: int = 2) -> None:

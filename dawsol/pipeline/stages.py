@@ -44,6 +44,8 @@ def snakemake_profile(config: Mapping[str, Any]) -> str | None:
     profile = config.get("profile")
     return None if profile in (None, "") else str(profile)
 
+GENERATED = ("synthetic", "photos")  # datasets built by a generator whose knobs are params.yaml's <dataset> block
+
 
 def dataset_dir(params: Mapping[str, Any], dataset: str, source: str | Path) -> Path:
     """The prepared dataset folder of ``dataset`` (``<data.root>/<dataset>`` of its first cell)."""
@@ -64,7 +66,7 @@ def prepare_params(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     candidates = {
         "defaults.data": params["defaults"].get("data"),
         f"datasets.{dataset}.data": (params["datasets"].get(dataset) or {}).get("data"),
-        "synthetic": params.get("synthetic") if dataset == "synthetic" else None,
+        dataset: params.get(dataset) if dataset in GENERATED else None,
     }
     return {key: value for key, value in candidates.items() if value is not None}
 

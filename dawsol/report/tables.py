@@ -38,7 +38,13 @@ DA_NAMES = {
 }
 EXTRACTOR_NAMES = {name: record.title for name, record in EXTRACTORS.items()}
 BACKBONE_NAMES = {**{name: record.title for name, record in BACKBONES.items()}, BASELINE_BACKBONE: "—"}
-DATASET_NAMES = {"synthetic": "Synthetic", "cub": "CUB-200-2011", "ilsvrc": "ILSVRC", "openimages": "OpenImages30k"}
+DATASET_NAMES = {
+    "synthetic": "Synthetic",
+    "photos": "Photos (pasted)",
+    "cub": "CUB-200-2011",
+    "ilsvrc": "ILSVRC",
+    "openimages": "OpenImages30k",
+}
 
 
 def method_label(cell: Cell) -> str:
