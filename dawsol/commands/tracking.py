@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "MLflow store: 'init' creates it (once, before parallel cells), 'ui' serves it on 127.0.0.1"
+HELP = (
+    "MLflow store: 'init' creates it (once, before parallel cells), 'ui' serves it on 127.0.0.1 and prints "
+    "the URLs of the runs and of the results"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"MLflow store {tracking.tracking_uri()}: experiment {tracking.experiment_name()!r} ({experiment_id})")
         return 0
     tracking.check_port_free(args.host, args.port)
-    tracking.init_store()
+    _, experiment_id = tracking.init_store()
+    urls = tracking.browse_urls(args.host, args.port, experiment_id)
+    print(f"MLflow UI, the runs of experiment {tracking.experiment_name()!r}: {urls['runs']}")
+    print(f"the results (one summary run per method, seed means as metrics): {urls['results']}", flush=True)
     code = tracking.serve(args.host, args.port)
     if code != 0:
         raise DawsolError(f"mlflow ui on {args.host}:{args.port} stopped with exit code {code}")

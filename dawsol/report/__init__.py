@@ -1,4 +1,4 @@
-"""``dawsol report``: tables, figures and plot data from the cells' results, and an MLflow summary run.
+"""``dawsol report``: tables, figures and plot data from the cells' results, and the grid's MLflow runs.
 
 Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
 train_log.jsonl`` and the prepared test split) and written to the paths
@@ -46,10 +46,11 @@ from dawsol.report.tables import (
     method_label,
     write_tables,
 )
+from dawsol.report.tracked import log_tables, summaries
 
 log = logging.getLogger(__name__)
 GRID_TAG = "dawsol.grid"  # the grid's parent run: a digest of its cells and their code versions
-SUMMARY_TAG = "dawsol.summary"
+LEGACY_GRID_TAG = "dawsol.summary"  # "true" on the grid runs of stores made before the tag dawsol.kind
 
 
 def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult | None:
@@ -192,26 +193,31 @@ def _first_seed(cells: list[Cell]) -> list[Cell]:
 
 
 def log_summary(tables: Mapping[str, Table], params: Mapping[str, Any], source: str | Path) -> str:
-    """The grid's MLflow parent run, with the grid's cell runs nested under it; return its id.
+    """The grid's MLflow parent run, with the grid's cell runs and summary runs nested under it; return its id.
 
     One run per grid and code version (tag ``dawsol.grid``, a digest of the cells and the code
     versions of their results), reused by every ``dawsol report``: named ``grid <code> · <n>
-    cells of <datasets>``, tagged ``dawsol.summary``, carrying the tables (the reported vs
-    reproduced one included) and figures as artifacts. No metrics: the tables hold the means and
-    stds, and metrics of their own would crowd the runs table's columns of the cell runs.
+    cells of <datasets>``, tagged ``dawsol.kind`` = ``grid``, carrying the tables (the reported vs
+    reproduced one included) and figures as artifacts, the CSV tables also as MLflow tables. No
+    metrics of its own: each row of the tables is a summary run under it (``report.tracked``), whose
+    metrics are the row's seed means and stds.
     """
-    cells = [c.name for c in grid_cells(params, source) if c.trial is None]
+    cells = [c for c in grid_cells(params, source) if c.trial is None]
     versions = sorted({version for table in tables.values() for version in table.code_versions})
     code = versions[0] if len(versions) == 1 else f"of {len(versions)} code versions" if versions else "unknown code"
-    key = tree_digest({"cells": cells, "code": versions})
+    key = tree_digest({"cells": [c.name for c in cells], "code": versions})
     client, experiment_id = tracking.init_store()
     name = f"grid {code} · {len(cells)} cells of {', '.join(tables)}"
     parent = tracking.parent_run(client, experiment_id, GRID_TAG, key, name, "report")
-    parent.set_tag(SUMMARY_TAG, "true")
-    tracking.nest(client, experiment_id, parent, cells)
+    parent.set_tag(tracking.RUN_KIND_TAG, tracking.GRID_KIND)
+    if LEGACY_GRID_TAG in tracking.with_retry(client.get_run, parent.run_id).data.tags:  # a grid run made before
+        tracking.with_retry(client.delete_tag, parent.run_id, LEGACY_GRID_TAG)  # dawsol.kind named it
+    tracking.nest(client, experiment_id, parent, [c.name for c in cells])
+    tracking.sync_summaries(client, experiment_id, parent, summaries(cells, CELLS_DIR))
     outputs = report_outputs(params, source)
     for path in outputs["tables"] + outputs["figures"]:
         if path.is_file():
             parent.log_artifact(path, path.parent.name)
+    log_tables(parent, outputs["tables"])
     parent.finish()
     return parent.run_id

@@ -1,4 +1,5 @@
-"""MLflow tracking: the store (``store``), one run per cell and parent runs (``runs``), the UI server (``ui``).
+"""MLflow tracking: the store (``store``), one run per cell and parent runs (``runs``), a report's summary runs
+and tables (``summary``), the UI server (``ui``).
 
 MLflow is a sink, never an input. The package's face re-exports what callers use as ``tracking.X``.
 """
@@ -21,7 +22,9 @@ from dawsol.tracking.store import (
     CELL_TAG,
     DEFAULT_EXPERIMENT,
     DEFAULT_URI,
+    EXPERIMENT_KIND,
     EXPERIMENT_NOTE,
+    KIND_TAG,
     LOCKED_MARKERS,
     NOTE_TAG,
     PARENT_TAG,
@@ -37,22 +40,40 @@ from dawsol.tracking.store import (
     tracking_uri,
     with_retry,
 )
-from dawsol.tracking.ui import check_port_free, serve, serve_command, serve_environment, ui_workers
+from dawsol.tracking.summary import (
+    GRID_KIND,
+    RUN_KIND_TAG,
+    SUMMARY_FILTER,
+    SUMMARY_KIND,
+    Summary,
+    log_table,
+    summary_runs,
+    sync_summaries,
+)
+from dawsol.tracking.ui import browse_urls, check_port_free, serve, serve_command, serve_environment, ui_workers
 
 __all__ = [
     "ARTIFACT_DIR",
     "CELL_TAG",
     "DEFAULT_EXPERIMENT",
     "DEFAULT_URI",
+    "EXPERIMENT_KIND",
     "EXPERIMENT_NOTE",
+    "GRID_KIND",
+    "KIND_TAG",
     "LOCKED_MARKERS",
     "NOTE_TAG",
     "NOT_METRICS",
     "PARENT_TAG",
     "RETRY_SECONDS",
+    "RUN_KIND_TAG",
     "STALE_TAG",
+    "SUMMARY_FILTER",
+    "SUMMARY_KIND",
     "CellRun",
+    "Summary",
     "artifact_root",
+    "browse_urls",
     "cell_runs",
     "cell_tags",
     "check_port_free",
@@ -61,6 +82,7 @@ __all__ = [
     "init_store",
     "is_full_error",
     "is_locked_error",
+    "log_table",
     "metric_items",
     "nest",
     "parent_run",
@@ -71,6 +93,8 @@ __all__ = [
     "serve_environment",
     "source_tags",
     "sqlite_path",
+    "summary_runs",
+    "sync_summaries",
     "tagged_runs",
     "tracking_uri",
     "ui_workers",
