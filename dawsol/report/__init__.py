@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from dawsol.layout import (
     RUNS_DIR,
     SEARCH_DIR,
     TABLES_DIR,
+    evaluate_outputs,
     method_key,
     report_outputs,
     split_file,
+    train_log_path,
 )
 from dawsol.protocol import metrics_dict
 from dawsol.protocol.evaluator import evaluate_split
@@ -49,6 +52,11 @@ from dawsol.report.tables import (
 from dawsol.report.tracked import log_tables, summaries
 
 log = logging.getLogger(__name__)
+# where the inputs a fresh clone lacks come from: DVC outputs and evaluation files that git does not keep
+NOT_IN_GIT = {
+    "train_log": "`dawsol train` writes them and DVC, not git, keeps them (`dvc pull`, or `snakemake --cores all`)",
+    "cams": "`dawsol evaluate` writes them and git does not keep them (`snakemake --cores all`)",
+}
 GRID_TAG = "dawsol.grid"  # the grid's parent run: a digest of its cells and their code versions
 LEGACY_GRID_TAG = "dawsol.summary"  # "true" on the grid runs of stores made before the tag dawsol.kind
 
@@ -91,8 +99,13 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
     for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
         settings = resolve(_first_seed(own)[0], params, source)
-        baselines = baseline_rows(dataset, baseline_metrics(settings))
-        table = aggregate(pd.concat([frame, baselines], ignore_index=True), dataset)
+        test_split = split_file(settings.dataset_dir, "test").parent
+        prepared = test_split.is_dir()
+        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {dataset}`)"
+        rows = [frame, baseline_rows(dataset, baseline_metrics(settings))] if prepared else [frame]
+        table = aggregate(pd.concat(rows, ignore_index=True), dataset)
+        if not prepared:  # a fresh clone: the committed results without the data
+            table = replace(table, notes=(_warn(f"no baseline rows: {unprepared}"),))
         if len(table.code_versions) > 1:
             log.warning(
                 "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
@@ -112,23 +125,48 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
         figures.plot_box_curves(curves, labels, FIGURES_DIR / f"{dataset}_boxacc.png")
         figures.plot_pixel_pr(curves, labels, FIGURES_DIR / f"{dataset}_pxpr.png")
         trained = [c for c in own if c not in imports]  # an imported cell has no training log
+        logged = [c for c in trained if train_log_path(c).is_file()]
         figures.plot_training(
-            figures.read_train_logs(trained, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png"
+            figures.read_train_logs(logged, RUNS_DIR),
+            labels,
+            FIGURES_DIR / f"{dataset}_training.png",
+            _missing(trained, logged, train_log_path, "training log", NOT_IN_GIT["train_log"]),
         )
 
         first = _first_seed(own)
+        sampled = [c for c in first if prepared and _cam_samples_path(c).is_file()]
+        missing = _missing(first, sampled, _cam_samples_path, "CAM samples", NOT_IN_GIT["cams"]) if prepared else ""
         mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None
         figures.plot_cams(
-            first,
-            [labels[(c.backbone, c.method)] for c in first],
+            sampled,
+            [labels[(c.backbone, c.method)] for c in sampled],
             CELLS_DIR,
             settings.dataset_dir,
             mask_root,
             FIGURES_DIR / f"{dataset}_cams.png",
+            missing if prepared else _warn(f"no CAMs drawn: {unprepared}"),
         )
         log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
     write_comparison(cells, CELLS_DIR, TABLES_DIR)
     return tables
+
+
+def _cam_samples_path(cell: Cell) -> Path:
+    return evaluate_outputs(cell)["cam_samples"]
+
+
+def _warn(note: str) -> str:
+    """Log what the report could not draw; return it (for the figure or table that says so)."""
+    log.warning("report: %s", note)
+    return note
+
+
+def _missing(cells: list[Cell], present: list[Cell], path: Callable[[Cell], Path], what: str, why: str) -> str:
+    """A note on the cells in ``cells`` but not in ``present`` (files a fresh clone lacks), or ""."""
+    absent = [c for c in cells if c not in present]
+    if not absent:
+        return ""
+    return _warn(f"{len(absent)} of {len(cells)} cells without {what} (e.g. {path(absent[0]).as_posix()}): {why}")
 
 
 def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
