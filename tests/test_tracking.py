@@ -276,14 +276,14 @@ def test_the_experiment_is_of_kind_model_training_on_a_new_and_on_an_older_store
     assert (tags["mlflow.note.content"], tags["mlflow.experimentKind"]) == ("my own notes", "genai_development")
 
 
-def test_the_ui_urls_open_the_runs_in_model_training_mode_and_the_summary_runs(store: str) -> None:
+def test_the_ui_urls_open_the_runs_in_model_training_mode_and_the_results_view(store: str) -> None:
     from urllib.parse import parse_qs, urlsplit
 
     urls = tracking.browse_urls("127.0.0.1", 5123, "7")
     assert urls["runs"] == "http://127.0.0.1:5123/#/experiments/7/runs?workflowType=machine_learning"
     route = urlsplit(urlsplit(urls["results"]).fragment)
     assert route.path == "/experiments/7/runs"
-    assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "searchFilter": [tracking.SUMMARY_FILTER]}
+    assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["dawsol-results"]}
     assert tracking.browse_urls("0.0.0.0", 80, "1")["runs"].startswith("http://127.0.0.1:80/")
     assert tracking.browse_urls("::1", 80, "1")["runs"].startswith("http://[::1]:80/")
 
@@ -325,6 +325,17 @@ def test_summary_runs_are_replaced_not_added_and_tables_rewritten_not_appended(s
     assert loaded.to_dict("list") == table.to_dict("list")
     logged = json.loads(client.get_run(parent.run_id).data.tags["mlflow.loggedArtifacts"])
     assert logged == [{"path": "tables/t.json", "type": "table"}]
+
+    assert not tracking.has_results_view(client, experiment_id)
+    tracking.share_results_view(client, experiment_id, ["test.X.mean", "seeds"], "test.X.mean")
+    assert tracking.has_results_view(client, experiment_id)
+    view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.dawsol-results"])
+    assert view == {
+        "searchFilter": tracking.SUMMARY_FILTER,
+        "orderByKey": "metrics.`test.X.mean`",
+        "orderByAsc": False,
+        "selectedColumns": ["metrics.`test.X.mean`", "metrics.`seeds`"],
+    }
 
 
 def test_a_trainer_taking_the_cell_reuses_an_empty_stale_run_and_ends_the_others(store: str) -> None:

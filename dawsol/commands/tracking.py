@@ -25,10 +25,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"MLflow store {tracking.tracking_uri()}: experiment {tracking.experiment_name()!r} ({experiment_id})")
         return 0
     tracking.check_port_free(args.host, args.port)
-    _, experiment_id = tracking.init_store()
+    client, experiment_id = tracking.init_store()
     urls = tracking.browse_urls(args.host, args.port, experiment_id)
     print(f"MLflow UI, the runs of experiment {tracking.experiment_name()!r}: {urls['runs']}")
-    print(f"the results (one summary run per method, seed means as metrics): {urls['results']}", flush=True)
+    if tracking.has_results_view(client, experiment_id):
+        print(f"the results (a summary run per method, the seed means as columns): {urls['results']}", flush=True)
+    else:
+        print("the results: none yet (`dawsol report` logs them)", flush=True)
     code = tracking.serve(args.host, args.port)
     if code != 0:
         raise DawsolError(f"mlflow ui on {args.host}:{args.port} stopped with exit code {code}")

@@ -49,7 +49,7 @@ from dawsol.report.tables import (
     method_label,
     write_tables,
 )
-from dawsol.report.tracked import log_tables, summaries
+from dawsol.report.tracked import log_tables, results_columns, summaries
 
 log = logging.getLogger(__name__)
 # where the inputs a fresh clone lacks come from: DVC outputs and evaluation files that git does not keep
@@ -251,7 +251,9 @@ def log_summary(tables: Mapping[str, Table], params: Mapping[str, Any], source: 
     if LEGACY_GRID_TAG in tracking.with_retry(client.get_run, parent.run_id).data.tags:  # a grid run made before
         tracking.with_retry(client.delete_tag, parent.run_id, LEGACY_GRID_TAG)  # dawsol.kind named it
     tracking.nest(client, experiment_id, parent, [c.name for c in cells])
-    tracking.sync_summaries(client, experiment_id, parent, summaries(cells, CELLS_DIR))
+    rows = summaries(cells, CELLS_DIR)
+    tracking.sync_summaries(client, experiment_id, parent, rows)
+    tracking.share_results_view(client, experiment_id, *results_columns(rows))
     outputs = report_outputs(params, source)
     for path in outputs["tables"] + outputs["figures"]:
         if path.is_file():

@@ -38,6 +38,13 @@ def _note(fig, note: str) -> None:
         fig.text(0.5, 0, textwrap.fill(note, 110), ha="center", va="top", fontsize=8, color="firebrick")
 
 
+def _save_note(path: Path, note: str) -> None:
+    """A figure of nothing but ``note``, where nothing could be drawn."""
+    fig = _pyplot().figure(figsize=(7, 0.6))
+    _note(fig, note)
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -135,6 +142,9 @@ def read_train_logs(cells: Sequence[Cell], runs_dir: Path) -> pd.DataFrame:
 def plot_training(logs: pd.DataFrame, labels: Mapping[tuple[str, str], str], path: Path, note: str = "") -> None:
     """Per-epoch losses, training accuracy and validation metrics, mean over seeds per method; ``note`` says
     which cells' logs are missing (a fresh clone has none)."""
+    if logs.empty and note:
+        _save_note(path, note)
+        return
     plt = _pyplot()
     series = [*TRAIN_SERIES, *(f"val_{m}" for m in VAL_SERIES)]
     titles = {
@@ -179,9 +189,7 @@ def plot_cams(
 
     plt = _pyplot()
     if not cells:
-        fig = plt.figure(figsize=(7, 0.6))
-        _note(fig, note or "no cells to draw")
-        _save(fig, path)
+        _save_note(path, note or "no cells to draw")
         return
     samples, row_labels = [], []
     for cell, label in zip(cells, labels, strict=True):

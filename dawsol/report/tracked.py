@@ -2,8 +2,9 @@
 
 The summary runs (``dawsol.tracking.summary``) are one per (dataset, backbone, method, extractor) of the
 grid's cells: metrics ``<split>.<metric>.mean`` and ``.std`` over the seeds for the test and val splits,
-and ``seeds``. The tables are the report's CSV files (the numbers of every results table, the reported vs
-reproduced one included), logged as MLflow tables ``tables/<name>.json``.
+and ``seeds``; the UI's results view lists them as the results table (``results_columns``). The tables
+are the report's CSV files (the numbers of every results table, the reported vs reproduced one
+included), logged as MLflow tables ``tables/<name>.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dawsol.tracking import CellRun, metric_items
 from dawsol.tracking.summary import Summary, log_table
 
 SPLITS = ("test", "val")
+HEADLINE = "test.MaxBoxAccV2.mean"  # the results view's order, best first (the paper's headline metric)
 
 
 def summaries(cells: Sequence[Cell], cells_dir: Path) -> list[Summary]:
@@ -53,6 +55,14 @@ def summaries(cells: Sequence[Cell], cells_dir: Path) -> list[Summary]:
                 )
             )
     return out
+
+
+def results_columns(rows: Sequence[Summary]) -> tuple[list[str], str]:
+    """The results view's metric columns (every ``test.*`` mean and std, then ``seeds``) and its order metric."""
+    names = list(dict.fromkeys(name for row in rows for name in row.metrics))
+    columns = [name for name in names if name.startswith("test.")] + [name for name in names if name == "seeds"]
+    means = [name for name in columns if name.endswith(".mean")]
+    return columns, HEADLINE if HEADLINE in means else means[0] if means else "seeds"
 
 
 def log_tables(run: CellRun, paths: Iterable[Path]) -> list[str]:

@@ -9,6 +9,7 @@ MLflow's ``log_table`` (which appends to a file it finds) writes it again (docs/
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,9 @@ GRID_KIND = "grid"
 SUMMARY_KIND = "summary"
 SUMMARY_KEY_TAG = "dawsol.summary_of"  # the row a summary run stands for: <dataset>/<backbone>/<method>
 SUMMARY_FILTER = f"tags.`{RUN_KIND_TAG}` = '{SUMMARY_KIND}'"  # the runs table's filter showing them alone
+# the UI's shared views: experiment tags ``mlflow.sharedViewState.<key>``, opened by ``?viewStateShareKey=<key>``
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+RESULTS_VIEW = "dawsol-results"  # the runs table as the results table: the summary runs, their metrics as columns
 
 
 @dataclass(frozen=True)
@@ -94,3 +98,20 @@ def log_table(run: CellRun, frame: pd.DataFrame, artifact_file: str) -> None:
     if artifact_file in listed:
         with_retry(repository.delete_artifacts, artifact_file)
     with_retry(run.client.log_table, run.run_id, frame, artifact_file)
+
+
+def share_results_view(client: MlflowClient, experiment_id: str, columns: Sequence[str], order_by: str) -> None:
+    """Save the UI view ``RESULTS_VIEW`` in the experiment: the summary runs alone, metric ``columns`` shown,
+    sorted by metric ``order_by``, best first (sorted by a metric, the UI lists nested runs flat)."""
+    state = {
+        "searchFilter": SUMMARY_FILTER,
+        "orderByKey": f"metrics.`{order_by}`",
+        "orderByAsc": False,
+        "selectedColumns": [f"metrics.`{column}`" for column in columns],
+    }
+    with_retry(client.set_experiment_tag, experiment_id, SHARED_VIEW_TAG + RESULTS_VIEW, json.dumps(state))
+
+
+def has_results_view(client: MlflowClient, experiment_id: str) -> bool:
+    """True once a report has saved ``RESULTS_VIEW`` in the experiment."""
+    return SHARED_VIEW_TAG + RESULTS_VIEW in with_retry(client.get_experiment, experiment_id).tags

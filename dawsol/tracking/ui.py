@@ -14,7 +14,7 @@ from dawsol.errors import DawsolError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 from dawsol.tracking.store import artifact_root, tracking_uri
-from dawsol.tracking.summary import SUMMARY_FILTER
+from dawsol.tracking.summary import RESULTS_VIEW
 
 
 def ui_workers() -> int:
@@ -35,7 +35,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def browse_urls(host: str, port: int, experiment_id: str) -> dict[str, str]:
     """Where a user starts in the UI: ``runs``, the experiment's runs in model-training mode, and ``results``,
-    the same view filtered to the report's summary runs (one per method, the seed means as metrics).
+    the view a report saves (``summary.share_results_view``): its summary runs, the seed means as columns.
 
     MLflow 3's UI opens an experiment in GenAI mode (traces, no runs) unless the URL says
     ``workflowType=machine_learning`` or the browser remembers the toggle; the experiment's
@@ -43,7 +43,7 @@ def browse_urls(host: str, port: int, experiment_id: str) -> dict[str, str]:
     given host is printed: a server on all addresses is opened on loopback.
     """
     runs = f"http://{_browsable(host)}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return {"runs": runs, "results": f"{runs}&searchFilter={quote(SUMMARY_FILTER, safe='')}"}
+    return {"runs": runs, "results": f"{runs}&viewStateShareKey={quote(RESULTS_VIEW)}"}
 
 
 def _browsable(host: str) -> str:
