@@ -103,6 +103,7 @@ def test_the_tables_are_logged_as_mlflow_tables_replaced_by_each_report(
         table = client.load_table(experiment_id, f"tables/{name}.json", run_ids=[grid_run.info.run_id])
         csv = pd.read_csv(fake_results / f"results/tables/{name}.csv")
         assert list(table.columns) == list(csv.columns) and len(table) == len(csv)  # once, not once per report
+    assert tracking.results_table(client, experiment_id) == (grid_run.info.run_id, "tables/synthetic.json")
     results = client.load_table(experiment_id, "tables/synthetic.json", run_ids=[grid_run.info.run_id])
     assert len(results) == 5  # three methods and the two no-model baselines
     assert results.set_index("method").loc["cam-mmd", "seeds"] == 3

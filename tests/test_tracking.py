@@ -284,6 +284,12 @@ def test_the_ui_urls_open_the_runs_in_model_training_mode_and_the_results_view(s
     route = urlsplit(urlsplit(urls["results"]).fragment)
     assert route.path == "/experiments/7/runs"
     assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["dawsol-results"]}
+    assert "table" not in urls
+    table = tracking.browse_urls("127.0.0.1", 5123, "7", ("abc", "tables/synthetic.json"))["table"]
+    assert (
+        table
+        == "http://127.0.0.1:5123/#/experiments/7/runs/abc/artifacts/tables/synthetic.json?workflowType=machine_learning"
+    )
     assert tracking.browse_urls("0.0.0.0", 80, "1")["runs"].startswith("http://127.0.0.1:80/")
     assert tracking.browse_urls("::1", 80, "1")["runs"].startswith("http://[::1]:80/")
 

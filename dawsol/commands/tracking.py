@@ -26,10 +26,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tracking.check_port_free(args.host, args.port)
     client, experiment_id = tracking.init_store()
-    urls = tracking.browse_urls(args.host, args.port, experiment_id)
+    table = tracking.results_table(client, experiment_id)
+    urls = tracking.browse_urls(args.host, args.port, experiment_id, table)
     print(f"MLflow UI, the runs of experiment {tracking.experiment_name()!r}: {urls['runs']}")
-    if tracking.has_results_view(client, experiment_id):
-        print(f"the results (a summary run per method, the seed means as columns): {urls['results']}", flush=True)
+    if tracking.has_results_view(client, experiment_id) and table is not None:
+        print(f"the results, a summary run per method with the seed means as columns: {urls['results']}")
+        print(f"the results table of the newest grid run (its Artifacts, tables/): {urls['table']}", flush=True)
     else:
         print("the results: none yet (`dawsol report` logs them)", flush=True)
     code = tracking.serve(args.host, args.port)

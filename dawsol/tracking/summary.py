@@ -115,3 +115,21 @@ def share_results_view(client: MlflowClient, experiment_id: str, columns: Sequen
 def has_results_view(client: MlflowClient, experiment_id: str) -> bool:
     """True once a report has saved ``RESULTS_VIEW`` in the experiment."""
     return SHARED_VIEW_TAG + RESULTS_VIEW in with_retry(client.get_experiment, experiment_id).tags
+
+
+def results_table(client: MlflowClient, experiment_id: str) -> tuple[str, str] | None:
+    """The newest grid run's first logged table (``log_table``): its run id and artifact path, or None."""
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    found = with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KIND_TAG}` = '{GRID_KIND}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in found:
+        for artifact in json.loads(run.data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]")):
+            if artifact.get("type") == "table":
+                return run.info.run_id, artifact["path"]
+    return None

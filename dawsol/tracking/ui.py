@@ -33,17 +33,24 @@ def check_port_free(host: str, port: int) -> None:
         raise DawsolError(f"cannot serve MLflow on {host}:{port} ({exc.strerror}); pick another --port") from None
 
 
-def browse_urls(host: str, port: int, experiment_id: str) -> dict[str, str]:
-    """Where a user starts in the UI: ``runs``, the experiment's runs in model-training mode, and ``results``,
-    the view a report saves (``summary.share_results_view``): its summary runs, the seed means as columns.
+def browse_urls(host: str, port: int, experiment_id: str, table: tuple[str, str] | None = None) -> dict[str, str]:
+    """Where a user starts in the UI: ``runs``, the experiment's runs in model-training mode; ``results``, the
+    view a report saves (``summary.share_results_view``): its summary runs, the seed means as columns; and,
+    given ``table`` (a run id and artifact path: ``summary.results_table``), ``table``: that logged table.
 
     MLflow 3's UI opens an experiment in GenAI mode (traces, no runs) unless the URL says
     ``workflowType=machine_learning`` or the browser remembers the toggle; the experiment's
-    ``mlflow.experimentKind`` tag does not change that (docs/mlflow-ui.md). Only loopback or the
-    given host is printed: a server on all addresses is opened on loopback.
+    ``mlflow.experimentKind`` tag does not change that, and the UI's own links drop the URL's word (a run
+    opened from the runs table is shown in GenAI mode): so every URL here carries it (docs/mlflow-ui.md).
+    Only loopback or the given host is printed: a server on all addresses is opened on loopback.
     """
-    runs = f"http://{_browsable(host)}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return {"runs": runs, "results": f"{runs}&viewStateShareKey={quote(RESULTS_VIEW)}"}
+    base = f"http://{_browsable(host)}:{port}/#/experiments/{experiment_id}"
+    mode = "workflowType=machine_learning"
+    urls = {"runs": f"{base}/runs?{mode}", "results": f"{base}/runs?{mode}&viewStateShareKey={quote(RESULTS_VIEW)}"}
+    if table is not None:
+        run_id, path = table
+        urls["table"] = f"{base}/runs/{run_id}/artifacts/{quote(path)}?{mode}"
+    return urls
 
 
 def _browsable(host: str) -> str:
