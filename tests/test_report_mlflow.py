@@ -64,8 +64,8 @@ def test_one_summary_run_per_method_with_the_seed_means_refreshed_never_duplicat
             values = [cell_value(Cell("synthetic", "efficientnet_lite0", "cam", da, s), metric) for s in (0, 1, 2)]
             name_of = metric.replace(" ", "_")
             for split in ("test", "val"):
-                assert run.data.metrics[f"{split}.{name_of}.mean"] == pytest.approx(statistics.mean(values))
-                assert run.data.metrics[f"{split}.{name_of}.std"] == pytest.approx(statistics.stdev(values))
+                assert run.data.metrics[f"{split}.{name_of}.mean"] == round(statistics.mean(values), 2)
+                assert run.data.metrics[f"{split}.{name_of}.std"] == round(statistics.stdev(values), 2)
     view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.dawsol-results"])
     assert view["searchFilter"] == tracking.SUMMARY_FILTER and view["orderByKey"] == "metrics.`test.MaxBoxAccV2.mean`"
     assert view["selectedColumns"][:2] == ["metrics.`test.Top-1_Cls.mean`", "metrics.`test.Top-1_Cls.std`"]
@@ -73,7 +73,7 @@ def test_one_summary_run_per_method_with_the_seed_means_refreshed_never_duplicat
     assert len(columns) == 2 * len(METRIC_NAMES) + 1 and columns[-1] == "metrics.`seeds`"
     csv = pd.read_csv(fake_results / "results/tables/synthetic.csv").set_index("method")
     mmd = found["cam-mmd/mean · synthetic/efficientnet_lite0"]
-    assert mmd.data.metrics["test.MaxBoxAccV2.mean"] == pytest.approx(csv.loc["cam-mmd", "MaxBoxAccV2_mean"], abs=1e-4)
+    assert mmd.data.metrics["test.MaxBoxAccV2.mean"] == pytest.approx(csv.loc["cam-mmd", "MaxBoxAccV2_mean"], abs=0.005)
 
     changed = next(c for c in cells if c.da == "mmd" and c.seed == 0)  # re-evaluated, same code version
     path = fake_results / "results/cells" / changed.name / "metrics.json"

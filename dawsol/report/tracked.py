@@ -20,6 +20,7 @@ from dawsol.tracking import CellRun, metric_items
 from dawsol.tracking.summary import Summary, log_table
 
 SPLITS = ("test", "val")
+DECIMALS = 2  # of the summary metrics (percent): the runs table shows a float's every digit
 HEADLINE = "test.MaxBoxAccV2.mean"  # the results view's order, best first (the paper's headline metric)
 
 
@@ -43,7 +44,7 @@ def summaries(cells: Sequence[Cell], cells_dir: Path) -> list[Summary]:
                 Summary(
                     key=f"{dataset}/{backbone}/{method}",
                     name=f"{method}/mean · {dataset}/{backbone}",
-                    metrics=dict(metric_items(nested)),
+                    metrics={name: round(value, DECIMALS) for name, value in metric_items(nested)},
                     tags={
                         "dataset": dataset,
                         "backbone": backbone,
