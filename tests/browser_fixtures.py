@@ -116,6 +116,12 @@ class Browser:
     def open(self, url: str) -> None:
         self.call("Page.navigate", {"url": url}, session=self.session)
 
+    def click_at(self, x: float, y: float) -> None:
+        """A left mouse click at page coordinates (for widgets that ignore a scripted ``element.click()``)."""
+        for kind in ("mousePressed", "mouseReleased"):
+            event = {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
+            self.call("Input.dispatchMouseEvent", event, self.session)
+
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page."""
         result = self.call(
@@ -136,9 +142,11 @@ class Browser:
     def text(self) -> str:
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
-    def screenshot(self, path: Path) -> Path:
-        """A PNG of the page as shown (full page height)."""
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, self.session)
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        """A PNG of the page as shown: its full height, or the window (``full_page=False``: pages that lay out
+        again at another height, such as MLflow's artifact viewer, are shown as the user sees them)."""
+        params = {"format": "png", "captureBeyondViewport": full_page}
+        data = self.call("Page.captureScreenshot", params, self.session)
         path.write_bytes(base64.b64decode(data["data"]))
         return path
 

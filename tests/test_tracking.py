@@ -256,6 +256,94 @@ def test_a_store_made_without_a_description_gets_one(store: str) -> None:
     assert client.get_experiment(experiment_id).tags["mlflow.note.content"] == tracking.EXPERIMENT_NOTE
 
 
+def test_the_experiment_is_of_kind_model_training_on_a_new_and_on_an_older_store(store: str) -> None:
+    from mlflow import MlflowClient
+
+    client, experiment_id = tracking.init_store()
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client = MlflowClient(tracking_uri=store)
+    older = "DA-WSOL reproduction by dawsol (README, section MLflow). One run per cell, as it was."
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", older)
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")
+    tracking.init_store()
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == tracking.EXPERIMENT_NOTE  # an older dawsol description is refreshed
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", "my own notes")
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
+    tracking.init_store()
+    tags = client.get_experiment(experiment_id).tags
+    assert (tags["mlflow.note.content"], tags["mlflow.experimentKind"]) == ("my own notes", "genai_development")
+
+
+def test_the_ui_urls_open_the_runs_in_model_training_mode_and_the_results_view(store: str) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    urls = tracking.browse_urls("127.0.0.1", 5123, "7")
+    assert urls["runs"] == "http://127.0.0.1:5123/#/experiments/7/runs?workflowType=machine_learning"
+    route = urlsplit(urlsplit(urls["results"]).fragment)
+    assert route.path == "/experiments/7/runs"
+    assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["dawsol-results"]}
+    assert "table" not in urls
+    table = tracking.browse_urls("127.0.0.1", 5123, "7", ("abc", "tables/synthetic.json"))["table"]
+    assert (
+        table
+        == "http://127.0.0.1:5123/#/experiments/7/runs/abc/artifacts/tables/synthetic.json?workflowType=machine_learning"
+    )
+    assert tracking.browse_urls("0.0.0.0", 80, "1")["runs"].startswith("http://127.0.0.1:80/")
+    assert tracking.browse_urls("::1", 80, "1")["runs"].startswith("http://[::1]:80/")
+
+
+def test_the_ui_server_runs_with_mlflow_telemetry_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert tracking.serve_environment()["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    assert tracking.serve_environment()["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
+def test_summary_runs_are_replaced_not_added_and_tables_rewritten_not_appended(store: str, tmp_path: Path) -> None:
+    import pandas as pd
+
+    client, experiment_id = tracking.init_store()
+    parent = tracking.parent_run(client, experiment_id, "dawsol.grid", "g1", "grid x", "report")
+    first = [
+        tracking.Summary("a", "a/mean", {"test.X.mean": 1.0, "seeds": 3.0}, {"dataset": "d"}),
+        tracking.Summary("b", "b/mean", {"test.X.mean": 2.0}),
+    ]
+    ids = tracking.sync_summaries(client, experiment_id, parent, first)
+    again = tracking.sync_summaries(
+        client, experiment_id, parent, [tracking.Summary("a", "a/mean", {"test.X.mean": 1.5, "seeds": 3.0})]
+    )
+    assert again == {"a": ids["a"]}
+    assert tracking.summary_runs(client, experiment_id, parent) == {"a": ids["a"]}
+    run = client.get_run(ids["a"])
+    assert run.data.metrics == {"test.X.mean": 1.5, "seeds": 3.0} and run.info.status == "FINISHED"
+    assert run.data.tags["dawsol.kind"] == "summary" and run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert run.data.tags["mlflow.source.name"] == "dawsol report" and run.data.tags["dataset"] == "d"
+    assert client.get_run(ids["b"]).info.lifecycle_stage == "deleted"
+    other = tracking.parent_run(client, experiment_id, "dawsol.grid", "g2", "grid y", "report")
+    assert tracking.summary_runs(client, experiment_id, other) == {}  # a summary belongs to one parent
+
+    table = pd.DataFrame({"method": ["cam", "mmd"], "MaxBoxAccV2_mean": [60.0, 65.5]})
+    for _ in range(2):
+        tracking.log_table(parent, table, "tables/t.json")
+    loaded = client.load_table(experiment_id, "tables/t.json", run_ids=[parent.run_id])
+    assert loaded.to_dict("list") == table.to_dict("list")
+    logged = json.loads(client.get_run(parent.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert logged == [{"path": "tables/t.json", "type": "table"}]
+
+    assert not tracking.has_results_view(client, experiment_id)
+    tracking.share_results_view(client, experiment_id, ["test.X.mean", "seeds"], "test.X.mean")
+    assert tracking.has_results_view(client, experiment_id)
+    view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.dawsol-results"])
+    assert view == {
+        "searchFilter": tracking.SUMMARY_FILTER,
+        "orderByKey": "metrics.`test.X.mean`",
+        "orderByAsc": False,
+        "selectedColumns": ["metrics.`test.X.mean`", "metrics.`seeds`"],
+    }
+
+
 def test_a_trainer_taking_the_cell_reuses_an_empty_stale_run_and_ends_the_others(store: str) -> None:
     """A trainer killed before its first checkpoint left its run RUNNING; the next one holds the lock, so
     every RUNNING run of the cell is stale: an empty one with the same settings is reused, the rest end."""

@@ -99,12 +99,12 @@ def test_report_is_one_grid_parent_run_with_the_cells_nested(fake_results: Path,
     assert main(["report"]) == 0
     assert main(["report"]) == 0  # a re-run reuses the grid's run
     client = MlflowClient(tracking_uri=f"sqlite:///{fake_results / 'mlflow.db'}")
-    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
+    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.kind` = 'grid'")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_name.startswith("grid ") and run.info.run_name.endswith(f" · {len(cells)} cells of synthetic")
     assert run.data.tags["mlflow.source.name"] == "dawsol report" and run.data.tags["mlflow.user"]
-    assert run.data.metrics == {}  # the means and stds are in the tables, not columns of the runs table
+    assert run.data.metrics == {}  # the means and stds are the summary runs' metrics, not the grid run's
     for cell, run_id in children.items():
         assert client.get_run(run_id).data.tags[tracking.PARENT_TAG] == run.info.run_id, cell
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
@@ -115,7 +115,7 @@ def test_report_is_one_grid_parent_run_with_the_cells_nested(fake_results: Path,
     retrained = cells[0]  # a new code version of one cell: a grid run of its own, the cells nested there
     write_cell(fake_results, retrained, code={**CODE, "library": "0123456789ab"})
     assert main(["report"]) == 0
-    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.summary` = 'true'")
+    runs = client.search_runs([experiment_id], filter_string="tags.`dawsol.kind` = 'grid'")
     assert len(runs) == 2 and "of 2 code versions" in runs[0].info.run_name
     assert client.get_run(children[retrained.name]).data.tags[tracking.PARENT_TAG] == runs[0].info.run_id
 

@@ -1,4 +1,4 @@
-"""``dawsol report``: tables, figures and plot data from the cells' results, and an MLflow summary run.
+"""``dawsol report``: tables, figures and plot data from the cells' results, and the grid's MLflow runs.
 
 Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
 train_log.jsonl`` and the prepared test split) and written to the paths
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from dawsol.layout import (
     RUNS_DIR,
     SEARCH_DIR,
     TABLES_DIR,
+    evaluate_outputs,
     method_key,
     report_outputs,
     split_file,
+    train_log_path,
 )
 from dawsol.protocol import metrics_dict
 from dawsol.protocol.evaluator import evaluate_split
@@ -47,10 +50,16 @@ from dawsol.report.tables import (
     method_label,
     write_tables,
 )
+from dawsol.report.tracked import log_tables, results_columns, summaries
 
 log = logging.getLogger(__name__)
+# where the inputs a fresh clone lacks come from: DVC outputs and evaluation files that git does not keep
+NOT_IN_GIT = {
+    "train_log": "`dawsol train` writes them and DVC, not git, keeps them (`dvc pull`, or `snakemake --cores all`)",
+    "cams": "`dawsol evaluate` writes them and git does not keep them (`snakemake --cores all`)",
+}
 GRID_TAG = "dawsol.grid"  # the grid's parent run: a digest of its cells and their code versions
-SUMMARY_TAG = "dawsol.summary"
+LEGACY_GRID_TAG = "dawsol.summary"  # "true" on the grid runs of stores made before the tag dawsol.kind
 
 
 def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult | None:
@@ -92,8 +101,13 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
     for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
         settings = resolve(_first_seed(own)[0], params, source)
-        baselines = baseline_rows(dataset, baseline_metrics(settings))
-        table = aggregate(pd.concat([frame, baselines], ignore_index=True), dataset)
+        test_split = split_file(settings.dataset_dir, "test").parent
+        prepared = test_split.is_dir()
+        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {dataset}`)"
+        rows = [frame, baseline_rows(dataset, baseline_metrics(settings))] if prepared else [frame]
+        table = aggregate(pd.concat(rows, ignore_index=True), dataset)
+        if not prepared:  # a fresh clone: the committed results without the data
+            table = replace(table, notes=(_warn(f"no baseline rows: {unprepared}"),))
         if len(table.code_versions) > 1:
             log.warning(
                 "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
@@ -114,23 +128,48 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
         figures.plot_box_curves(curves, labels, FIGURES_DIR / f"{dataset}_boxacc.png")
         figures.plot_pixel_pr(curves, labels, FIGURES_DIR / f"{dataset}_pxpr.png")
         trained = [c for c in own if c not in imports]  # an imported cell has no training log
+        logged = [c for c in trained if train_log_path(c).is_file()]
         figures.plot_training(
-            figures.read_train_logs(trained, RUNS_DIR), labels, FIGURES_DIR / f"{dataset}_training.png"
+            figures.read_train_logs(logged, RUNS_DIR),
+            labels,
+            FIGURES_DIR / f"{dataset}_training.png",
+            _missing(trained, logged, train_log_path, "training log", NOT_IN_GIT["train_log"]),
         )
 
         first = _first_seed(own)
+        sampled = [c for c in first if prepared and _cam_samples_path(c).is_file()]
+        missing = _missing(first, sampled, _cam_samples_path, "CAM samples", NOT_IN_GIT["cams"]) if prepared else ""
         mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None
         figures.plot_cams(
-            first,
-            [labels[(c.backbone, c.method)] for c in first],
+            sampled,
+            [labels[(c.backbone, c.method)] for c in sampled],
             CELLS_DIR,
             settings.dataset_dir,
             mask_root,
             FIGURES_DIR / f"{dataset}_cams.png",
+            missing if prepared else _warn(f"no CAMs drawn: {unprepared}"),
         )
         log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
     write_comparison(cells, CELLS_DIR, TABLES_DIR)
     return tables
+
+
+def _cam_samples_path(cell: Cell) -> Path:
+    return evaluate_outputs(cell)["cam_samples"]
+
+
+def _warn(note: str) -> str:
+    """Log what the report could not draw; return it (for the figure or table that says so)."""
+    log.warning("report: %s", note)
+    return note
+
+
+def _missing(cells: list[Cell], present: list[Cell], path: Callable[[Cell], Path], what: str, why: str) -> str:
+    """A note on the cells in ``cells`` but not in ``present`` (files a fresh clone lacks), or ""."""
+    absent = [c for c in cells if c not in present]
+    if not absent:
+        return ""
+    return _warn(f"{len(absent)} of {len(cells)} cells without {what} (e.g. {path(absent[0]).as_posix()}): {why}")
 
 
 def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -195,26 +234,33 @@ def _first_seed(cells: list[Cell]) -> list[Cell]:
 
 
 def log_summary(tables: Mapping[str, Table], params: Mapping[str, Any], source: str | Path) -> str:
-    """The grid's MLflow parent run, with the grid's cell runs nested under it; return its id.
+    """The grid's MLflow parent run, with the grid's cell runs and summary runs nested under it; return its id.
 
     One run per grid and code version (tag ``dawsol.grid``, a digest of the cells and the code
     versions of their results), reused by every ``dawsol report``: named ``grid <code> · <n>
-    cells of <datasets>``, tagged ``dawsol.summary``, carrying the tables (the reported vs
-    reproduced one included) and figures as artifacts. No metrics: the tables hold the means and
-    stds, and metrics of their own would crowd the runs table's columns of the cell runs.
+    cells of <datasets>``, tagged ``dawsol.kind`` = ``grid``, carrying the tables (the reported vs
+    reproduced one included) and figures as artifacts, the CSV tables also as MLflow tables. No
+    metrics of its own: each row of the tables is a summary run under it (``report.tracked``), whose
+    metrics are the row's seed means and stds.
     """
-    cells = [c.name for c in grid_cells(params, source) if c.trial is None]
+    cells = [c for c in grid_cells(params, source) if c.trial is None]
     versions = sorted({version for table in tables.values() for version in table.code_versions})
     code = versions[0] if len(versions) == 1 else f"of {len(versions)} code versions" if versions else "unknown code"
-    key = tree_digest({"cells": cells, "code": versions})
+    key = tree_digest({"cells": [c.name for c in cells], "code": versions})
     client, experiment_id = tracking.init_store()
     name = f"grid {code} · {len(cells)} cells of {', '.join(tables)}"
     parent = tracking.parent_run(client, experiment_id, GRID_TAG, key, name, "report")
-    parent.set_tag(SUMMARY_TAG, "true")
-    tracking.nest(client, experiment_id, parent, cells)
+    parent.set_tag(tracking.RUN_KIND_TAG, tracking.GRID_KIND)
+    if LEGACY_GRID_TAG in tracking.with_retry(client.get_run, parent.run_id).data.tags:  # a grid run made before
+        tracking.with_retry(client.delete_tag, parent.run_id, LEGACY_GRID_TAG)  # dawsol.kind named it
+    tracking.nest(client, experiment_id, parent, [c.name for c in cells])
+    rows = summaries(cells, CELLS_DIR)
+    tracking.sync_summaries(client, experiment_id, parent, rows)
+    tracking.share_results_view(client, experiment_id, *results_columns(rows))
     outputs = report_outputs(params, source)
     for path in outputs["tables"] + outputs["figures"]:
         if path.is_file():
             parent.log_artifact(path, path.parent.name)
+    log_tables(parent, outputs["tables"])
     parent.finish()
     return parent.run_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _note(fig, note: str) -> None:
+    """Write ``note`` (what the figure lacks, and why) under the figure."""
+    if note:
+        fig.text(0.5, 0, textwrap.fill(note, 110), ha="center", va="top", fontsize=8, color="firebrick")
+
+
+def _save_note(path: Path, note: str) -> None:
+    """A figure of nothing but ``note``, where nothing could be drawn."""
+    fig = _pyplot().figure(figsize=(7, 0.6))
+    _note(fig, note)
+    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:
@@ -126,8 +140,12 @@ def read_train_logs(cells: Sequence[Cell], runs_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def plot_training(logs: pd.DataFrame, labels: Mapping[tuple[str, str], str], path: Path) -> None:
-    """Per-epoch losses, training accuracy and validation metrics, mean over seeds per method."""
+def plot_training(logs: pd.DataFrame, labels: Mapping[tuple[str, str], str], path: Path, note: str = "") -> None:
+    """Per-epoch losses, training accuracy and validation metrics, mean over seeds per method; ``note`` says
+    which cells' logs are missing (a fresh clone has none)."""
+    if logs.empty and note:
+        _save_note(path, note)
+        return
     plt = _pyplot()
     series = [*TRAIN_SERIES, *(f"val_{m}" for m in VAL_SERIES)]
     titles = {
@@ -151,7 +169,9 @@ def plot_training(logs: pd.DataFrame, labels: Mapping[tuple[str, str], str], pat
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
-    axes[0][0].legend(fontsize=7)
+    if not logs.empty:
+        axes[0][0].legend(fontsize=7)
+    _note(fig, note)
     _save(fig, path)
 
 
@@ -162,12 +182,16 @@ def plot_cams(
     dataset_dir: Path,
     mask_root: Path | None,
     path: Path,
+    note: str = "",
 ) -> None:
     """Each method's CAM (one row per cell, and one per post-hoc map a cell has) on the same test images,
-    with the ground truth."""
+    with the ground truth; ``note`` says which methods' samples are missing (none given: only the note)."""
     import cv2
 
     plt = _pyplot()
+    if not cells:
+        _save_note(path, note or "no cells to draw")
+        return
     samples, row_labels = [], []
     for cell, label in zip(cells, labels, strict=True):
         npz = evaluate_outputs(cell, cells_dir)["cam_samples"]
@@ -215,4 +239,5 @@ def plot_cams(
                 ax.set_ylabel(labels[row].replace("$", ""), fontsize=7)
             if row == 0:
                 ax.set_title(Path(image_id).name, fontsize=6)
+    _note(fig, note)
     _save(fig, path)

@@ -113,6 +113,7 @@ class Table:
     stats: pd.DataFrame
     num_seeds: int
     code_versions: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the table lacks, e.g. the baselines of data a fresh clone has not prepared
 
     def best(self) -> pd.DataFrame:
         """True where a row holds the best displayed mean of its metric within its backbone (never a baseline)."""
@@ -148,7 +149,7 @@ class Table:
         if len(self.code_versions) > 1:
             versions = "; ".join(self.code_versions)
             caption += f" Warning: its cells come from {len(self.code_versions)} code versions ({versions})."
-        return caption
+        return " ".join([caption, *(f"Missing: {note}." for note in self.notes)])
 
 
 def _mean_std(mean: float, std: float) -> str:

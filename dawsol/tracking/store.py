@@ -36,6 +36,8 @@ ARTIFACT_DIR = "mlartifacts"
 CELL_TAG = "dawsol.cell"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
 NOTE_TAG = "mlflow.note.content"  # MLflow's own tag: the description shown above a run or experiment
+KIND_TAG = "mlflow.experimentKind"  # MLflow's own record of an experiment's kind (model training, or GenAI)
+EXPERIMENT_KIND = "custom_model_development"
 STALE_TAG = "dawsol.ended_by"  # on a run a killed trainer left RUNNING: the run of the trainer that ended it
 EXPERIMENT_NOTE = (
     "DA-WSOL reproduction by dawsol (README, section MLflow). One run per cell, named "
@@ -44,9 +46,12 @@ EXPERIMENT_NOTE = (
     "`val.final.*` and `test.final.*` the final scores of `dawsol evaluate`, `system/*` the machine while it "
     "trained; image counts and CAM thresholds are in the `evaluation/metrics.json` artifact. `dawsol report` "
     "nests the grid's cell runs under one `grid ...` run per grid and code version (tables, figures, the "
-    "reported-vs-reproduced table), a search nests its trials under `search ...` runs. Filter with e.g. "
-    "`tags.da = 'mmd'`."
+    "reported-vs-reproduced table; the `.json` ones open as tables in its Artifacts tab) with one summary run "
+    "`<wsol>-<da>/mean · <dataset>/<backbone>` per method: metrics `test.<metric>.mean`, `.std` and `seeds` "
+    "(filter `tags.dawsol.kind = 'summary'`). A search nests its trials under `search ...` runs. Filter with "
+    "e.g. `tags.da = 'mmd'`."
 )
+NOTE_PREFIX = EXPERIMENT_NOTE.split(".", 1)[0]  # a description by dawsol: refreshed when it changes
 RETRY_SECONDS = 300.0
 LOCKED_MARKERS = ("database is locked", "database table is locked")
 log = logging.getLogger(__name__)
@@ -214,7 +219,7 @@ def relocate_artifacts(db: Path, root: str) -> list[str]:
 
 
 def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
-    """Create the store and the experiment (with its description) if missing; safe from parallel jobs.
+    """Create the store and the experiment (with its description and kind) if missing; safe from parallel jobs.
 
     A sqlite store found in another folder than its artifacts were first kept beside (a copied
     or moved project) is re-pointed at its own ``mlartifacts/`` where the files prove the move
@@ -237,7 +242,10 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
             experiment = with_retry(client.get_experiment_by_name, name)
             if experiment is None:
                 experiment_id = with_retry(
-                    client.create_experiment, name, artifact_location=root, tags={NOTE_TAG: EXPERIMENT_NOTE}
+                    client.create_experiment,
+                    name,
+                    artifact_location=root,
+                    tags={NOTE_TAG: EXPERIMENT_NOTE, KIND_TAG: EXPERIMENT_KIND},
                 )
             else:
                 experiment_id = experiment.experiment_id
@@ -245,8 +253,11 @@ def init_store(uri: str | None = None) -> tuple[MlflowClient, str]:
                     moved = with_retry(relocate_artifacts, db, root)
                     if moved:
                         log.info("MLflow store %s: artifact locations %s re-pointed at %s", uri, ", ".join(moved), root)
-                if NOTE_TAG not in experiment.tags:  # a store made before experiments had a description
+                note = experiment.tags.get(NOTE_TAG, NOTE_PREFIX)
+                if note != EXPERIMENT_NOTE and note.startswith(NOTE_PREFIX):  # none yet, or an older dawsol one
                     with_retry(client.set_experiment_tag, experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
+                if KIND_TAG not in experiment.tags:  # a store made before experiments had a kind
+                    with_retry(client.set_experiment_tag, experiment_id, KIND_TAG, EXPERIMENT_KIND)
         except DawsolError:
             raise
         except Exception as exc:

@@ -7,15 +7,14 @@ import os
 import signal
 import socket
 import subprocess
-from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from dawsol.errors import DawsolError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
-if TYPE_CHECKING:
-    pass
 from dawsol.tracking.store import artifact_root, tracking_uri
+from dawsol.tracking.summary import RESULTS_VIEW
 
 
 def ui_workers() -> int:
@@ -34,11 +33,43 @@ def check_port_free(host: str, port: int) -> None:
         raise DawsolError(f"cannot serve MLflow on {host}:{port} ({exc.strerror}); pick another --port") from None
 
 
+def browse_urls(host: str, port: int, experiment_id: str, table: tuple[str, str] | None = None) -> dict[str, str]:
+    """Where a user starts in the UI: ``runs``, the experiment's runs in model-training mode; ``results``, the
+    view a report saves (``summary.share_results_view``): its summary runs, the seed means as columns; and,
+    given ``table`` (a run id and artifact path: ``summary.results_table``), ``table``: that logged table.
+
+    MLflow 3's UI opens an experiment in GenAI mode (traces, no runs) unless the URL says
+    ``workflowType=machine_learning`` or the browser remembers the toggle; the experiment's
+    ``mlflow.experimentKind`` tag does not change that, and the UI's own links drop the URL's word (a run
+    opened from the runs table is shown in GenAI mode): so every URL here carries it (docs/mlflow-ui.md).
+    Only loopback or the given host is printed: a server on all addresses is opened on loopback.
+    """
+    base = f"http://{_browsable(host)}:{port}/#/experiments/{experiment_id}"
+    mode = "workflowType=machine_learning"
+    urls = {"runs": f"{base}/runs?{mode}", "results": f"{base}/runs?{mode}&viewStateShareKey={quote(RESULTS_VIEW)}"}
+    if table is not None:
+        run_id, path = table
+        urls["table"] = f"{base}/runs/{run_id}/artifacts/{quote(path)}?{mode}"
+    return urls
+
+
+def _browsable(host: str) -> str:
+    """The address a browser on this machine opens for a server listening on ``host`` (IPv6 in brackets)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def serve_environment() -> dict[str, str]:
-    """The environment of ``mlflow ui``: MLflow's job runner (GenAI scorers and trace rollups, which dawsol
-    never uses: up to 10 more processes and a slower start) off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set."""
+    """The environment of ``mlflow ui``: MLflow's telemetry off (the server then tells the UI to send no usage
+    data) unless ``MLFLOW_DISABLE_TELEMETRY`` says otherwise, and MLflow's job runner (GenAI scorers and trace
+    rollups, which dawsol never uses: up to 10 more processes and a slower start) off unless
+    ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set."""
     return {
         **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
     }
 
