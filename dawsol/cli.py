@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DawsolError as exc:
         print(f"dawsol: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # before OSError, its base: the reader left (`dawsol cells | head`), end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141  # 128 + SIGPIPE
     except OSError as exc:
         failure = filesystem_error(exc)
         if failure is None:
@@ -85,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dawsol: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left (`dawsol cells | head`): end quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -503,7 +503,7 @@ def test_an_eval_change_leaves_a_trained_cell_trained(
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (lambda path, state: path.write_bytes(b""), "unreadable checkpoint"),  # a disk-full leftover
+        (lambda path, state: path.write_bytes(b""), "an empty file, not a torch checkpoint"),  # a disk-full leftover
         (lambda path, state: torch.save({**state, "model": None}, path), "'model' is a NoneType"),
         (lambda path, state: torch.save({k: v for k, v in state.items() if k != "rng"}, path), "no 'rng'"),
         (lambda path, state: torch.save({**state, "epoch": "3"}, path), "'epoch' is a str"),
@@ -522,10 +522,10 @@ def test_a_damaged_checkpoint_is_one_named_line(reference: Path, tmp_path: Path,
     ("command", "split", "label", "expected"),
     [
         ("train", "train", "99", "label 99, outside 0..2"),
-        ("train", "val", "-1", "label -1, outside 0..2"),
-        ("train", "val", None, "the val split has no image"),
-        ("evaluate", "val", "-1", "label -1, outside 0..2"),  # evaluate reads val and test, not train
-        ("evaluate", "val", None, "the val split has no image"),
+        ("train", "val", "-1", "label -1 of val/000/00000.png out of range"),
+        ("train", "val", None, "the val split is empty"),
+        ("evaluate", "val", "-1", "label -1 of val/000/00000.png out of range"),  # evaluate reads val and test
+        ("evaluate", "val", None, "the val split is empty"),
     ],
 )
 def test_bad_labels_and_an_empty_split_fail_before_any_work(
@@ -555,6 +555,7 @@ def test_bad_labels_and_an_empty_split_fail_before_any_work(
         (metadata / "class_labels.txt").write_text("\n".join(lines) + "\n")
     assert run_in(project, command, CELL, "--no-tracking") == 1
     error = capsys.readouterr().err.strip()
-    assert expected in error and f"metadata/{split}/class_labels.txt" in error and "\n" not in error
+    named = "image_ids.txt" if label is None else "class_labels.txt"  # the file at fault
+    assert expected in error and f"metadata/{split}/{named}" in error and "\n" not in error
     if command == "train":
         assert not checkpoint_of(project).exists()

@@ -75,6 +75,8 @@ def require_torch_file(path: Path) -> None:
     legacy format (which starts with the pickle protocol byte)."""
     with open(path, "rb") as handle:
         start = handle.read(8)
+    if not start:
+        raise DawsolError(f"{path}: an empty file, not a torch checkpoint (a write cut short, e.g. by a full disk)")
     if not start.startswith((b"\x80", ZIP_MAGIC)):
         raise DawsolError(
             f"{path}: not a torch checkpoint (torch.save writes a zip archive or a pickle; this file starts with "
