@@ -41,6 +41,7 @@ def test_without_cuda_every_part_is_skipped_saying_why(tmp_path: Path) -> None:
     assert "every part skipped" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_test_part_runs_its_cuda_tests_and_counts_them(tmp_path: Path) -> None:
     """The prepared pytest command names tests that exist; its JUnit report is counted (here: CUDA tests skipped)."""
     check = gpu_check()
