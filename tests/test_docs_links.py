@@ -54,7 +54,7 @@ def test_anchor_follows_github():
 
 
 def test_links_skip_code_and_urls():
-    page = "[a](docs/a.md) `[b](b.md)` ![c](c.png \"title\")\n```\n[d](d.md)\n```\n[e](https://example.org)"
+    page = '[a](docs/a.md) `[b](b.md)` ![c](c.png "title")\n```\n[d](d.md)\n```\n[e](https://example.org)'
     assert [target for target in links(page) if is_relative(target)] == ["docs/a.md", "c.png"]
 
 

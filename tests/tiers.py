@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-FULL_SIZE_BACKBONES = frozenset({"resnet50", "inception_v3", "vgg16"})
+from dawsol.components.backbones import BACKBONES
+
+# the paper's backbones: those the official checkpoints hold (ResNet50, InceptionV3, VGG16)
+FULL_SIZE_BACKBONES = frozenset(name for name, record in BACKBONES.items() if record.official_formats)
 
 
 def small_backbones_first(values: Iterable[Any]) -> list[Any]:
@@ -20,6 +23,7 @@ def small_backbones_first(values: Iterable[Any]) -> list[Any]:
     marked ``slow``."""
     marked = []
     for value in values:
-        name = value[0] if isinstance(value, tuple) else value
-        marked.append(pytest.param(value, marks=pytest.mark.slow) if name in FULL_SIZE_BACKBONES else value)
+        arguments = value if isinstance(value, tuple) else (value,)
+        full_size = arguments[0] in FULL_SIZE_BACKBONES
+        marked.append(pytest.param(*arguments, marks=pytest.mark.slow) if full_size else value)
     return marked
