@@ -23,6 +23,7 @@ def gpu_check():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the check runs for minutes: run it by hand")
 def test_without_cuda_every_part_is_skipped_saying_why(tmp_path: Path) -> None:
     output = tmp_path / "gpu_check.json"

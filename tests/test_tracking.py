@@ -443,6 +443,7 @@ def test_a_split_is_a_dataset_input_and_a_checkpoint_a_logged_model(store: str, 
     assert [a.path for a in run.client.list_logged_model_artifacts(model_id)] == ["checkpoint.pt"]
 
 
+@pytest.mark.slow
 def test_system_metrics_are_sampled_while_inside_and_never_at_interval_zero(store: str) -> None:
     import time
 
