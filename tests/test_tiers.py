@@ -11,7 +11,12 @@ from tiers import FULL_SIZE_BACKBONES
 from dawsol.models.registry import BACKBONES
 
 # the only tests of these files that need no Slurm, Chromium or CUDA
-NEEDS_MACHINERY = ("tests/test_browser.py", "tests/test_slurm_cluster.py", "tests/test_gpu.py")
+NEEDS_MACHINERY = (
+    "tests/test_browser.py",
+    "tests/test_browser_mlflow_results.py",
+    "tests/test_slurm_cluster.py",
+    "tests/test_gpu.py",
+)
 RUNS_WITHOUT = {"tests/test_slurm_cluster.py::test_missing_slurm_fails_under_ci"}
 
 
