@@ -345,7 +345,7 @@ def test_score_map_chains():
     assert constant.shape == (16, 16) and not constant.any()
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 @pytest.mark.parametrize("wsol", list(WSOL_METHODS))
 def test_every_trunk_variant_has_a_default_target_layer_that_runs(backbone, wsol):
     """The record's default (or the variant's own) names a module of every variant's trunk, and it runs once."""
