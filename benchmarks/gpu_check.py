@@ -1,6 +1,6 @@
 """Everything that needs a CUDA device, in one command of a few minutes, printed as one JSON object.
 
-For the day a GPU machine is lent (README, "On a GPU"): each part runs as its own process with
+For the day a GPU machine is lent (docs/benchmarks.md, "On a GPU"): each part runs as its own process with
 its own time limit, so a hang or a crash in one still reports the others.
 
 1. ``tests``: the CUDA-only tests, ``tests/test_gpu.py`` (bf16 and channels_last training, a cell

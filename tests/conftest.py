@@ -1,4 +1,4 @@
-"""Shared fixtures: the project root and a scratch copy of params.yaml."""
+"""Shared fixtures (the project root, a scratch copy of params.yaml) and the test tiers (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     if free < LOW_DISK_BYTES:
         line += f" -- WARNING: below {LOW_DISK_BYTES / 1024**3:.0f} GiB, tests that write checkpoints may fail"
     return line
+
+
+# tests that need Slurm, Chromium or CUDA are also slow: `pytest -m "not slow"` (the inner loop) never starts them
+SLOW_WITH = ("cluster", "browser", "gpu")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every `cluster`, `browser` and `gpu` test `slow` too, before `-m` selects (hence `tryfirst`)."""
+    for item in items:
+        if item.get_closest_marker("slow") is None and any(item.get_closest_marker(name) for name in SLOW_WITH):
+            item.add_marker(pytest.mark.slow)

@@ -21,6 +21,8 @@ from browser_fixtures import Browser, chromium_or_skip
 from test_workflow_e2e import TINY_CELLS, make_tiny
 from workflow_fixtures import BIN, copy_project, run_tool
 
+pytestmark = pytest.mark.browser
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # a Vega plot is drawn: its canvas has a pixel that is not transparent
@@ -53,7 +55,6 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     opened.close()
 
 
-@pytest.mark.slow
 def test_dvc_plots_page_draws_its_vega_plots_offline(tiny_run: Path, browser: Browser, tmp_path: Path) -> None:
     run_tool(["dvc", "plots", "show"], tiny_run)
     page = tiny_run / "dvc_plots" / "index.html"
@@ -66,7 +67,6 @@ def test_dvc_plots_page_draws_its_vega_plots_offline(tiny_run: Path, browser: Br
     assert browser.external_requests() == []
 
 
-@pytest.mark.slow
 def test_snakemake_report_shows_the_tables_and_figures(tiny_run: Path, browser: Browser, tmp_path: Path) -> None:
     browser.open((tiny_run / "results" / "report.html").as_uri())
     browser.wait_for("document.body && document.body.innerText.includes('Tables')", what="the report's menu")
@@ -92,7 +92,6 @@ def test_snakemake_report_shows_the_tables_and_figures(tiny_run: Path, browser: 
     assert browser.external_requests() == []
 
 
-@pytest.mark.slow
 def test_mlflow_ui_lists_the_runs_and_their_cells(tiny_run: Path, browser: Browser, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 

@@ -123,6 +123,7 @@ def snakemake_fails(project: Path, *args: str) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_snakemake_prints_the_same_one_line(tmp_path: Path, project_root: Path, case: str) -> None:
     """Snakemake's front door: dawsol's line, alone (no traceback, no schema dump, no Snakemake preamble)."""
@@ -135,6 +136,7 @@ def test_snakemake_prints_the_same_one_line(tmp_path: Path, project_root: Path, 
     assert re.search(expected(case, line), lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_snakemake_refuses_config_keys_it_would_not_read(tmp_path: Path, project_root: Path) -> None:
     """Settings live in params.yaml: `--config train=...` would be ignored, so it is refused by name."""
     project = copy_project(project_root, tmp_path / "project")

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 
+@pytest.mark.slow
 def test_bench_methods_writes_json(project_root: Path, tmp_path: Path):
     spec = importlib.util.spec_from_file_location("bench_methods", project_root / "benchmarks" / "bench_methods.py")
     bench = importlib.util.module_from_spec(spec)

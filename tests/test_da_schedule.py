@@ -83,6 +83,7 @@ def test_dvc_settings_stage_warns_for_that_cell_only(params_copy: Path):
     assert (out / CELL / "resolved.json").is_file()
 
 
+@pytest.mark.slow
 def test_snakemake_warns_when_it_reads_the_grid(tmp_path: Path, project_root: Path):
     project = copy_project(project_root, tmp_path / "project")
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from train_fixtures import tiny_params
 
@@ -33,6 +34,7 @@ def test_every_variant_resolves_its_cells(project_root: Path, tmp_path: Path) ->
             resolve(cell, params, str(params_file))
 
 
+@pytest.mark.slow
 def test_the_pretrained_variant_runs_end_to_end(project_root: Path, tmp_path: Path) -> None:
     sweep = load_sweep(project_root)
     base = tmp_path / "tiny.yaml"

@@ -147,6 +147,7 @@ def test_flower_sample_is_a_daisy():
     assert logits.argmax(1).item() == DAISY
 
 
+@pytest.mark.slow
 def test_a_pretrained_lite_cell_trains_and_evaluates_end_to_end(tmp_path, monkeypatch):
     """`dawsol train` + `dawsol evaluate` of a tiny efficientnet_lite0 cell: offline ImageNet weights, [-1, 1]."""
     import json

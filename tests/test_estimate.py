@@ -51,6 +51,7 @@ def test_benchmark_runs_real_training_steps_with_the_da_terms():
     assert throughput.train_images_per_s > 0 and throughput.eval_images_per_s > 0
 
 
+@pytest.mark.slow
 def test_estimate_benchmarks_each_configuration_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing prepared: official split sizes
     params = load_params(PROJECT_ROOT / "params.yaml", "paper")
@@ -78,6 +79,7 @@ def test_estimate_benchmarks_each_configuration_once(tmp_path, monkeypatch):
     assert benchmark_key(resolve(cells[0], params)) != benchmark_key(resolve(cells[2], params))
 
 
+@pytest.mark.slow
 def test_estimate_command_prints_json_with_totals(tmp_path):
     data = prepare_tiny_data(tmp_path / "data_src")
     project = write_project(tmp_path / "project", data)

@@ -47,6 +47,7 @@ def test_a_read_only_place_names_the_target_not_the_temporary_file(code: int, hi
     assert filesystem_error(OSError(errno.EIO, "I/O error", "x")) is None  # not a fault of the place: as it is
 
 
+@pytest.mark.slow
 def test_a_locked_store_says_it_waits_and_for_what(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

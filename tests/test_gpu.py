@@ -1,5 +1,6 @@
 """What needs a CUDA device: bf16 and channels_last training, NCCL in one process, SyncBatchNorm, a cell trained and
-evaluated on the GPU. Skipped without CUDA; `python benchmarks/gpu_check.py` runs them (README, "On a GPU")."""
+evaluated on the GPU. Skipped without CUDA; `python benchmarks/gpu_check.py` runs them (docs/benchmarks.md,
+"On a GPU")."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from train_fixtures import PROJECT_ROOT, dawsol_env, prepare_tiny_data, run_in, write_project
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CELL = "synthetic/resnet18/cam-mmd/seed0"
 CUDA_OPTIONS = {"train": {"bf16": True, "channels_last": True, "device": "cuda"}}

@@ -23,6 +23,7 @@ def gpu_check():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the check runs for minutes: run it by hand")
 def test_without_cuda_every_part_is_skipped_saying_why(tmp_path: Path) -> None:
     output = tmp_path / "gpu_check.json"
@@ -41,6 +42,7 @@ def test_without_cuda_every_part_is_skipped_saying_why(tmp_path: Path) -> None:
     assert "every part skipped" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_test_part_runs_its_cuda_tests_and_counts_them(tmp_path: Path) -> None:
     """The prepared pytest command names tests that exist; its JUnit report is counted (here: CUDA tests skipped)."""
     check = gpu_check()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_posthoc import CASES, LABELS, OUTPUT_LAYERS, _images, _model
+from tiers import small_backbones_first
 from torch import Tensor, nn
 
 from dawsol.components.extractors import EXTRACTORS, LIBRARY_METHODS
@@ -40,7 +41,7 @@ def _scores(method: str, model: nn.Module, images: Tensor, layer: str | None = N
     return np.stack(posthoc.score_maps(method, maps, (side, side), side))
 
 
-@pytest.mark.parametrize("backbone", list(CASES))
+@pytest.mark.parametrize("backbone", small_backbones_first(CASES))
 def test_library_gradcam_is_dawsols_gradcam_after_the_protocol_chain(backbone):
     model, images = _model(backbone), _images(backbone)
     np.testing.assert_allclose(_scores("lib-gradcam", model, images), _scores("gradcam", model, images), atol=1e-5)
@@ -60,7 +61,7 @@ def test_library_gradcampp_is_eq_19_with_its_epsilon():
     torch.testing.assert_close(posthoc.extractor("lib-gradcampp")(model, images, LABELS), expected, rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("backbone", list(OUTPUT_LAYERS))
+@pytest.mark.parametrize("backbone", small_backbones_first(OUTPUT_LAYERS))
 def test_library_gradcampp_is_dawsols_at_the_output_once_epsilon_is_negligible(backbone):
     """At the trunk's output g is uniform per channel, so sum(A g^3) = g^3 sum(A): the two GradCAM++ formulas meet.
     With trained-size weights g ~ W / N is ~1e-3 and the epsilons (1e-6 against dawsol's 1e-7) still count;
@@ -78,7 +79,7 @@ def test_library_gradcampp_is_dawsols_at_the_output_once_epsilon_is_negligible(b
     assert gap > 1e-2
 
 
-@pytest.mark.parametrize("backbone", list(OUTPUT_LAYERS))
+@pytest.mark.parametrize("backbone", small_backbones_first(OUTPUT_LAYERS))
 def test_hirescam_is_pcs_everywhere_and_gradcam_exactly_where_the_gradient_is_uniform(backbone):
     """HiResCAM = ReLU(sum_k g_k A_k) position-wise, PCS's formula. GradCAM averages g over positions first,
     so they meet where d y_c / dA is uniform per channel: the trunk's output, which the logits see only

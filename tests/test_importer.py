@@ -238,8 +238,14 @@ def check_forward(
 # --- imports that succeed ------------------------------------------------------------------------------------------
 
 
+# the inner loop's one import of a full-size model (docs/testing.md); the other class counts and the small map are slow
 @pytest.mark.parametrize(
-    ("dataset", "num_classes", "large"), [("cub", 200, True), ("ilsvrc", 1000, True), ("openimages", 100, False)]
+    ("dataset", "num_classes", "large"),
+    [
+        ("cub", 200, True),
+        pytest.param("ilsvrc", 1000, True, marks=pytest.mark.slow),
+        pytest.param("openimages", 100, False, marks=pytest.mark.slow),
+    ],
 )
 def test_da_wsol_resnet50_imports_with_the_official_forward_pass(workdir, dataset, num_classes, large):
     settings = cell_settings(f"{dataset}/resnet50/cam-mmd/seed4")
@@ -259,6 +265,7 @@ def test_da_wsol_resnet50_imports_with_the_official_forward_pass(workdir, datase
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "num_classes"), [("cub", 200), ("ilsvrc", 1000), ("openimages", 100)])
 def test_da_wsol_inception_v3_imports_with_the_official_forward_pass(workdir, dataset, num_classes):
     settings = cell_settings(f"{dataset}/inception_v3/cam-mmd/seed4")
@@ -274,6 +281,7 @@ def test_da_wsol_inception_v3_imports_with_the_official_forward_pass(workdir, da
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("large", [False, True])
 def test_wsolevaluation_vgg16_imports_at_both_map_sizes(workdir, large):
     settings = cell_settings("cub/vgg16/cam-none/seed0", large_feature_map=large)
@@ -294,6 +302,7 @@ def test_wsolevaluation_vgg16_imports_at_both_map_sizes(workdir, large):
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 def test_wsolevaluation_resnet50_imports_its_linear_classifier(workdir):
     settings = cell_settings("cub/resnet50/cam-none/seed0")
     net = OfficialResNet50(True, seed=7)
@@ -304,6 +313,7 @@ def test_wsolevaluation_resnet50_imports_its_linear_classifier(workdir):
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 def test_wsolevaluation_inception_v3_imports_its_spg_a4_classifier(workdir):
     settings = cell_settings("cub/inception_v3/cam-none/seed0")
     net = OfficialInceptionV3(seed=9)
@@ -314,6 +324,7 @@ def test_wsolevaluation_inception_v3_imports_its_spg_a4_classifier(workdir):
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("large", [False, True])
 def test_wsolevaluation_adl_vgg16_indices_shift(workdir, large):
     settings = cell_settings("cub/vgg16/adl-none/seed0", large_feature_map=large)
@@ -326,6 +337,7 @@ def test_wsolevaluation_adl_vgg16_indices_shift(workdir, large):
     check_forward(result.checkpoint, net, weight, bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["da-wsol", "wsolevaluation"])
 def test_adl_resnet50_block_indices_shift_and_the_unused_extractor_fc_is_dropped(workdir, fmt):
     settings = cell_settings("cub/resnet50/adl-none/seed0")
@@ -432,6 +444,7 @@ def test_a_vgg16_file_of_the_other_map_size_is_refused_with_a_hint(workdir):
     assert "large_feature_map true: check the cell's wsol method and model.large_feature_map" in message
 
 
+@pytest.mark.slow
 def test_a_module_prefix_is_stripped_and_missing_batch_norm_counters_are_filled(workdir):
     net, extractor, weight, bias = cub_resnet50()
     prefixed = {f"module.{k}": v for k, v in extractor.items() if not k.endswith("num_batches_tracked")}
@@ -487,6 +500,7 @@ def test_missing_corrupt_and_foreign_files_are_refused(workdir):
 # --- the command, end to end -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_imports_replaces_an_import_and_keeps_a_trained_checkpoint(workdir, capsys):
     cell, num_classes = "synthetic/resnet50/cam-mmd/seed0", 5
     params = deep_merge(PARAMS, {"pairs": {"synthetic/resnet50": {"data": {"num_classes": num_classes}}}})

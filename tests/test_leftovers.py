@@ -51,6 +51,7 @@ def hidden(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_a_killed_synthetic_prepare_leaves_staging_that_the_next_prepare_removes(tmp_path: Path) -> None:
     project = write_project(tmp_path / "project", None)
     data = project / "data"
@@ -81,6 +82,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_a_killed_cams_leaves_folders_that_the_next_cams_removes(trained: Path) -> None:
     checkpoint = str(trained / "runs" / CELL / "checkpoint.pt")
     command = ("cams", "--checkpoint", checkpoint, "--method", "cam", "--split", "val", "--device", "cpu")

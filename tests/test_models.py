@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from tiers import small_backbones_first
 
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
 from dawsol.errors import DawsolError
@@ -48,16 +49,18 @@ def _train(lr: float = 0.01, ratio: float = 10.0) -> TrainSettings:
 
 @pytest.mark.parametrize(
     ("backbone", "large", "dim", "side"),
-    [
-        ("resnet50", True, 2048, 28),
-        ("resnet50", False, 2048, 14),
-        ("inception_v3", True, 1024, 28),
-        ("inception_v3", False, 1024, 14),
-        ("vgg16", True, 1024, 28),
-        ("vgg16", False, 1024, 14),
-        ("resnet18", True, 512, 56),
-        ("resnet18", False, 512, 28),
-    ],
+    small_backbones_first(
+        [
+            ("resnet50", True, 2048, 28),
+            ("resnet50", False, 2048, 14),
+            ("inception_v3", True, 1024, 28),
+            ("inception_v3", False, 1024, 14),
+            ("vgg16", True, 1024, 28),
+            ("vgg16", False, 1024, 14),
+            ("resnet18", True, 512, 56),
+            ("resnet18", False, 512, 28),
+        ]
+    ),
 )
 def test_feature_map_size_and_dim_at_224(backbone, large, dim, side):
     model = _model(backbone, large)

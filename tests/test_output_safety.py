@@ -262,6 +262,7 @@ def age(project: Path) -> dict[str, bytes]:
     return contents(cell_dir(project))
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_full_disk_keeps_the_old_outputs_and_says_where(
     tmp_path: Path, evaluated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -277,6 +278,7 @@ def test_evaluate_on_a_full_disk_keeps_the_old_outputs_and_says_where(
     assert outputs_of(project) == outputs_of(evaluated)
 
 
+@pytest.mark.slow
 def test_cams_on_a_full_disk_keeps_the_old_folder(
     tmp_path: Path, evaluated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -292,6 +294,7 @@ def test_cams_on_a_full_disk_keeps_the_old_folder(
         assert contents(project / "maps") == before
 
 
+@pytest.mark.slow
 def test_training_on_a_full_runs_disk_names_the_checkpoint_then_resumes_to_the_same_metrics(
     tmp_path: Path, tiny_data: Path, evaluated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -343,6 +346,7 @@ def kill_points(count: int) -> list[tuple[str, int]]:
     return [("mkstemp", 1), ("replace", 1), ("replace", count)]
 
 
+@pytest.mark.slow
 def test_evaluate_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path: Path, evaluated: Path) -> None:
     project = tmp_path / "killed"
     shutil.copytree(evaluated, project, symlinks=True)
@@ -390,6 +394,7 @@ def report_leftovers(project: Path) -> list[Path]:
     return [path for path in (project / "results").rglob("*.tmp") if "cells" not in path.parts]
 
 
+@pytest.mark.slow
 def test_report_on_a_full_disk_keeps_the_old_report(
     tmp_path: Path, reported: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -406,6 +411,7 @@ def test_report_on_a_full_disk_keeps_the_old_report(
     assert not report_leftovers(project)
 
 
+@pytest.mark.slow
 def test_report_killed_anywhere_then_rerun_gives_the_same_files(tmp_path: Path, reported: Path) -> None:
     project = tmp_path / "killed"
     shutil.copytree(reported, project, symlinks=True)

@@ -24,6 +24,7 @@ def _resolve_out(project: Path, capsys: pytest.CaptureFixture[str], *args: str) 
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_overrides_train_evaluate_and_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = {"datasets": ["synthetic"], "backbones": ["resnet18"], "wsol": ["cam"], "da": ["none"], "seeds": [0]}
     project = write_project(tmp_path / "project", prepare_tiny_data(tmp_path / "data" / "synthetic"), grid=grid)

@@ -72,6 +72,7 @@ def test_the_wsolevaluation_profile_covers_every_wsolevaluation_row():
     assert dict(resolve("cub/resnet50/has-none/seed4", params).wsol.options) == {"grid_size": 4, "drop_rate": 0.5}
 
 
+@pytest.mark.slow
 def test_snakemake_dry_run_lists_every_paper_cell(project: Path):
     result = run_tool(["snakemake", "-n", "-p", "--cores", "1", "--config", "profile=paper"], project)
     jobs = dry_run_jobs(result.stdout)
@@ -81,6 +82,7 @@ def test_snakemake_dry_run_lists_every_paper_cell(project: Path):
         assert f"dawsol train {cell.name} --profile paper >" in result.stdout
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_gives_ilsvrc_cells_four_gpus(project: Path):
     result = run_tool(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "--config", "profile=paper"], project)
     blocks = [b for b in result.stdout.split("\nrule ") if b.startswith("train:")]
@@ -90,6 +92,7 @@ def test_slurm_dry_run_gives_ilsvrc_cells_four_gpus(project: Path):
         assert f"gpu={gpus}" in block and "slurm_partition=gpu" in block, block
 
 
+@pytest.mark.slow
 def test_dvc_yaml_of_the_paper_profile(project: Path):
     run_tool(["dawsol", "dvc-yaml", "--profile", "paper"], project)
     text = (project / "dvc.yaml").read_text()
@@ -145,6 +148,7 @@ def dawsol(project: Path, *args: str) -> None:
         os.chdir(previous)
 
 
+@pytest.mark.slow
 def test_cub_layout_through_the_paper_profile(tmp_path: Path, server, monkeypatch):  # noqa: F811
     _, served, url = server
     project = tmp_path / "project"

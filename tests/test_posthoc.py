@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiers import small_backbones_first
 from torch import Tensor, nn
 
 from dawsol.components.backbones import BACKBONES
@@ -186,7 +187,7 @@ def _normalised(maps: Tensor, size: int) -> np.ndarray:
     return np.stack(posthoc.score_maps("gradcam", maps, (size, size), size))
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 def test_plain_gradient_maps_match_autograd_and_their_formulas(backbone):
     model, images = _model(backbone), _images(backbone)
     c = posthoc.capture(model, images, LABELS)
@@ -199,7 +200,7 @@ def test_plain_gradient_maps_match_autograd_and_their_formulas(backbone):
     _close(posthoc.gradcampp(model, images, LABELS), _gradcampp_map(a, g), rtol=1e-3)
 
 
-@pytest.mark.parametrize("backbone", list(GUIDED_UPPER))
+@pytest.mark.parametrize("backbone", small_backbones_first(GUIDED_UPPER))
 def test_bagcams_gradient_is_the_guided_gradient_of_log_y_c(backbone):
     model, images = _model(backbone), _images(backbone)
     c = posthoc.capture(model, images, LABELS, log_score=True, guided=True)
@@ -251,7 +252,7 @@ def test_a_zero_logit_gives_an_all_zero_bagcams_score_map():
     assert not scoremaps[1].any() and scoremaps[0].max() == 1.0
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "inception_v3"])
+@pytest.mark.parametrize("backbone", small_backbones_first(["resnet18", "inception_v3"]))
 def test_gradcam_at_the_output_is_the_rectified_bias_free_cam_and_equals_pcs(backbone):
     model, images = _model(backbone), _images(backbone)
     layer = OUTPUT_LAYERS[backbone]
@@ -292,7 +293,7 @@ def test_batch_size_invariance(method):
     _close(batched, single, rtol=2e-3 if method == "gradcampp" else 1e-4)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 def test_extraction_leaves_no_grad_no_hooks_and_the_model_unchanged(backbone):
     model, images = _model(backbone), _images(backbone)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -344,7 +345,7 @@ def test_score_map_chains():
     assert constant.shape == (16, 16) and not constant.any()
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 @pytest.mark.parametrize("wsol", list(WSOL_METHODS))
 def test_every_trunk_variant_has_a_default_target_layer_that_runs(backbone, wsol):
     """The record's default (or the variant's own) names a module of every variant's trunk, and it runs once."""
@@ -372,7 +373,9 @@ def test_target_layer_defaults_and_resolution():
     assert posthoc.target_layer(resnet, "layer2.0.conv1").path == "layer2.0.conv1"
 
 
-@pytest.mark.parametrize(("backbone", "name"), [("inception_v3", "layer3"), ("resnet18", "layer9"), ("vgg16", "")])
+@pytest.mark.parametrize(
+    ("backbone", "name"), small_backbones_first([("inception_v3", "layer3"), ("resnet18", "layer9"), ("vgg16", "")])
+)
 def test_an_unknown_target_layer_is_one_line_naming_it_and_the_candidates(backbone, name):
     with pytest.raises(DawsolError) as error:
         posthoc.target_layer(_model(backbone), name)

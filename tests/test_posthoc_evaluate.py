@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiers import small_backbones_first
 from train_fixtures import prepare_tiny_data, run_in, write_project
 
 from dawsol.config import Cell, load_params, resolve
@@ -57,7 +58,9 @@ def test_evaluate_writes_one_block_per_extractor(project: Path) -> None:
 
 @pytest.mark.parametrize(
     ("backbone", "size"),
-    [("resnet18", 32), ("resnet50", 32), ("vgg16", 32), ("inception_v3", 80), ("efficientnet_lite0", 32)],
+    small_backbones_first(
+        [("resnet18", 32), ("resnet50", 32), ("vgg16", 32), ("inception_v3", 80), ("efficientnet_lite0", 32)]
+    ),
 )
 def test_every_extractor_scores_a_split_on_every_backbone(project: Path, backbone: str, size: int) -> None:
     """score_split (validation's and `dawsol evaluate`'s) with every extractor on an untrained model."""

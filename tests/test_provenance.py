@@ -40,6 +40,7 @@ def test_describe_and_tags():
     }
 
 
+@pytest.mark.slow  # two whole reports of the default grid, figures included
 def test_report_warns_about_a_table_of_mixed_code_versions(tmp_path, params_copy, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     write_dataset(tmp_path / "data" / "synthetic")

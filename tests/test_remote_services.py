@@ -122,6 +122,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_dvc_push_pull_round_trip_through_a_local_remote(tmp_path: Path) -> None:
     project = copy_project(PROJECT_ROOT, tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -37,6 +37,7 @@ def cell_runs(client, experiment_id: str, cells: list[Cell]) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_one_summary_run_per_method_with_the_seed_means_refreshed_never_duplicated(
     fake_results: Path,  # noqa: F811
     params_copy: Path,
@@ -89,6 +90,7 @@ def test_one_summary_run_per_method_with_the_seed_means_refreshed_never_duplicat
     assert refreshed == pytest.approx(mmd.data.metrics["test.MaxBoxAccV2.mean"] + 1.0)
 
 
+@pytest.mark.slow
 def test_the_tables_are_logged_as_mlflow_tables_replaced_by_each_report(
     fake_results: Path,  # noqa: F811
 ) -> None:
@@ -97,9 +99,7 @@ def test_the_tables_are_logged_as_mlflow_tables_replaced_by_each_report(
         assert main(["report"]) == 0
     (grid_run,) = client.search_runs([experiment_id], filter_string="tags.`dawsol.kind` = 'grid'")
     logged = json.loads(grid_run.data.tags["mlflow.loggedArtifacts"])
-    names = sorted(
-        path.stem for path in (fake_results / "results/tables").glob("*.csv")
-    )  # every table the report wrote
+    names = sorted(path.stem for path in (fake_results / "results/tables").glob("*.csv"))  # every table the report wrote
     assert {"synthetic", "synthetic_posthoc", "reported_vs_reproduced"} <= set(names)
     assert sorted(logged, key=str) == sorted(({"path": f"tables/{n}.json", "type": "table"} for n in names), key=str)
     for name in names:
@@ -112,6 +112,7 @@ def test_the_tables_are_logged_as_mlflow_tables_replaced_by_each_report(
     assert results.set_index("method").loc["cam-mmd", "seeds"] == 3
 
 
+@pytest.mark.slow
 def test_a_store_of_the_previous_version_is_upgraded_in_place_without_losing_a_run(
     fake_results: Path,  # noqa: F811
     params_copy: Path,

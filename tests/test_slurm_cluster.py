@@ -158,7 +158,7 @@ def comparable(project: Path, cell: str) -> dict:
     return result
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_slurm_grid_with_requeue_equals_local_run(slurm: SlurmCluster, tmp_path: Path, project_root: Path) -> None:
     cluster_project = copy_project(project_root, tmp_path / "cluster")
     local_project = copy_project(project_root, tmp_path / "local")

@@ -127,6 +127,7 @@ def test_with_retry_retries_only_while_locked() -> None:
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_two_cells_log_to_one_fresh_store_in_parallel(store: str, tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
@@ -365,6 +366,7 @@ def test_a_trainer_taking_the_cell_reuses_an_empty_stale_run_and_ends_the_others
     assert resumed.run_id == fresh.run_id and client.get_run(fresh.run_id).info.status == "RUNNING"
 
 
+@pytest.mark.slow
 def test_a_copied_project_writes_artifacts_into_its_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
@@ -441,6 +443,7 @@ def test_a_split_is_a_dataset_input_and_a_checkpoint_a_logged_model(store: str, 
     assert [a.path for a in run.client.list_logged_model_artifacts(model_id)] == ["checkpoint.pt"]
 
 
+@pytest.mark.slow
 def test_system_metrics_are_sampled_while_inside_and_never_at_interval_zero(store: str) -> None:
     import time
 

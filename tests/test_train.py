@@ -63,6 +63,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_reference_outputs_follow_the_contract(reference: Path) -> None:
     metrics = metrics_of(reference)
     assert (metrics["cell"], metrics["wsol"], metrics["da"], metrics["seed"]) == (CELL, "cutmix", "dann", 0)
@@ -91,6 +92,7 @@ def test_reference_outputs_follow_the_contract(reference: Path) -> None:
     assert (cells_dir / "cams.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_a_finished_cell_is_left_alone(
     tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -108,6 +110,7 @@ def test_same_seed_gives_identical_metrics_and_a_finished_cell_is_left_alone(
     assert checkpoint.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workflow_cleanup", [False, True], ids=["rerun", "rerun-after-snakemake-cleanup"])
 def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     tmp_path: Path, tiny_data: Path, reference: Path, caplog: pytest.LogCaptureFixture, workflow_cleanup: bool
@@ -130,6 +133,7 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_metrics(
     assert log_of(project) == log_of(reference)
 
 
+@pytest.mark.slow
 def test_a_second_trainer_of_a_running_cell_is_refused_naming_the_first(
     tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -150,6 +154,7 @@ def test_a_second_trainer_of_a_running_cell_is_refused_naming_the_first(
     assert not owner.exists() and not leftover.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues_the_mlflow_run(
     tmp_path: Path,
     tiny_data: Path,
@@ -381,6 +386,7 @@ def test_cuda_only_options_are_ignored_on_cpu(tmp_path: Path, tiny_data: Path, m
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
+@pytest.mark.slow
 def test_a_stale_resume_link_is_discarded(tmp_path: Path, tiny_data: Path, reference: Path) -> None:
     """A resume link left by a run of other settings (e.g. before a params change) never resumes."""
     from dawsol.config import tree_digest

@@ -22,6 +22,7 @@ def project(tmp_path: Path, project_root: Path) -> Path:
     return copy_project(project_root, tmp_path / "project")
 
 
+@pytest.mark.slow
 def test_dry_run_default_grid(project: Path) -> None:
     result = run_tool(["snakemake", "-n", "-p", "--cores", "2"], project)
     jobs = dry_run_jobs(result.stdout)
@@ -32,6 +33,7 @@ def test_dry_run_default_grid(project: Path) -> None:
     assert not (project / "mlflow.db").exists(), "a dry run must not create the MLflow store"
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_with_the_committed_results_runs_every_cell(project: Path, project_root: Path) -> None:
     """The committed tables, figures and metrics.json must not make the main job a no-op."""
     shutil.copytree(project_root / "results", project / "results", ignore=shutil.ignore_patterns("cam_samples.npz"))
@@ -43,6 +45,7 @@ def test_a_fresh_clone_with_the_committed_results_runs_every_cell(project: Path,
     assert jobs == {"prepare_synthetic": 1, "train": 9, "evaluate": 9, "report": 1, "all": 1}
 
 
+@pytest.mark.slow
 def test_profile_selects_overlay(project: Path) -> None:
     """`--config profile=NAME` selects a params.yaml profile (popped before schema validation)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -53,6 +56,7 @@ def test_profile_selects_overlay(project: Path) -> None:
     assert "dawsol train synthetic/efficientnet_lite0/cam-none/seed1 --profile two" in result.stdout
 
 
+@pytest.mark.slow
 def test_slurm_dry_run(project: Path) -> None:
     result = run_tool(["snakemake", "-n", "--profile", "workflow/profiles/slurm"], project)
     assert dry_run_jobs(result.stdout)["train"] == 9
@@ -88,6 +92,7 @@ def dvc_outputs(project: Path) -> dict[str, set[str]]:
     return outputs
 
 
+@pytest.mark.slow
 def test_snakemake_and_dvc_declare_the_same_cells_and_outputs(project: Path) -> None:
     params = load_params(project / "params.yaml")
     cells = grid_cells(params, "params.yaml")
@@ -128,6 +133,7 @@ def test_dvc_yaml_check_detects_a_grid_change(project: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_dvc_exp_run_with_a_changed_grid_fails_before_training(project: Path) -> None:
     """`dvc exp run -S grid...` with the old dvc.yaml stops in the settings stage, naming dvc.yaml;
     after `dawsol dvc-yaml` the stages are the new grid's and the check passes."""

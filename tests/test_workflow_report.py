@@ -85,6 +85,7 @@ def test_report_only_supported_columns(fake_results: Path, params_copy: Path) ->
     assert "PxAP_mean" not in csv.columns and "MaxBoxAccV2_mean" in csv.columns
 
 
+@pytest.mark.slow
 def test_report_is_one_grid_parent_run_with_the_cells_nested(fake_results: Path, params_copy: Path) -> None:
     from mlflow import MlflowClient
 

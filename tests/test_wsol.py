@@ -6,6 +6,7 @@ from types import MappingProxyType
 
 import pytest
 import torch
+from tiers import small_backbones_first
 
 from dawsol.config import ModelSettings, WSOLSettings
 from dawsol.models import build_model
@@ -77,7 +78,9 @@ def test_adl_drop_mask_importance_map_and_eval_identity():
 
 @pytest.mark.parametrize(
     ("backbone", "width", "size"),
-    [("resnet18", 0.125, 64), ("resnet50", 1.0, 64), ("vgg16", 1.0, 64), ("inception_v3", 1.0, 64)],
+    small_backbones_first(
+        [("resnet18", 0.125, 64), ("resnet50", 1.0, 64), ("vgg16", 1.0, 64), ("inception_v3", 1.0, 64)]
+    ),
 )
 def test_adl_runs_at_the_reference_placements_on_every_backbone(backbone, width, size):
     torch.manual_seed(0)

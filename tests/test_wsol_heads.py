@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiers import small_backbones_first
 from train_fixtures import prepare_tiny_data, run_in, tiny_params, write_project
 
 from dawsol.components.backbones import BACKBONES
@@ -59,7 +60,7 @@ TAP_CHANNELS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 @pytest.mark.parametrize("method", ["acol", "spg"])
 def test_shapes_of_every_backbone(backbone, method):
     model = _model(backbone, method)
@@ -88,7 +89,7 @@ def test_shapes_of_every_backbone(backbone, method):
     assert cams.shape == (2, side, side) and cams.dtype == torch.float32
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", small_backbones_first(BACKBONES))
 @pytest.mark.parametrize("method", ["acol", "spg"])
 def test_one_training_step_then_evaluation_on_every_backbone(backbone, method):
     """A step of SGD over the model's lr groups changes the head and the estimator; the CAMs then score."""

@@ -242,7 +242,7 @@ def apply_overrides(params: Mapping[str, Any], cell: Cell | str, overrides: Sequ
     They behave exactly as if written there: the same schema check (a wrong key is the same one-line
     error), the same resolution and digest (a search trial's drawn values still come last). A
     ``wsol.<method>`` or ``da.<method>`` block of another method than the cell's is an error (it
-    would be ignored). README, "Settings".
+    would be ignored). docs/settings.md, "Overrides".
     """
     if isinstance(cell, str):
         cell = parse_cell(cell)

@@ -6,7 +6,7 @@ for training, ``Settings.digest()`` for evaluation). The settings a cell last ra
 recorded in its checkpoint (``runs/<cell>/checkpoint.pt``: what training used) and, under DVC,
 in ``runs/<cell>/resolved.json`` (the last ``dawsol settings``); ``metrics.json`` records the
 digest its evaluation used. This module compares each with the settings resolved now
-(README, "The pipeline").
+(docs/pipeline.md).
 """
 
 from __future__ import annotations
