@@ -99,7 +99,7 @@ def test_the_tables_are_logged_as_mlflow_tables_replaced_by_each_report(
         assert main(["report"]) == 0
     (grid_run,) = client.search_runs([experiment_id], filter_string="tags.`dawsol.kind` = 'grid'")
     logged = json.loads(grid_run.data.tags["mlflow.loggedArtifacts"])
-    names = sorted(path.stem for path in (fake_results / "results/tables").glob("*.csv"))  # every table the report wrote
+    names = sorted(path.stem for path in (fake_results / "results/tables").glob("*.csv"))  # every table written
     assert {"synthetic", "synthetic_posthoc", "reported_vs_reproduced"} <= set(names)
     assert sorted(logged, key=str) == sorted(({"path": f"tables/{n}.json", "type": "table"} for n in names), key=str)
     for name in names:

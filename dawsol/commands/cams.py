@@ -11,7 +11,8 @@ HELP = f"write one extractor's score maps ({', '.join(EXTRACTORS)}) of a checkpo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a runs/<cell>/checkpoint.pt")
-    parser.add_argument("--method", required=True, choices=list(EXTRACTORS), help="the extractor: %(choices)s")
+    # no argparse choices: a wrong name is dawsol's one line listing the valid ones, not a usage dump
+    parser.add_argument("--method", required=True, help=f"the extractor: {', '.join(EXTRACTORS)}")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--out", required=True, help="output folder: <out>/<image_id>.npy")
     parser.add_argument("--layer", default=None, help="target layer of the gradient methods (default: the cell's)")
