@@ -23,8 +23,9 @@ TABLES_DIR = RESULTS / "tables"
 FIGURES_DIR = RESULTS / "figures"
 PLOTS_DIR = RESULTS / "plots"
 SEARCH_DIR = RESULTS / "search"
-SEARCH_FORMATS = ("csv", "md", "png")
-TUNED_FILE = SEARCH_DIR / "tuned.yaml"
+# per searched dataset: the trials' table and figure, and `<dataset>.tuned.yaml` (its part of params.yaml `tuned`)
+TUNED_FORMAT = "tuned.yaml"
+SEARCH_FORMATS = ("csv", "md", "png", TUNED_FORMAT)
 RUNS_DIR = Path("runs")
 TABLE_FORMATS = ("tex", "csv", "md", "html")
 # the reported vs reproduced table over the whole grid (dawsol.report.reported)
@@ -149,7 +150,7 @@ def method_key(cell: Cell) -> str:
 
 def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, list[Path]]:
     """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset and the reported vs
-    reproduced table, over the grid's cells; a search's table, figure and ``tuned.yaml`` over its trials."""
+    reproduced table, over the grid's cells; a search's table, figure and ``<dataset>.tuned.yaml`` over its trials."""
     cells = grid_cells(params, source)
     trained = [c for c in cells if c.trial is None]
     tables, figures, plots, search = [], [], [], []
@@ -164,7 +165,6 @@ def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, l
     trial_datasets = dict.fromkeys(c.dataset for c in cells if c.trial is not None)
     if trial_datasets:
         search = [SEARCH_DIR / f"{dataset}.{fmt}" for dataset in trial_datasets for fmt in SEARCH_FORMATS]
-        search.append(TUNED_FILE)
     return {"tables": tables, "figures": figures, "plots": plots, "search": search}
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from dawsol.config import Cell, grid_cells, load_params, parse_cell, resolve
 from dawsol.errors import DawsolError
-from dawsol.layout import TUNED_FILE, report_outputs
+from dawsol.layout import SEARCH_DIR, report_outputs
 from dawsol.report.search import write_search
 from dawsol.search.select import SEARCH_TAG, choose, log_search, read_trials, tuned_block
 from dawsol.search.space import dimensions, draw
@@ -134,7 +134,7 @@ def test_the_search_profile_is_a_grid_of_trials_whose_report_is_the_search(param
     assert trials >= 6 and all(c.trial is not None for c in cells)
     assert len(cells) == trials * len(params["grid"]["da"]) * len(params["grid"]["wsol"])
     outputs = report_outputs(params, params_copy)
-    assert outputs["tables"] == [] and TUNED_FILE in outputs["search"]
+    assert outputs["tables"] == [] and SEARCH_DIR / "synthetic.tuned.yaml" in outputs["search"]
     assert report_outputs(load_params(params_copy), params_copy)["search"] == []
 
 
@@ -167,8 +167,9 @@ def test_selection_uses_val_only_breaks_ties_low_and_writes_the_tuned_block(tmp_
     )
 
     result = write_search(cells, SEARCH, tmp_path, tmp_path / "search")
-    assert sorted(p.name for p in result.files) == ["synthetic.csv", "synthetic.md", "synthetic.png", "tuned.yaml"]
-    assert yaml.safe_load((tmp_path / "search" / "tuned.yaml").read_text()) == tuned_block(chosen)
+    names = ["synthetic.csv", "synthetic.md", "synthetic.png", "synthetic.tuned.yaml"]
+    assert sorted(p.name for p in result.files) == names
+    assert yaml.safe_load((tmp_path / "search" / "synthetic.tuned.yaml").read_text()) == tuned_block(chosen)
     table = (tmp_path / "search" / "synthetic.md").read_text()
     bold = [line for line in table.splitlines() if line.startswith("| **")]
     assert len(bold) == 2 and "| **1** |" in bold[0] and "| **2** |" in bold[1]  # the chosen trials
@@ -196,6 +197,18 @@ def test_a_trial_evaluated_under_other_settings_is_refused(tmp_path):
     with pytest.raises(DawsolError, match="other settings"):
         read_trials([cell], SEARCH, tmp_path, {cell: "new"})
     assert len(read_trials([cell], SEARCH, tmp_path, {cell: "old"})) == 1
+
+
+def test_each_searched_dataset_writes_its_own_tuned_block(tmp_path):
+    """A search of one dataset leaves another dataset's committed choice file alone."""
+    cells = _trial_cells("cam-none", 2) + [Cell("photos", "resnet18", "cam", "none", 0, j) for j in range(2)]
+    for cell in cells:
+        _write_metrics(tmp_path, cell, {"MaxBoxAccV2": 10.0 + cell.trial, "PxAP": 5.0}, {})
+    write_search(cells, SEARCH, tmp_path, tmp_path / "search")
+    for dataset in ("synthetic", "photos"):
+        block = yaml.safe_load((tmp_path / "search" / f"{dataset}.tuned.yaml").read_text())["tuned"]
+        assert list(block) == [f"{dataset}/resnet18/cam-none"]
+    assert not (tmp_path / "search" / "tuned.yaml").exists()
 
 
 def test_a_trial_without_val_metrics_is_named(tmp_path):
@@ -229,11 +242,13 @@ def test_the_search_is_one_mlflow_parent_run_per_method_with_the_trials_nested(t
     assert parent.data.tags["chosen_trial"] == "synthetic/resnet18/cam-mmd/seed0-trial1"
     assert parent.data.tags["chosen.da.lambda1"] == parent.data.tags["chosen.da.lambda2"] == "1"  # a tied dimension
     assert parent.data.metrics["val.score"] == pytest.approx(8.0)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "search")} >= {"search/tuned.yaml"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "search")} >= {"search/synthetic.tuned.yaml"}
 
 
 def test_params_tuned_is_the_committed_search_choice():
-    """params.yaml's `tuned` block is what the committed search chose (results/search/tuned.yaml)."""
-    committed = yaml.safe_load((PROJECT_ROOT / TUNED_FILE).read_text())
+    """params.yaml's `tuned` block is what the committed searches chose (results/search/<dataset>.tuned.yaml)."""
+    committed = {}
+    for path in sorted((PROJECT_ROOT / SEARCH_DIR).glob("*.tuned.yaml")):
+        committed.update(yaml.safe_load(path.read_text())["tuned"])
     params = load_params(PROJECT_ROOT / "params.yaml")
-    assert params["tuned"] == committed["tuned"]
+    assert set(committed) >= {"synthetic/efficientnet_lite0/cam-none"} and params["tuned"] == committed

@@ -63,7 +63,7 @@ LEGACY_GRID_TAG = "dawsol.summary"  # "true" on the grid runs of stores made bef
 
 
 def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult | None:
-    """The search's table, figure and ``tuned.yaml`` if the grid has trial cells (docs/search.md)."""
+    """The search's tables, figures and tuned blocks if the grid has trial cells (docs/search.md)."""
     trials = [c for c in grid_cells(params, source) if c.trial is not None]
     if not trials:
         return None

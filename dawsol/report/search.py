@@ -1,4 +1,4 @@
-"""The search's report: one table (CSV, Markdown) and figure per dataset, and ``tuned.yaml`` (docs/search.md)."""
+"""The search's report: per dataset one table (CSV, Markdown), figure and ``<dataset>.tuned.yaml`` (docs/search.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import yaml
 
 from dawsol.atomic import atomic_path, atomic_write_text
 from dawsol.config import Cell
+from dawsol.layout import SEARCH_FORMATS
 from dawsol.report.tables import BACKBONE_NAMES, method_label
 from dawsol.search.select import SELECTION_SPLIT, Trial, choose, read_trials, selection_metrics, tuned_block
 
@@ -107,21 +108,24 @@ def write_search(
     out_dir: Path,
     digests: Mapping[Cell, str] | None = None,
 ) -> SearchResult:
-    """Write each dataset's search table (CSV, Markdown) and figure, and ``tuned.yaml`` (``layout.report_outputs``)."""
+    """Write each dataset's search table (CSV, Markdown), figure and tuned block (``layout.report_outputs``).
+
+    Each dataset's choice is its own file, so a search of one dataset leaves another's committed choice alone.
+    """
     metrics = selection_metrics(search)
     trials = read_trials(cells, search, cells_dir, digests)
     chosen = choose(trials)
     frame = search_frame(trials, chosen, metrics)
-    files = []
-    for dataset, rows in frame.groupby("dataset", sort=False):
-        files += [out_dir / f"{dataset}.csv", out_dir / f"{dataset}.md", out_dir / f"{dataset}.png"]
-        atomic_write_text(files[-3], rows.to_csv(index=False, float_format="%.6g"))
-        atomic_write_text(files[-2], to_markdown(rows, metrics))
-        plot_search(rows, files[-1])
     header = (
         "# Settings chosen on the val split by the search of params.yaml `search` (docs/search.md);\n"
         "# copy this block into params.yaml to train the grid's cells with them.\n"
     )
-    files.append(out_dir / "tuned.yaml")
-    atomic_write_text(files[-1], header + yaml.safe_dump(tuned_block(chosen), sort_keys=True))
+    files = []
+    for dataset, rows in frame.groupby("dataset", sort=False):
+        files += [out_dir / f"{dataset}.{fmt}" for fmt in SEARCH_FORMATS]
+        atomic_write_text(files[-4], rows.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(files[-3], to_markdown(rows, metrics))
+        plot_search(rows, files[-2])
+        own = {group: trial for group, trial in chosen.items() if trial.cell.dataset == dataset}
+        atomic_write_text(files[-1], header + yaml.safe_dump(tuned_block(own), sort_keys=True))
     return SearchResult(trials, chosen, files)
