@@ -110,6 +110,12 @@ def evaluate_outputs(cell: Cell | str, cells_dir: Path = CELLS_DIR) -> dict[str,
     }
 
 
+def timing_path(cell: Cell | str, cells_dir: Path = CELLS_DIR) -> Path:
+    """Where ``dawsol evaluate`` records its seconds per image per map and split: beside the cells' results, not
+    among a cell's outputs, which are the same bytes on every run (``results/timing/<cell>.json``)."""
+    return cells_dir.parent / "timing" / f"{cell}.json"
+
+
 class CellMetrics(NamedTuple):
     """One split of a cell's ``metrics.json``: the whole document and the split's metrics per map
     (``OWN_MAPS``: the cell's own CAMs, then one entry per post-hoc extractor)."""

@@ -419,9 +419,9 @@ def _plain_gradient_before_in_place_relu(vgg: nn.Module, images: Tensor) -> Tens
 
 
 def test_an_unknown_method_is_refused():
-    with pytest.raises(DawsolError, match=r"unknown posthoc method 'GradCAM' \(known: cam, gradcam, "):
+    with pytest.raises(DawsolError, match=r"unknown extractor 'GradCAM' \(known: cam, gradcam, "):
         posthoc.extractor("GradCAM")
-    with pytest.raises(DawsolError, match="unknown posthoc method"):
+    with pytest.raises(DawsolError, match="unknown extractor"):
         posthoc.score_maps("cam++", torch.zeros(1, 2, 2), (4, 4), 4)
 
 

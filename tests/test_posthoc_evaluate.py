@@ -205,5 +205,5 @@ def test_library_methods_score_a_split_and_dawsol_cams_writes_the_same_maps(
     capsys.readouterr()
     assert run_in(project, "cams", "--method", "layer-cam", *args[:-2], "--out", str(project / "y")) == 1
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "unknown posthoc method 'layer-cam'" in error and "ablationcam" in error
+    assert "\n" not in error and "unknown extractor 'layer-cam'" in error and "ablationcam" in error
     assert not (project / "y").exists()

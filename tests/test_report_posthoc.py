@@ -10,18 +10,23 @@ import pytest
 
 from dawsol.config import parse_cell
 from dawsol.errors import DawsolError
+from dawsol.layout import timing_path
 from dawsol.report.posthoc import posthoc_frame, write_posthoc_tables
 
 
 def _write_cell(cells_dir: Path, name: str, box: float, extra: dict[str, float]) -> None:
-    def block(value: float, seconds: float) -> dict:
+    def splits(value: float) -> dict:
         metrics = {"MaxBoxAccV2": value, "PxAP": value + 1, "pIoU": value + 2}
-        return {"splits": {"val": metrics, "test": metrics}, "seconds_per_image": {"val": seconds, "test": seconds}}
+        return {"val": metrics, "test": metrics}
 
-    document = {**block(box, 0.01), "extractors": {m: block(v, 0.5) for m, v in extra.items()}}
+    document = {"splits": splits(box), "extractors": {m: {"splits": splits(v)} for m, v in extra.items()}}
     path = cells_dir / name / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(document))
+    seconds = {"cam": {"val": 0.01, "test": 0.01}, **{m: {"val": 0.5, "test": 0.5} for m in extra}}
+    timing = timing_path(name, cells_dir)  # a measurement: beside the cells, not in metrics.json
+    timing.parent.mkdir(parents=True, exist_ok=True)
+    timing.write_text(json.dumps({"cell": name, "seconds_per_image": seconds}))
 
 
 def test_the_table_has_a_row_per_extractor_and_a_column_group_per_method(tmp_path):

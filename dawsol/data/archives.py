@@ -12,7 +12,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -104,18 +103,20 @@ def check_extraction_size(archive: Path, total: int, archive_size: int, free: in
     bomb = "refusing a likely decompression bomb: check that it is the right archive"
     if total > MAX_EXTRACT_BYTES:
         raise DawsolError(
-            f"{archive}: its members declare {readable_size(total)}, over the {readable_size(MAX_EXTRACT_BYTES)} limit for one "
-            f"archive (the largest dataset archive, ILSVRC train, is 138 GiB); {bomb}"
+            f"{archive}: its members declare {readable_size(total)}, over the "
+            f"{readable_size(MAX_EXTRACT_BYTES)} limit for one archive (the largest dataset archive, ILSVRC train, "
+            f"is 138 GiB); {bomb}"
         )
     if total > RATIO_FLOOR and total > MAX_RATIO * archive_size:
         raise DawsolError(
-            f"{archive}: its members declare {readable_size(total)} from {readable_size(archive_size)}, a compression ratio of "
-            f"{total / max(archive_size, 1):.0f} (the limit is {MAX_RATIO}); {bomb}"
+            f"{archive}: its members declare {readable_size(total)} from {readable_size(archive_size)}, "
+            f"a compression ratio of {total / max(archive_size, 1):.0f} (the limit is {MAX_RATIO}); {bomb}"
         )
     if total > free - DISK_MARGIN:
         raise DawsolError(
             f"{archive}: extracting it needs {readable_size(total)} but the target disk has "
-            f"{readable_size(max(free - DISK_MARGIN, 0))} to spare ({readable_size(free)} free, {readable_size(DISK_MARGIN)} of it kept free); "
+            f"{readable_size(max(free - DISK_MARGIN, 0))} to spare ({readable_size(free)} free, "
+            f"{readable_size(DISK_MARGIN)} of it kept free); "
             "free disk space or set data.root to a larger disk, then re-run"
         )
 
@@ -160,8 +161,9 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                     left -= len(chunk)
                     if left < 0:
                         raise DawsolError(
-                            f"{archive}: member {info.filename!r} holds more than the {readable_size(info.file_size)} it "
-                            "declares; refusing a forged archive: check that it is the right archive"
+                            f"{archive}: member {info.filename!r} holds more than the "
+                            f"{readable_size(info.file_size)} it declares; refusing a forged archive: "
+                            "check that it is the right archive"
                         )
                     out.write(chunk)
 

@@ -26,7 +26,6 @@ from dawsol.data.metadata import IMAGE_ERRORS, IMAGE_SIZES, SplitMetadata, read_
 from dawsol.errors import DawsolError
 
 
-
 def train_transform(
     image_size: int, resize_size: int, normalization: Normalization = IMAGENET_NORMALIZATION
 ) -> transforms.Compose:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path

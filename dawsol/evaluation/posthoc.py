@@ -227,7 +227,7 @@ def extractor(
     """The function of extractor ``method`` (its record in ``dawsol.components.extractors``), GradCAM++ with
     ``exp(y_c)`` if asked; a pytorch-grad-cam method bound to its name, ScoreCAM and AblationCAM with
     ``channel_batch_size`` forward passes per batch."""
-    record = known("posthoc method", method, EXTRACTORS)
+    record = known("extractor", method, EXTRACTORS)
     function = load(record.function)
     if record.library is not None:
         return partial(function, method, channel_batch_size=channel_batch_size)
@@ -244,7 +244,7 @@ def score_maps(method: str, maps: Tensor, input_size: tuple[int, int], size: int
     bilinear to the input images' ``input_size`` (H, W), per-image min-max in float32 (a constant
     map gives NaN), float64, then ``prepare_scoremap`` (an identity resize at equal size; NaN: zeros).
     """
-    if known("posthoc method", method, EXTRACTORS).gradient:
+    if known("extractor", method, EXTRACTORS).gradient:
         maps = F.interpolate(maps[:, None].float(), size=input_size, mode="bilinear", align_corners=False)[:, 0]
         low = maps.amin(dim=(1, 2), keepdim=True)
         maps = (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low)

@@ -44,6 +44,7 @@ def snakemake_profile(config: Mapping[str, Any]) -> str | None:
     profile = config.get("profile")
     return None if profile in (None, "") else str(profile)
 
+
 GENERATED = ("synthetic", "photos")  # datasets built by a generator whose knobs are params.yaml's <dataset> block
 
 

@@ -3,7 +3,7 @@
 One row per (backbone, extractor): the cell's own CAM first, then the maps of ``eval.cam_methods``
 (docs/posthoc.md), in the order the cells' ``metrics.json`` list them; one column group per WSOL x DA
 method (``CAM``, ``CAM + DA-WSOL-MMD``, ...) with MaxBoxAccV2, PxAP and pIoU on the test split, and
-the seconds per test image of making the score maps over every cell of the row (the CAM's includes
+the seconds per test image of making the score maps over every cell of the row (``results/timing/``) (the CAM's includes
 the model's forward pass, which the other extractors repeat). Written as Markdown and CSV.
 """
 
@@ -13,13 +13,14 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
-from dawsol.layout import POSTHOC_FORMATS, POSTHOC_SUFFIX
+from dawsol.layout import POSTHOC_FORMATS, POSTHOC_SUFFIX, read_cell_metrics, timing_path
 from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, EXTRACTOR_NAMES, method_label
 
 POSTHOC_METRICS = ("MaxBoxAccV2", "PxAP", "pIoU")
@@ -28,21 +29,12 @@ SECONDS = "seconds_per_image"
 
 def posthoc_frame(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -> pd.DataFrame:
     """One row per cell and extractor: dataset, backbone, method, method label, extractor, seed, the split's
-    ``POSTHOC_METRICS`` and the seconds per image (NaN where a metrics.json predates the timing)."""
+    ``POSTHOC_METRICS`` and the seconds per image (``layout.timing_path``; NaN where none was recorded)."""
     rows = []
     for cell in cells:
-        path = cells_dir / cell.name / "metrics.json"
-        try:
-            data = json.loads(path.read_text())
-            blocks = {"cam": {"splits": data["splits"], SECONDS: data.get(SECONDS)}, **(data.get("extractors") or {})}
-        except FileNotFoundError:
-            raise DawsolError(f"{path}: missing (run `dawsol evaluate {cell.name}` first)") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise DawsolError(
-                f"{path}: not a cell metrics.json ({exc}); re-run `dawsol evaluate {cell.name}`"
-            ) from None
-        for extractor, block in blocks.items():
-            metrics = (block.get("splits") or {}).get(split) or {}
+        maps = read_cell_metrics(cell, split, cells_dir).maps
+        seconds = _recorded_seconds(timing_path(cell, cells_dir))
+        for extractor, metrics in maps.items():
             rows.append(
                 {
                     "dataset": cell.dataset,
@@ -52,10 +44,21 @@ def posthoc_frame(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -
                     "extractor": extractor,
                     "seed": cell.seed,
                     **{name: _number(metrics.get(name)) for name in POSTHOC_METRICS},
-                    SECONDS: _number((block.get(SECONDS) or {}).get(split)),
+                    SECONDS: _number((seconds.get(extractor) or {}).get(split)),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _recorded_seconds(path: Path) -> dict[str, Any]:
+    """The recorded seconds per image per map and split, {} if none (a clone, or a cell evaluated before timing)."""
+    try:
+        recorded = json.loads(path.read_text())["seconds_per_image"]
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DawsolError(f"{path}: not a timing record ({exc}); delete it or re-run `dawsol evaluate`") from None
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _number(value: object) -> float:

@@ -1,0 +1,2 @@
+"""Checkpoints: the format, saving, loading and resuming (`format`); released and wsolevaluation
+checkpoints imported into dawsol cells (`importer`)."""
