@@ -393,11 +393,15 @@ def test_the_manifest_matches_the_packages_member_list() -> None:
 
 
 @pytest.mark.slow
-def test_the_real_packages_match_the_member_list(request: pytest.FixtureRequest) -> None:
-    """Downloads the three pinned packages once (kept in data/downloads, else the pytest cache)."""
+def test_the_real_packages_match_the_member_list(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Downloads the three pinned packages once (kept in data/downloads, else the pytest cache, else a temporary
+    folder when the cache is off: ``-p no:cacheprovider``)."""
     config = project_config()
     local = PROJECT_ROOT / "data/downloads"
-    cache = Path(request.config.cache.mkdir("photos-debs"))
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = Path(pytest_cache.mkdir("photos-debs")) if pytest_cache else tmp_path_factory.mktemp("photos-debs")
     facts = read_member_list()
     for package in PACKAGES.values():
         folder = local if (local / package.filename).is_file() else cache
