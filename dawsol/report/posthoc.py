@@ -21,7 +21,7 @@ from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
 from dawsol.layout import POSTHOC_FORMATS, POSTHOC_SUFFIX, read_cell_metrics, timing_path
-from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, EXTRACTOR_NAMES, method_label
+from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, EXTRACTOR_NAMES, as_number, mean_std, method_label
 
 POSTHOC_METRICS = ("MaxBoxAccV2", "PxAP", "pIoU")
 SECONDS = "seconds_per_image"
@@ -43,8 +43,8 @@ def posthoc_frame(cells: Sequence[Cell], cells_dir: Path, split: str = "test") -
                     "label": method_label(cell),
                     "extractor": extractor,
                     "seed": cell.seed,
-                    **{name: _number(metrics.get(name)) for name in POSTHOC_METRICS},
-                    SECONDS: _number((seconds.get(extractor) or {}).get(split)),
+                    **{name: as_number(metrics.get(name)) for name in POSTHOC_METRICS},
+                    SECONDS: as_number((seconds.get(extractor) or {}).get(split)),
                 }
             )
     return pd.DataFrame(rows)
@@ -59,10 +59,6 @@ def _recorded_seconds(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DawsolError(f"{path}: not a timing record ({exc}); delete it or re-run `dawsol evaluate`") from None
     return recorded if isinstance(recorded, dict) else {}
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
 def posthoc_stats(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -100,7 +96,7 @@ def to_markdown(stats: pd.DataFrame, dataset: str) -> str:
             for metric in POSTHOC_METRICS:
                 row = by_label.get(label)
                 mean = math.nan if row is None else row[f"{metric}_mean"]
-                text = _mean_std(mean, math.nan if row is None else row[f"{metric}_std"])
+                text = mean_std(mean, math.nan if row is None else row[f"{metric}_std"])
                 cells.append(
                     f"**{text}**" if not math.isnan(mean) and round(mean, 1) == best[(label, metric)] else text
                 )
@@ -114,12 +110,6 @@ def to_markdown(stats: pd.DataFrame, dataset: str) -> str:
         "s / image: making the score maps, mean over the row's cells (CAM: the model's forward pass included)."
     )
     return "\n".join([*lines, "", f"*{caption}*", ""])
-
-
-def _mean_std(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
 def _seconds(value: float) -> str:

@@ -23,7 +23,7 @@ from dawsol.atomic import atomic_write_text
 from dawsol.config import Cell
 from dawsol.errors import DawsolError
 from dawsol.layout import COMPARISON_FORMATS, COMPARISON_STEM, evaluate_outputs, read_cell_metrics
-from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, _number, method_label
+from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, _latex_escape, as_number, method_label
 
 REPORTED_CSV = Path("results/reference/reported.csv")
 COLUMNS = ("dataset", "backbone", "method", "variant", "metric", "value", "source")
@@ -52,7 +52,7 @@ def reproduced_values(cells: Sequence[Cell], cells_dir: Path, split: str = "test
         maps = read_cell_metrics(cell, split, cells_dir).maps
         for extractor, metrics in maps.items():
             for metric, value in metrics.items():
-                number = _number(value)
+                number = as_number(value)
                 if not math.isnan(number):
                     rows.append((cell.dataset, cell.backbone, cell.method, extractor, metric, number, cell.seed))
     keys = ["dataset", "backbone", "method", "extractor", "metric"]

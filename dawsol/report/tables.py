@@ -77,7 +77,7 @@ def load_metrics(cells: Sequence[Cell], cells_dir: Path, split: str = "test") ->
                     **row,
                     "method": cell.method if own else f"{cell.method}/{name}",
                     "label": row["label"] if own else f"{row['label']} + {EXTRACTOR_NAMES.get(name, name)}",
-                    **{metric: _number(metrics.get(metric)) for metric in METRICS},
+                    **{metric: as_number(metrics.get(metric)) for metric in METRICS},
                 }
             )
     return pd.DataFrame(rows)
@@ -95,12 +95,13 @@ def baseline_rows(dataset: str, metrics: dict[str, dict[str, object]]) -> pd.Dat
             "seed": 0,
             "code": None,
         }
-        row.update({metric: _number(values.get(metric)) for metric in METRICS})
+        row.update({metric: as_number(values.get(metric)) for metric in METRICS})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _number(value: object) -> float:
+def as_number(value: object) -> float:
+    """A metric as a float, NaN for anything that is not a number (null, a string, a bool)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
@@ -137,7 +138,7 @@ class Table:
             for i, (mean, std) in enumerate(
                 zip(self.stats[f"{metric}_mean"], self.stats[f"{metric}_std"], strict=True)
             ):
-                text = _mean_std(mean, std)
+                text = mean_std(mean, std)
                 texts.append(bold.format(text) if best[metric].iloc[i] else text)
             out[metric] = texts
         return out
@@ -152,7 +153,8 @@ class Table:
         return " ".join([caption, *(f"Missing: {note}." for note in self.notes)])
 
 
-def _mean_std(mean: float, std: float) -> str:
+def mean_std(mean: float, std: float) -> str:
+    """A table cell: ``mean ± std`` to one decimal, the mean alone without a std, ``–`` without a mean."""
     if math.isnan(mean):
         return "–"
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
