@@ -40,7 +40,7 @@ KIND_TAG = "mlflow.experimentKind"  # MLflow's own record of an experiment's kin
 EXPERIMENT_KIND = "custom_model_development"
 STALE_TAG = "dawsol.ended_by"  # on a run a killed trainer left RUNNING: the run of the trainer that ended it
 EXPERIMENT_NOTE = (
-    "DA-WSOL reproduction by dawsol (README, section MLflow). One run per cell, named "
+    "DA-WSOL reproduction by dawsol. Browsing it: README, section MLflow UI. One run per cell, named "
     "`<wsol>-<da>/seed<k> · <dataset>/<backbone>` and tagged `dawsol.cell`, `dataset`, `backbone`, `wsol`, "
     "`da`, `seed`: params are the resolved settings, `train.*` and `val.*` are per-epoch curves (step = epoch), "
     "`val.final.*` and `test.final.*` the final scores of `dawsol evaluate`, `system/*` the machine while it "
