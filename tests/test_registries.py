@@ -67,8 +67,8 @@ def test_reading_the_names_imports_no_torch():
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_backbone_record_resolves(name):
     record = BACKBONES[name]
-    builder = load(record.builder)  # (load_pretrained, large_feature_map, width, adl, variant): TrunkBuilder
-    assert callable(builder) and len(inspect.signature(builder).parameters) == 5
+    builder = load(record.builder)  # TrunkBuilder: (TrunkRequest) -> Trunk
+    assert callable(builder) and len(inspect.signature(builder).parameters) == 1
     assert (record.torchvision_weights is None) != (record.imagenet_loader is None), "one source of ImageNet weights"
     if record.torchvision_weights is not None:
         import torchvision

@@ -19,6 +19,7 @@ from dawsol.config import ModelSettings, WSOLSettings, resolve
 from dawsol.errors import DawsolError
 from dawsol.evaluation import posthoc
 from dawsol.models import build_model
+from dawsol.models.trunk import TrunkRequest
 from dawsol.models.vgg import VGGACoLTrunk, VGGSPGTrunk, vgg16_trunk
 from dawsol.training.objective import Objective
 from dawsol.training.parts import build_components
@@ -352,7 +353,7 @@ def test_inception_spg_reads_mixed_6d_and_vgg_spg_keeps_conv4_and_conv5_weights(
                 torch.nn.init.normal_(module.weight)
         loaded.update({k: v.clone() for k, v in net.state_dict().items()})
 
-    trunk = vgg16_trunk(load, False, 1.0, None, "spg")
+    trunk = vgg16_trunk(TrunkRequest(load, variant="spg"))
     assert isinstance(trunk, VGGSPGTrunk)
     state = trunk.state_dict()
     for official, original in [("SPG_A_1.0", 17), ("SPG_A_1.4", 21), ("SPG_A_2.0", 24), ("SPG_A_2.4", 28)]:

@@ -6,14 +6,116 @@ the labels of the report, the facts the CLI's help and the error messages list, 
 references* (``"module:attribute"``) to the code that implements it. These modules import no
 torch, so Snakemake's parse and ``dawsol resolve`` read the names at the cost of a few dataclasses
 (docs/extending.md, "Why the records import no torch").
+
+A backbone, DA loss or extractor is declared where it is implemented, by a decorator on its
+function (``@register_backbone(...)`` on a trunk builder, ``@register_da_loss(...)`` on an L_d
+term, ``@register_extractor(...)`` on a map function). Its registry reads those decorators from the
+source of its package with ``ast`` (``declared``), so the names are known without importing the
+implementation (and torch); at import time each decorator checks that its declaration was read.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from dawsol.errors import DawsolError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder of the dawsol package
+Declared = TypeVar("Declared")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One ``@<decorator>(*args, **kwargs)`` found in the source: where it stands, what it decorates
+    (``module:name``) and its literal arguments."""
+
+    where: str  # file:line
+    decorator: str
+    reference: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def record(self, record_type: Callable[..., Declared], at: str, local: tuple[str, ...] = ()) -> Declared:
+        """``record_type(*args, **kwargs)`` with the decorated definition's reference as field ``at`` and the
+        fields ``local`` (attribute names of the same module) made references; a DawsolError naming the place if
+        the arguments do not fit the record."""
+        fields = {**self.kwargs, at: self.reference}
+        module = self.reference.partition(":")[0]
+        for field in local:
+            if fields.get(field) is not None:
+                fields[field] = f"{module}:{fields[field]}"
+        try:
+            return record_type(*self.args, **fields)
+        except TypeError as exc:
+            raise DawsolError(f"{self.where}: @{self.decorator}(...): {exc}") from None
+
+
+def declared(package: str, decorator: str, root: Path = PACKAGE_ROOT) -> Iterator[Declaration]:
+    """Every module-level function or class of ``package`` (``"dawsol.da"``; its modules in file-name order, the
+    definitions in source order) decorated with ``@decorator(...)``. The arguments must be literals; a DawsolError
+    names the file and line of one that is not."""
+    parts = package.split(".")
+    folder = root.joinpath(*parts[1:])
+    for path in sorted(folder.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if f"@{decorator}(" not in source:
+            continue
+        module = ".".join([*parts, path.stem]) if path.stem != "__init__" else package
+        for node in ast.parse(source, filename=str(path)).body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            for call in node.decorator_list:
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == decorator:
+                    where = f"{path.relative_to(root.parent)}:{call.lineno}"
+                    yield Declaration(
+                        where,
+                        decorator,
+                        f"{module}:{node.name}",
+                        tuple(_literal(argument, where, decorator) for argument in call.args),
+                        {keyword.arg: _literal(keyword.value, where, decorator) for keyword in call.keywords},
+                    )
+
+
+def _literal(node: ast.expr, where: str, decorator: str) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise DawsolError(
+            f"{where}: @{decorator}(...) takes literal arguments only (strings, numbers, tuples), "
+            f"not {ast.unparse(node)!r}"
+        ) from None
+
+
+def check_declared(kind: str, name: str, registry: dict[str, Any], field: str) -> Callable[[Declared], Declared]:
+    """The decorator of a declaration at import time: the decorated definition unchanged once ``registry[name]``
+    refers to it (its ``field`` is this definition's ``module:name``); a DawsolError otherwise (a declaration the
+    source reader cannot see, e.g. one inside a function)."""
+
+    def declare(definition: Declared) -> Declared:
+        found = f"{definition.__module__}:{definition.__qualname__}"  # type: ignore[attr-defined]
+        if getattr(registry.get(name), field, None) != found:
+            raise DawsolError(
+                f"{kind} {name!r} declared on {found} is not in its registry as that definition: "
+                "declare it on a module-level definition of its package, with literal arguments (docs/extending.md)"
+            )
+        return definition
+
+    return declare
+
+
+def unique(kind: str, records: Iterator[Any]) -> dict[str, Any]:
+    """``{record.name: record}``; a DawsolError if two records share a name."""
+    registry: dict[str, Any] = {}
+    for record in records:
+        if record.name in registry:
+            raise DawsolError(f"{kind} {record.name!r} is declared twice")
+        registry[record.name] = record
+    return registry
 
 
 def load(reference: str) -> Any:

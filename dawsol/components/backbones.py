@@ -1,14 +1,26 @@
 """The backbone records: each backbone of params.yaml with every fact about it, torch-free.
 
-A backbone is named once, as a key of ``BACKBONES``: the schema's ``backbones`` enum, the report's
-label, the post-hoc default target layer, the importer's formats and the trunk builder all come
-from its record. The trunk itself lives in its family's module under ``dawsol.models`` (``resnet``,
-``vgg``, ``inception``, ``efficientnet_lite``); ``dawsol.models.registry`` builds it.
+A backbone is declared once, on its trunk builder in its family's module under ``dawsol.models``
+(``resnet``, ``vgg``, ``inception``, ``efficientnet_lite``)::
+
+    @register_backbone("resnet50", "ResNet50", dropped_heads=("fc.",), target_layer="layer3", ...)
+    def resnet50_trunk(request: TrunkRequest) -> Trunk: ...
+
+``BACKBONES`` reads those declarations from the source (``dawsol.components.declared``): the schema's
+``backbones`` enum, the report's label, the post-hoc default target layer, the importer's formats and
+the trunk builder all come from the record. ``dawsol.models.registry`` builds the trunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from dawsol.components import check_declared, declared, unique
+from dawsol.errors import DawsolError
+
+Builder = TypeVar("Builder")
 
 # (mean, std) per RGB channel of pixels in [0, 1]: normalisation belongs to the backbone, so the datasets take it
 # from its record (``dawsol.models.registry.normalization``)
@@ -41,56 +53,38 @@ class BackboneRecord:
     classifier_trunk: str | None = None
     official_formats: tuple[str, ...] = ()  # the official checkpoint formats that hold this backbone
 
+    def __post_init__(self) -> None:
+        unknown = set(self.official_formats) - {DA_WSOL, WSOLEVALUATION}
+        if unknown:
+            raise DawsolError(
+                f"backbone {self.name}: unknown official format(s) {sorted(unknown)} "
+                f"(known: {DA_WSOL}, {WSOLEVALUATION})"
+            )
 
-BACKBONES: dict[str, BackboneRecord] = {
-    record.name: record
-    for record in (
-        BackboneRecord(
-            "resnet18",
-            "ResNet18",
-            "dawsol.models.resnet:resnet18_trunk",
-            ("fc.",),
-            target_layer="layer3",
-            torchvision_weights="ResNet18_Weights",
-            width_multiplier=True,
-        ),
-        BackboneRecord(
-            "resnet50",
-            "ResNet50",
-            "dawsol.models.resnet:resnet50_trunk",
-            ("fc.",),
-            target_layer="layer3",  # the official extractors' default
-            torchvision_weights="ResNet50_Weights",
-            official_formats=(DA_WSOL, WSOLEVALUATION),
-        ),
-        BackboneRecord(
-            "inception_v3",
-            "InceptionV3",
-            "dawsol.models.inception:inception_v3_trunk",
-            ("fc.", "AuxLogits.", "Mixed_7"),
-            target_layer="SPG_A3_1b",
-            torchvision_weights="Inception_V3_Weights",
-            official_formats=(DA_WSOL, WSOLEVALUATION),
-        ),
-        BackboneRecord(
-            "vgg16",
-            "VGG16",
-            "dawsol.models.vgg:vgg16_trunk",
-            ("classifier.",),
-            target_layer="features",
-            torchvision_weights="VGG16_Weights",
-            official_formats=(WSOLEVALUATION,),
-        ),
-        BackboneRecord(
-            "efficientnet_lite0",
-            "EfficientNet-Lite0",
-            "dawsol.models.efficientnet_lite:build_efficientnet_lite0",
-            ("_fc.",),
-            target_layer="_blocks",
-            imagenet_loader="dawsol.models.efficientnet_lite:imagenet_lite0_state_dict",
-            normalization=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # pixels in [0, 1] mapped to [-1, 1]
-            imagenet_head="_fc",
-            classifier_trunk="dawsol.models.efficientnet_lite:lite0_classifier_trunk",
-        ),
-    )
-}
+
+def register_backbone(
+    name: str,
+    title: str,
+    *,
+    dropped_heads: tuple[str, ...],
+    target_layer: str,
+    torchvision_weights: str | None = None,
+    imagenet_loader: str | None = None,
+    normalization: Normalization = IMAGENET_NORMALIZATION,
+    width_multiplier: bool = False,
+    imagenet_head: str | None = None,
+    classifier_trunk: str | None = None,
+    official_formats: tuple[str, ...] = (),
+) -> Callable[[Builder], Builder]:
+    """Declares the decorated trunk builder (``dawsol.models.trunk.TrunkBuilder``) as backbone ``name``, with the
+    facts of ``BackboneRecord``; ``imagenet_loader`` and ``classifier_trunk`` name functions of the same module."""
+    return check_declared("backbone", name, BACKBONES, "builder")
+
+
+BACKBONES: dict[str, BackboneRecord] = unique(
+    "backbone",
+    (
+        found.record(BackboneRecord, at="builder", local=("imagenet_loader", "classifier_trunk"))
+        for found in declared("dawsol.models", "register_backbone")
+    ),
+)

@@ -1,12 +1,24 @@
 """The DA loss records: each L_d of params.yaml (``da.<method>.loss``) with every fact about it, torch-free.
 
+A loss is declared on its term, in its own module of ``dawsol.da``::
+
+    @register_da_loss("coral", "DA-WSOL-CORAL")
+    def coral_term(discriminator, source, target, qualified, progress, grl_schedule): ...
+
+and ``DA_LOSSES`` reads those declarations from the source (``dawsol.components.declared``).
 A DA method's block in params.yaml named after a loss (``da.mmd``) uses that loss; any other block
 (an ablation variant, ``da.mmd_nolu``) names its loss with ``loss:``. ``dawsol.da.loss`` applies a record.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from dawsol.components import check_declared, declared, unique
+
+Term = TypeVar("Term")
 
 
 @dataclass(frozen=True)
@@ -22,12 +34,18 @@ class DALossRecord:
     pairs_samples: bool = False
 
 
-DA_LOSSES: dict[str, DALossRecord] = {
-    record.name: record
-    for record in (
-        DALossRecord("mmd", "DA-WSOL-MMD", "dawsol.da.mmd:mmd_term", pairs_samples=True),
-        DALossRecord(
-            "dann", "DA-WSOL-DANN", "dawsol.da.dann:dann_term", discriminator="dawsol.da.dann:DomainDiscriminator"
-        ),
-    )
-}
+def register_da_loss(
+    name: str, title: str, *, discriminator: str | None = None, pairs_samples: bool = False
+) -> Callable[[Term], Term]:
+    """Declares the decorated L_d term as DA loss ``name`` with report label ``title``; ``discriminator`` names the
+    class of its trainable part in the same module, ``pairs_samples`` says it pairs source and target samples."""
+    return check_declared("DA loss", name, DA_LOSSES, "term")
+
+
+DA_LOSSES: dict[str, DALossRecord] = unique(
+    "DA loss",
+    (
+        found.record(DALossRecord, at="term", local=("discriminator",))
+        for found in declared("dawsol.da", "register_da_loss")
+    ),
+)

@@ -3,11 +3,23 @@
 An extractor maps a trained model's images to raw maps ``[B, h, w]`` (``dawsol.evaluation.posthoc``,
 docs/posthoc.md): the model's own CAM, a gradient method at a target layer (``eval.target_layer``), or one of
 pytorch-grad-cam's methods run through the protocol's chain (``library``; docs/posthoc.md section 8).
+dawsol's own are declared on their function in a module of ``dawsol.evaluation``::
+
+    @register_extractor("xgradcam", "XGrad-CAM")
+    def xgradcam(model, images, labels, layer=None): ...
+
+and read from the source (``dawsol.components.declared``); pytorch-grad-cam's are a line each below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from dawsol.components import check_declared, declared, unique
+
+Function = TypeVar("Function")
 
 
 @dataclass(frozen=True)
@@ -32,18 +44,23 @@ class ExtractorRecord:
     library: LibraryMethod | None = None  # pytorch-grad-cam's method, for ``function`` = the library adapter
 
 
+def register_extractor(name: str, title: str, *, gradient: bool = True) -> Callable[[Function], Function]:
+    """Declares the decorated ``(model, images, labels, layer) -> [B, h, w]`` function as extractor ``name`` with
+    report label ``title``; ``gradient=False`` for a map on the model's own CAM chain."""
+    return check_declared("extractor", name, EXTRACTORS, "function")
+
+
 def _library(name: str, title: str, method: LibraryMethod) -> ExtractorRecord:
     return ExtractorRecord(name, title, "dawsol.evaluation.posthoc:library_method", library=method)
 
 
-EXTRACTORS: dict[str, ExtractorRecord] = {
-    record.name: record
-    for record in (
-        ExtractorRecord("cam", "CAM", "dawsol.evaluation.posthoc:cam", gradient=False),
-        ExtractorRecord("gradcam", "GradCAM", "dawsol.evaluation.posthoc:gradcam"),
-        ExtractorRecord("gradcampp", "GradCAM++", "dawsol.evaluation.posthoc:gradcampp"),
-        ExtractorRecord("pcs", "PCS", "dawsol.evaluation.posthoc:pcs"),
-        ExtractorRecord("bagcams", "BagCAMs", "dawsol.evaluation.posthoc:bagcams"),
+EXTRACTORS: dict[str, ExtractorRecord] = unique(
+    "extractor",
+    (
+        *(
+            found.record(ExtractorRecord, at="function")
+            for found in declared("dawsol.evaluation", "register_extractor")
+        ),
         # pytorch-grad-cam's, under names of their own (its GradCAM and GradCAM++ labelled apart from dawsol's)
         _library("lib-gradcam", "GradCAM (pytorch-grad-cam)", LibraryMethod("GradCAM", gradients=True)),
         _library("lib-gradcampp", "GradCAM++ (pytorch-grad-cam)", LibraryMethod("GradCAMPlusPlus", gradients=True)),
@@ -59,8 +76,8 @@ EXTRACTORS: dict[str, ExtractorRecord] = {
         _library("kpcacam", "KPCA-CAM", LibraryMethod("KPCA_CAM", gradients=False)),
         _library("scorecam", "ScoreCAM", LibraryMethod("ScoreCAM", gradients=False, per_channel=True)),
         _library("ablationcam", "AblationCAM", LibraryMethod("AblationCAM", gradients=False, per_channel=True)),
-    )
-}
+    ),
+)
 # dawsol's own extractors, and pytorch-grad-cam's by name
 OWN_EXTRACTORS = [name for name, record in EXTRACTORS.items() if record.library is None]
 LIBRARY_METHODS: dict[str, LibraryMethod] = {

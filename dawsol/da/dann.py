@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.components.da_losses import register_da_loss
 from dawsol.distributed import global_denominator
 
 GRL_GAMMA = {"official": 1.0, "dann": 10.0}
@@ -65,6 +66,7 @@ class DomainDiscriminator(nn.Module):
         return 0.5 * (mean_s + mean_t)
 
 
+@register_da_loss("dann", "DA-WSOL-DANN", discriminator="DomainDiscriminator")
 def dann_term(
     discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
 ) -> Tensor:

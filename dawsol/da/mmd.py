@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dawsol.components.da_losses import register_da_loss
 from dawsol.distributed import global_denominator
 
 KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -45,6 +46,7 @@ def linear_mk_mmd(source: Tensor, target: Tensor) -> Tensor:
     return batched_linear_mk_mmd(source[None], target[None])[0]
 
 
+@register_da_loss("mmd", "DA-WSOL-MMD", pairs_samples=True)
 def mmd_term(
     _discriminator: nn.Module | None, source: Tensor, target: Tensor, qualified: Tensor, progress: float, schedule: str
 ) -> Tensor:

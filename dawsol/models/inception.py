@@ -11,15 +11,14 @@ ADL trunks have it (wsolevaluation's ``InceptionCam``, ``InceptionSpg``, ``Incep
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.inception import InceptionB
 
-from dawsol.models.trunk import Tap, Trunk
+from dawsol.components.backbones import register_backbone
+from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
 
 
@@ -109,15 +108,17 @@ class InceptionTrunk(Trunk):
         return self._adl(self._dropout(x))
 
 
-def inception_v3_trunk(
-    load_pretrained: Callable[[nn.Module], None],
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-    variant: str = "cam",
-) -> Trunk:
+@register_backbone(
+    "inception_v3",
+    "InceptionV3",
+    dropped_heads=("fc.", "AuxLogits.", "Mixed_7"),
+    target_layer="SPG_A3_1b",
+    torchvision_weights="Inception_V3_Weights",
+    official_formats=("da-wsol", "wsolevaluation"),
+)
+def inception_v3_trunk(request: TrunkRequest) -> Trunk:
     """InceptionV3 with the SPG-style CAM modifications (ACoL's variant ends at Mixed_6e)."""
     with torch.no_grad():
         net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
-    load_pretrained(net)
-    return InceptionTrunk(net, large_feature_map, adl, spg_layers=variant != "acol")
+    request.load_pretrained(net)
+    return InceptionTrunk(net, request.large_feature_map, request.adl, spg_layers=request.variant != "acol")

@@ -11,7 +11,7 @@ from dawsol.components import known, load
 from dawsol.components.backbones import BACKBONES, BackboneRecord, Normalization
 from dawsol.errors import DawsolError
 from dawsol.models.pretrained import load_into, load_trunk, pretrained_state, torchvision_state_dict
-from dawsol.models.trunk import Trunk, TrunkBuilder
+from dawsol.models.trunk import Trunk, TrunkBuilder, TrunkRequest
 
 
 def backbone(name: str) -> BackboneRecord:
@@ -66,7 +66,7 @@ def build_trunk(
         if net_state is not None:
             load_into(net, net_state, name, source, record.dropped_heads)
 
-    trunk = trunk_builder(name)(load_pretrained, large_feature_map, width, adl, variant)
+    trunk = trunk_builder(name)(TrunkRequest(load_pretrained, large_feature_map, width, adl, variant))
     if of_trunk:
         load_trunk(trunk, state, source)
     return trunk

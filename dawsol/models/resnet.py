@@ -10,13 +10,12 @@ One trunk serves every WSOL method: ACoL's heads read layer4, SPG's branches lay
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from dawsol.models.trunk import Tap, Trunk
+from dawsol.components.backbones import register_backbone
+from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
 
 
@@ -90,30 +89,34 @@ class ResNetTrunk(Trunk):
         return x
 
 
-def resnet18_trunk(
-    load_pretrained: Callable[[nn.Module], None],
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-    variant: str = "cam",
-) -> Trunk:
+@register_backbone(
+    "resnet18",
+    "ResNet18",
+    dropped_heads=("fc.",),
+    target_layer="layer3",
+    torchvision_weights="ResNet18_Weights",
+    width_multiplier=True,
+)
+def resnet18_trunk(request: TrunkRequest) -> Trunk:
     """ResNet-18 with its channels scaled by ``width``, layer2 at stride 1 too (one trunk for every variant)."""
-    net = scaled_resnet18(width)
-    load_pretrained(net)
-    return ResNetTrunk(net, (*_stride_one_stages(large_feature_map), "layer2"), adl)
+    net = scaled_resnet18(request.width)
+    request.load_pretrained(net)
+    return ResNetTrunk(net, (*_stride_one_stages(request.large_feature_map), "layer2"), request.adl)
 
 
-def resnet50_trunk(
-    load_pretrained: Callable[[nn.Module], None],
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-    variant: str = "cam",
-) -> Trunk:
+@register_backbone(
+    "resnet50",
+    "ResNet50",
+    dropped_heads=("fc.",),
+    target_layer="layer3",  # the official extractors' default
+    torchvision_weights="ResNet50_Weights",
+    official_formats=("da-wsol", "wsolevaluation"),
+)
+def resnet50_trunk(request: TrunkRequest) -> Trunk:
     """torchvision's ResNet-50 (one trunk for every variant)."""
     net = torchvision.models.resnet50()
-    load_pretrained(net)
-    return ResNetTrunk(net, _stride_one_stages(large_feature_map), adl)
+    request.load_pretrained(net)
+    return ResNetTrunk(net, _stride_one_stages(request.large_feature_map), request.adl)
 
 
 def _stride_one_stages(large_feature_map: bool) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ each backbone's record in ``dawsol.components.backbones``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import nn
@@ -93,6 +94,18 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
-# (load_pretrained, large_feature_map, width, adl, variant): ``variant`` is one of TRUNK_VARIANTS, the WSOL method's;
-# ``load_pretrained`` loads the backbone's pretrained weights into its unmodified network
-TrunkBuilder = Callable[[Callable[[nn.Module], None], bool, float, "ADL | None", str], Trunk]
+@dataclass(frozen=True)
+class TrunkRequest:
+    """What a cell asks of its backbone's trunk builder: ``load_pretrained`` loads the backbone's pretrained weights
+    into its unmodified network; the large feature map (output stride 8), a channel ``width`` multiplier (backbones
+    that take one), the ADL layer to place and the WSOL method's trunk ``variant`` (one of TRUNK_VARIANTS)."""
+
+    load_pretrained: Callable[[nn.Module], None]
+    large_feature_map: bool = False
+    width: float = 1.0
+    adl: ADL | None = None
+    variant: str = "cam"
+
+
+# a backbone's trunk builder, declared with ``dawsol.components.backbones.register_backbone``
+TrunkBuilder = Callable[[TrunkRequest], Trunk]

@@ -10,13 +10,12 @@ conv4 and conv5 ``SPG_A_1`` and ``SPG_A_2`` and adds ``SPG_A_3`` (D 512) (docs/w
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from dawsol.models.trunk import Tap, Trunk
+from dawsol.components.backbones import register_backbone
+from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
 
 # torchvision's vgg16 ``features`` indices: pool1, pool2, pool3, the ReLU after conv4_3, pool4, the ReLU after
@@ -115,13 +114,15 @@ class VGGSPGTrunk(Trunk):
         return self.SPG_A_3(self.SPG_A_2(x))
 
 
-def vgg16_trunk(
-    load_pretrained: Callable[[nn.Module], None],
-    large_feature_map: bool,
-    width: float,
-    adl: ADL | None,
-    variant: str = "cam",
-) -> Trunk:
+@register_backbone(
+    "vgg16",
+    "VGG16",
+    dropped_heads=("classifier.",),
+    target_layer="features",
+    torchvision_weights="VGG16_Weights",
+    official_formats=("wsolevaluation",),
+)
+def vgg16_trunk(request: TrunkRequest) -> Trunk:
     """VGG16's convolutions with the CAM modifications, or ACoL's or SPG's."""
     net = nn.Module()
     net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
@@ -129,9 +130,9 @@ def vgg16_trunk(
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(module.bias)
-    load_pretrained(net)
-    if variant == "acol":
-        return VGGACoLTrunk(net.features, large_feature_map)
-    if variant == "spg":
-        return VGGSPGTrunk(net.features, large_feature_map)
-    return VGGTrunk(net.features, large_feature_map, adl)
+    request.load_pretrained(net)
+    if request.variant == "acol":
+        return VGGACoLTrunk(net.features, request.large_feature_map)
+    if request.variant == "spg":
+        return VGGSPGTrunk(net.features, request.large_feature_map)
+    return VGGTrunk(net.features, request.large_feature_map, request.adl)

@@ -1,0 +1,191 @@
+"""Components are declared where they are implemented: the registries read ``@register_*(...)`` from the source,
+and a new DA loss, extractor or backbone is one module (docs/extending.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dawsol.components import check_declared, declared, unique
+from dawsol.components.backbones import BackboneRecord
+from dawsol.components.da_losses import DA_LOSSES, DALossRecord, register_da_loss
+from dawsol.errors import DawsolError
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _package(root: Path, **modules: str) -> Path:
+    """A package ``dawsol.kit`` under ``root`` (a stand-in for the ``dawsol`` folder) holding ``modules``."""
+    folder = root / "kit"
+    folder.mkdir(parents=True)
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    return root
+
+
+def test_declarations_are_read_from_the_source_in_file_then_line_order(tmp_path):
+    root = _package(
+        tmp_path / "dawsol",
+        b_second="""
+            @register_da_loss("second", "Second", discriminator="Critic")
+            def second_term(*args):
+                pass
+        """,
+        a_first="""
+            import torch  # never imported: the source is read, not run
+
+            def helper():
+                pass
+
+            @register_da_loss("first", "First", pairs_samples=True)
+            def first_term(*args):
+                pass
+
+            @other("not a declaration")
+            def elsewhere():
+                pass
+        """,
+    )
+    found = list(declared("dawsol.kit", "register_da_loss", root))
+    assert [d.reference for d in found] == ["dawsol.kit.a_first:first_term", "dawsol.kit.b_second:second_term"]
+    assert found[0].where == "dawsol/kit/a_first.py:7"
+    records = [d.record(DALossRecord, at="term", local=("discriminator",)) for d in found]
+    assert records[0] == DALossRecord("first", "First", "dawsol.kit.a_first:first_term", pairs_samples=True)
+    assert records[1].discriminator == "dawsol.kit.b_second:Critic"
+
+
+@pytest.mark.parametrize(
+    ("declaration", "expected"),
+    [
+        ('@register_backbone(NAME, "T", dropped_heads=(), target_layer="x")', "literal arguments only"),
+        ('@register_backbone("n", "T", droped_heads=("fc.",), target_layer="x")', "droped_heads"),
+        ('@register_backbone("n", "T", dropped_heads=("fc.",))', "target_layer"),
+    ],
+)
+def test_a_declaration_that_cannot_be_read_is_a_one_line_error_naming_its_place(tmp_path, declaration, expected):
+    root = _package(tmp_path / "dawsol", family=f"{declaration}\ndef build(request):\n    pass\n")
+    with pytest.raises(DawsolError) as error:
+        [d.record(BackboneRecord, at="builder") for d in declared("dawsol.kit", "register_backbone", root)]
+    message = str(error.value)
+    assert message.startswith("dawsol/kit/family.py:1: @register_backbone(...)") and expected in message
+    assert "\n" not in message
+
+
+def test_a_name_declared_twice_is_an_error():
+    records = [DALossRecord("mmd", "A", "m:a"), DALossRecord("mmd", "B", "m:b")]
+    with pytest.raises(DawsolError, match="DA loss 'mmd' is declared twice"):
+        unique("DA loss", iter(records))
+
+
+def test_a_declaration_the_registry_did_not_read_fails_at_import():
+    with pytest.raises(DawsolError, match="not in its registry as that definition"):
+
+        @register_da_loss("mmd", "DA-WSOL-MMD", pairs_samples=True)  # the name is taken by dawsol.da.mmd
+        def mmd_term():
+            pass
+
+    with pytest.raises(DawsolError, match="'coral' declared on"):
+        check_declared("DA loss", "coral", DA_LOSSES, "term")(lambda: None)
+
+
+def test_the_shipped_declarations_are_the_registries():
+    from dawsol.components.backbones import BACKBONES
+    from dawsol.components.extractors import EXTRACTORS
+
+    assert {d.reference for d in declared("dawsol.da", "register_da_loss")} == {r.term for r in DA_LOSSES.values()}
+    assert [d.reference for d in declared("dawsol.models", "register_backbone")] == [
+        r.builder for r in BACKBONES.values()
+    ]
+    own = [d.reference for d in declared("dawsol.evaluation", "register_extractor")]
+    assert own == [r.function for r in EXTRACTORS.values() if r.library is None]
+
+
+CORAL = '''
+"""CORAL as L_d: the squared Frobenius distance of the source and target feature covariances."""
+
+import torch
+
+from dawsol.components.da_losses import register_da_loss
+
+
+@register_da_loss("coral", "DA-WSOL-CORAL")
+def coral_term(_discriminator, source, target, qualified, progress, schedule):
+    def covariance(x):
+        centred = x - x.mean(1, keepdim=True)
+        return centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
+
+    per_image = (covariance(source) - covariance(target)).pow(2).sum((1, 2)) / (4 * source.shape[2] ** 2)
+    return torch.where(qualified, per_image, 0.0).sum() / qualified.sum().clamp(min=1)
+'''
+
+XGRADCAM = '''
+"""XGrad-CAM: the activation weighted by its gradient, normalised by the activation's sum."""
+
+import torch
+import torch.nn.functional as F
+
+from dawsol.components.extractors import register_extractor
+from dawsol.evaluation.posthoc import capture
+
+
+@register_extractor("xgradcam-own", "XGrad-CAM (dawsol)")
+def xgradcam(model, images, labels, layer=None):
+    c = capture(model, images, labels, layer)
+    alpha = (c.gradient * c.activation).sum(dim=(2, 3)) / (c.activation.sum(dim=(2, 3)) + 1e-7)
+    return F.relu(torch.einsum("bk,bkhw->bhw", alpha, c.activation))
+'''
+
+USE_THEM = """
+import json, sys
+import torch
+from dawsol.config import load_params, resolve, validate_params
+from dawsol.components.da_losses import DA_LOSSES
+from dawsol.components.extractors import EXTRACTORS
+from dawsol.da.loss import DALoss
+from dawsol.evaluation.posthoc import extractor
+from dawsol.models.model import build_model
+import dawsol
+from dawsol.report.tables import DA_NAMES, EXTRACTOR_NAMES
+
+params = load_params("params.yaml")
+params["defaults"]["da"]["coral"] = {"lambda1": 0.3, "lambda2": 2.0}
+params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "xgradcam-own"]
+settings = resolve("synthetic/resnet18/cam-coral/seed0", params)
+torch.manual_seed(0)
+loss = DALoss(settings.da, num_classes=4, feature_dim=8)
+out = loss(torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8), torch.tensor([0, 1]), 0.5)
+model = build_model(settings.model, 4, settings.wsol).eval()
+maps = extractor("xgradcam-own")(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+print(json.dumps({
+    "loss": settings.da.loss, "label": DA_NAMES["coral"], "package": dawsol.__file__,
+    "extractor_label": EXTRACTOR_NAMES["xgradcam-own"],
+    "loss_d": float(out.loss_d), "finite": bool(torch.isfinite(out.loss_d)), "maps": list(maps.shape),
+    "names": list(DA_LOSSES), "cam_methods": settings.eval.cam_methods,
+}))
+"""
+
+
+def test_a_new_da_loss_and_a_new_extractor_are_one_module_each(tmp_path):
+    """Add CORAL and an extractor as one new module each to a copy of the package: the schema, the resolver, the DA
+    loss, the extractor lookup and the report's labels take them with nothing else changed."""
+    shutil.copytree(PROJECT / "dawsol", tmp_path / "dawsol", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "workflow"):
+        source = PROJECT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    (tmp_path / "dawsol" / "da" / "coral.py").write_text(CORAL)
+    (tmp_path / "dawsol" / "evaluation" / "xgradcam.py").write_text(XGRADCAM)
+    env = {"PYTHONPATH": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", USE_THEM], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(seen["package"]).is_relative_to(tmp_path)
+    assert seen["loss"] == "coral" and seen["label"] == "DA-WSOL-CORAL" and "coral" in seen["names"]
+    assert seen["extractor_label"] == "XGrad-CAM (dawsol)" and seen["maps"][0] == 2
+    assert seen["finite"] and seen["loss_d"] >= 0
+    assert "xgradcam-own" in seen["cam_methods"]
