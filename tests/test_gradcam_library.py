@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dawsol.components.extractors import EXTRACTORS, LIBRARY_METHODS
 from dawsol.config import ModelSettings, WSOLSettings, load_params
 from dawsol.errors import DawsolError
-from dawsol.evaluation import posthoc
+from dawsol.evaluation import gradcam_library, posthoc
 from dawsol.models import build_model
 from dawsol.report.tables import EXTRACTOR_NAMES
 
@@ -190,6 +190,20 @@ def test_a_target_that_runs_twice_or_never_is_refused():
     model, images = _model("resnet50"), _images("resnet50")
     with pytest.raises(DawsolError, match="runs more than once per forward pass"):
         posthoc.extractor("layercam")(model, images, LABELS, "layer3.0.relu")
+
+
+def test_only_fullgrads_own_check_becomes_a_one_line_error(monkeypatch):
+    """An assertion inside another library method is a bug to see whole, not FullGrad's bias-layer message."""
+
+    def failing(*args, **kwargs):
+        raise AssertionError("inside the library")
+
+    monkeypatch.setattr(gradcam_library, "_run", failing)
+    model, images = _model("resnet18"), _images("resnet18")
+    with pytest.raises(AssertionError, match="inside the library"):
+        posthoc.extractor("lib-gradcam")(model, images, LABELS)
+    with pytest.raises(DawsolError, match=r"^fullgrad: "):
+        posthoc.extractor("fullgrad")(model, images, LABELS)
 
 
 def test_a_bad_method_name_is_one_line_listing_every_extractor(tmp_path):

@@ -207,3 +207,17 @@ def test_library_methods_score_a_split_and_dawsol_cams_writes_the_same_maps(
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "unknown extractor 'layer-cam'" in error and "ablationcam" in error
     assert not (project / "y").exists()
+
+
+def test_fullgrad_block_names_no_target_layer_it_does_not_read() -> None:
+    from types import SimpleNamespace
+
+    from dawsol.evaluation.cell import _extractor_blocks
+
+    settings = resolve(CELL, load_params(Path(__file__).resolve().parent.parent / "params.yaml"))
+    model = build_model(settings.model, settings.data.num_classes, settings.wsol)
+    result = SimpleNamespace(posthoc={name: SimpleNamespace(metrics={"PxAP": 1.0}) for name in ("gradcam", "fullgrad")})
+    blocks = _extractor_blocks(settings, model, {"val": result, "test": result})
+    assert blocks["gradcam"]["target_layer"] == "layer3" and blocks["gradcam"]["target_module"].startswith("layer3")
+    assert blocks["fullgrad"]["target_layer"] is None and blocks["fullgrad"]["target_module"] is None
+    assert blocks["fullgrad"]["splits"]["test"] == {"PxAP": 1.0}

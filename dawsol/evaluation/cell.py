@@ -17,6 +17,7 @@ from typing import Any
 
 from dawsol.atomic import atomic_write_text, remove_leftovers, staged
 from dawsol.checkpoints.format import assigner_from_state, model_from_state, trained_checkpoint
+from dawsol.components.extractors import EXTRACTORS
 from dawsol.config import Settings
 from dawsol.data.datasets import read_dataset_split
 from dawsol.evaluation.figures import figure_threshold, write_cam_samples, write_cams_png
@@ -132,9 +133,11 @@ def _extractor_blocks(settings: Settings, model: WSOLModel, splits: Mapping[str,
     layer = target_layer(model, settings.eval.target_layer)
     blocks = {}
     for name in splits["test"].posthoc:
+        library = EXTRACTORS[name].library
+        every_bias_layer = library is not None and library.all_bias_layers  # FullGrad reads no target layer
         blocks[name] = {
-            "target_layer": layer.name,
-            "target_module": layer.path,
+            "target_layer": None if every_bias_layer else layer.name,
+            "target_module": None if every_bias_layer else layer.path,
             "splits": {split: result.posthoc[name].metrics for split, result in splits.items()},
         }
     return blocks

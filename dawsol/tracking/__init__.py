@@ -1,8 +1,14 @@
 """MLflow tracking: the store (``store``), one run per cell and parent runs (``runs``), a report's summary runs
 and tables (``summary``), the UI server (``ui``).
 
-MLflow is a sink, never an input. The package's face re-exports what callers use as ``tracking.X``.
+MLflow is a sink, never an input. The package's face re-exports what callers use as ``tracking.X``. MLflow is
+imported only below this package, so its telemetry is switched off here, once, before any of its modules loads.
 """
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from dawsol.tracking.runs import (
     NOT_METRICS,

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,8 +23,6 @@ from dawsol.files import folder_digests
 from dawsol.layout import split_file
 from dawsol.provenance import code_version
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 

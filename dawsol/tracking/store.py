@@ -24,8 +24,6 @@ from urllib.request import url2pathname
 from dawsol.atomic import DISK_FULL_ERRNOS
 from dawsol.errors import DawsolError
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 

@@ -10,9 +10,6 @@ import subprocess
 from urllib.parse import quote
 
 from dawsol.errors import DawsolError
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
 from dawsol.tracking.store import artifact_root, tracking_uri
 from dawsol.tracking.summary import RESULTS_VIEW
 
