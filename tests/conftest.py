@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dawsol.threads import pinned_threads
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -37,10 +39,8 @@ def one_thread() -> Iterator[None]:
     runs); a module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     import torch  # here, not at the top: most test modules never import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with pinned_threads(torch.get_num_threads, torch.set_num_threads):
+        yield
 
 
 # The suite writes about 2 GB of temporary files over its run (full-size VGG16 checkpoints, the importer's
