@@ -130,6 +130,14 @@ LEFTOVERS = {
     "killed cams' staging and old folders": ["maps/.cam.staging-killed", "maps/.cam.old-killed"],
     "killed evaluate's temporary file": [f"results/cells/{CELL}/.metrics.json.killed.tmp"],
 }
+# broken params files that both front doors refuse, a dawsol command and a snakemake dry run: (name, damage, the
+# dawsol command; an empty grid shows in the grid's cells, not in one cell's settings)
+BROKEN_PARAMS: list[tuple[str, Callable[[Path], None], list[str]]] = [
+    ("YAML syntax error", _edit("params.yaml", lambda t: t + "\n  bad: [unclosed\n"), RESOLVE),
+    ("duplicate top-level key", _edit("params.yaml", lambda t: t + EXTRA_GRID), RESOLVE),
+    ("duplicate nested key", _edit("params.yaml", _replace(EPOCHS, EPOCHS + "    epochs: 5\n")), RESOLVE),
+    ("empty grid", _edit("params.yaml", _replace(SEEDS, "  seeds: []\n")), ["cells", "-q"]),
+]
 # (category, name, damage or None, command, must_refuse)
 CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], bool]] = [
     ("settings", "cam_curve_interval 1e-9", None, [*RESOLVE, "eval.cam_curve_interval=1e-9"], True),
@@ -172,31 +180,13 @@ CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], bool]] = [
     ),
     ("filesystem", "settings --out-dir under a file", None, ["settings", "--out-dir", "params.yaml/runs", "-q"], True),
     ("front doors", "unknown profile", None, [*RESOLVE, "--profile", "nope"], True),
-    ("front doors", "YAML syntax error", _edit("params.yaml", lambda t: t + "\n  bad: [unclosed\n"), RESOLVE, True),
     ("front doors", "missing params file", None, [*RESOLVE, "--params", "nope.yaml"], True),
-    ("front doors", "duplicate top-level key", _edit("params.yaml", lambda t: t + EXTRA_GRID), RESOLVE, True),
-    (
-        "front doors",
-        "duplicate nested key",
-        _edit("params.yaml", _replace(EPOCHS, EPOCHS + "    epochs: 5\n")),
-        RESOLVE,
-        True,
-    ),
-    ("front doors", "empty grid", _edit("params.yaml", _replace(SEEDS, "  seeds: []\n")), ["cells", "-q"], True),
+    *[("front doors", name, harm, command, True) for name, harm, command in BROKEN_PARAMS],
     ("snakemake", "unknown profile", None, [*DRY_RUN, "--config", "profile=nope"], True),
-    ("snakemake", "YAML syntax error", _edit("params.yaml", lambda t: t + "\n  bad: [unclosed\n"), DRY_RUN, True),
     ("snakemake", "unknown key", _edit("params.yaml", _replace(EPOCHS, "    epoch: 50\n")), DRY_RUN, True),
     ("snakemake", "bad value", _edit("params.yaml", _replace(EPOCHS, "    epochs: ten\n")), DRY_RUN, True),
     ("snakemake", "--config key nothing reads", None, [*DRY_RUN, "--config", "train=x"], True),
-    ("snakemake", "duplicate top-level key", _edit("params.yaml", lambda t: t + EXTRA_GRID), DRY_RUN, True),
-    (
-        "snakemake",
-        "duplicate nested key",
-        _edit("params.yaml", _replace(EPOCHS, EPOCHS + "    epochs: 5\n")),
-        DRY_RUN,
-        True,
-    ),
-    ("snakemake", "empty grid", _edit("params.yaml", _replace(SEEDS, "  seeds: []\n")), DRY_RUN, True),
+    *[("snakemake", name, harm, DRY_RUN, True) for name, harm, _ in BROKEN_PARAMS],
     (
         "leftovers",
         "killed prepare's build",

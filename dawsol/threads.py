@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +40,17 @@ def use_threads(threads: int) -> None:
         except RuntimeError:
             log.debug("torch's inter-op pool is in use already; it keeps %d threads", torch.get_num_interop_threads())
     cv2.setNumThreads(threads)
+
+
+@contextmanager
+def pinned_threads(
+    get_threads: Callable[[], int], set_threads: Callable[[int], None], threads: int = 1
+) -> Iterator[None]:
+    """Run the block with a thread pool at ``threads`` (``set_threads``: torch's or OpenCV's setter), then give it
+    back the count ``get_threads`` read before, whatever the block raised."""
+    before = get_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(before)

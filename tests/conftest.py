@@ -1,13 +1,17 @@
-"""Shared fixtures (the project root, a scratch copy of params.yaml) and the test tiers (docs/testing.md)."""
+"""Shared fixtures (the project root, a scratch copy of params.yaml, one torch thread) and the test tiers
+(docs/testing.md)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dawsol.threads import pinned_threads
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,16 @@ def params_copy(tmp_path: Path) -> Path:
     target = tmp_path / "params.yaml"
     shutil.copy(PROJECT_ROOT / "params.yaml", target)
     return target
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test, restored afterwards (other tests compare in- and out-of-process
+    runs); a module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # here, not at the top: most test modules never import torch
+
+    with pinned_threads(torch.get_num_threads, torch.set_num_threads):
+        yield
 
 
 # The suite writes about 2 GB of temporary files over its run (full-size VGG16 checkpoints, the importer's

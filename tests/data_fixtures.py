@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,15 @@ import numpy as np
 from dawsol.data.metadata import SplitMetadata, write_split
 
 WIDTH, HEIGHT = 20, 10
+
+
+def digest_tree(root: Path, *, but: str | None = None) -> dict[str, str]:
+    """The sha256 of every file below ``root`` by its relative path, but the files named ``but``."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != but
+    }
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

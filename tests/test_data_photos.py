@@ -9,17 +9,15 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
-from test_data_sources import RangeHandler
+from data_fixtures import digest_tree
+from http_fixtures import serving
 
 from dawsol.data import download as downloader
 from dawsol.data.debs import ar_members, read_members
@@ -170,13 +168,8 @@ def pool(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A local Debian-like pool: (served folder, base URL)."""
     served = tmp_path / "served"
     served.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(served)))
-    httpd.requests, httpd.cut, httpd.ranges, httpd.failures = [], 0, True, []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(served) as (_, url):
+        yield served, url + "/"
 
 
 @pytest.fixture
@@ -186,14 +179,6 @@ def small(tmp_path: Path, pool: tuple[Path, str]) -> tuple[PhotosConfig, Path, d
     stamps, photos = small_manifest(tmp_path / "manifest")
     packages = packages_for(served, {STAMP_PACKAGE: deb(stamps), PHOTO_PACKAGE: deb(photos)})
     return small_config(mirror=base, snapshot=base + "snapshot/"), tmp_path / "manifest", packages
-
-
-def _digest_tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != STAMP
-    }
 
 
 # --- download, .deb reading, safety -----------------------------------------------------------
@@ -213,10 +198,10 @@ def test_prepare_downloads_verifies_and_composes_a_valid_deterministic_set(tmp_p
     assert not prepare_photos(config, tmp_path / "data", manifest_dir=manifest, packages=packages)
     kept = [tmp_path / "data/downloads" / p.filename for p in packages.values()]
     assert prepare_photos(config, tmp_path / "again", kept, manifest_dir=manifest, packages=packages)
-    assert _digest_tree(dataset) == _digest_tree(tmp_path / "again/photos")
+    assert digest_tree(dataset, but=STAMP) == digest_tree(tmp_path / "again/photos", but=STAMP)
     other = dataclasses.replace(config, seed=1)
     assert prepare_photos(other, tmp_path / "again", manifest_dir=manifest, packages=packages)
-    assert _digest_tree(dataset) != _digest_tree(tmp_path / "again/photos")
+    assert digest_tree(dataset, but=STAMP) != digest_tree(tmp_path / "again/photos", but=STAMP)
 
 
 def test_the_oracle_scores_100_on_every_metric(tmp_path: Path, small) -> None:

@@ -6,16 +6,15 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from http_fixtures import serving
 
 from dawsol.data import download as downloader
 from dawsol.data.archives import safe_extract
@@ -31,46 +30,6 @@ from dawsol.data.sources import (
 from dawsol.errors import DawsolError
 
 
-class RangeHandler(SimpleHTTPRequestHandler):
-    """Serves files with HTTP Range support; can cut the next responses off half way."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        if server.failures:  # a busy server: the next requests get this HTTP error
-            self.send_error(server.failures.pop(0))
-            return
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        if (header := self.headers.get("Range")) and server.ranges:
-            start = int(header.split("=")[1].split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.cut > 0:
-            server.cut -= 1
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture(autouse=True)
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries without waiting (the waits themselves: test_retries_wait_longer_each_time_and_say_so)."""
@@ -81,13 +40,8 @@ def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 def server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, Path, str]]:
     served = tmp_path / "served"
     served.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(served)))
-    httpd.requests, httpd.cut, httpd.ranges, httpd.failures = [], 0, True, []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(served) as (httpd, url):
+        yield httpd, served, url
 
 
 def _jpeg(width: int = 12, height: int = 10) -> bytes:

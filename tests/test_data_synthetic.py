@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from data_fixtures import digest_tree
 
 from dawsol.data.datasets import EvalDataset
 from dawsol.data.metadata import read_split, validate_dataset
@@ -28,14 +28,6 @@ def project_config() -> SyntheticConfig:
 def tiny_config(**changes) -> SyntheticConfig:
     base = dict(num_classes=2, train_per_class=4, val_per_class=2, test_per_class=2)
     return dataclasses.replace(project_config(), **{**base, **changes})
-
-
-def _digest_tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != STAMP
-    }
 
 
 def test_the_tiny_benchmark_is_valid_and_complete(tmp_path: Path) -> None:
@@ -64,7 +56,7 @@ def test_generation_is_deterministic_and_seeded(tmp_path: Path) -> None:
     prepare_synthetic(config, tmp_path / "a")
     prepare_synthetic(config, tmp_path / "b")
     prepare_synthetic(dataclasses.replace(config, seed=1), tmp_path / "c")
-    a, b, c = (_digest_tree(tmp_path / n) for n in "abc")
+    a, b, c = (digest_tree(tmp_path / n, but=STAMP) for n in "abc")
     assert a == b
     images = [k for k in a if not k.startswith(("masks", "metadata"))]
     assert images == [k for k in c if not k.startswith(("masks", "metadata"))]

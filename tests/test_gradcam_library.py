@@ -26,12 +26,7 @@ PER_CHANNEL = [name for name, spec in LIBRARY_METHODS.items() if spec.per_channe
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scores(method: str, model: nn.Module, images: Tensor, layer: str | None = None, **options) -> np.ndarray:

@@ -5,45 +5,13 @@ tests/test_output_safety.py kill them and check the rerun removes those."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from train_fixtures import dawsol_env, prepare_tiny_data, run_in, write_project
+from train_fixtures import kill_at, prepare_tiny_data, run_in, write_project
 
 CELL = "synthetic/resnet18/cam-none/seed0"
-
-# `dawsol ARGS`, SIGKILLed at the nth call of MODULE.NAME (a point in the middle of its work)
-KILLER = """
-import importlib, os, signal, sys
-from dawsol import cli
-module_name, name = sys.argv[1].rsplit(".", 1)
-module = importlib.import_module(module_name)
-nth, real, calls = int(sys.argv[2]), getattr(module, name), []
-def killing(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-setattr(module, name, killing)
-sys.exit(cli.main(sys.argv[3:]))
-"""
-
-
-def kill_at(project: Path, function: str, nth: int, *args: str) -> None:
-    """Run ``dawsol ARGS`` in ``project``; SIGKILL it at its ``nth`` call of ``function`` (``module.name``)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, function, str(nth), *args],
-        cwd=project,
-        env=dawsol_env(project),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
 def hidden(folder: Path) -> list[str]:

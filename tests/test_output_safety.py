@@ -10,16 +10,14 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from train_fixtures import dawsol_env, evaluated_project, prepare_tiny_data, run_in, write_project
+from train_fixtures import evaluated_project, kill_at, prepare_tiny_data, run_in, write_project
 from workflow_fixtures import write_cell, write_dataset
 
 from dawsol import atomic
@@ -311,39 +309,10 @@ def test_training_on_a_full_runs_disk_names_the_checkpoint_then_resumes_to_the_s
     assert outputs_of(project)["metrics"] == outputs_of(evaluated)["metrics"]
 
 
-KILLER = """
-import os, signal, sys, tempfile
-from dawsol import cli
-module, name = {"mkstemp": (tempfile, "mkstemp"), "replace": (os, "replace")}[sys.argv[1]]
-nth, real, calls = int(sys.argv[2]), getattr(module, name), []
-def killing(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-setattr(module, name, killing)
-sys.exit(cli.main(sys.argv[3:]))
-"""
-
-
-def kill_at(project: Path, call: str, nth: int, *args: str) -> None:
-    """Run ``dawsol ARGS`` in ``project`` and SIGKILL it at its ``nth`` call of ``call`` (a temporary file made
-    or a rename: the points where its outputs change)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, call, str(nth), *args],
-        cwd=project,
-        env=dawsol_env(project),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-
-
 def kill_points(count: int) -> list[tuple[str, int]]:
     """Where a command writing ``count`` outputs is killed: at its first temporary file (before any rename), and
     at its first and last rename (the last: metrics.json's, for evaluate)."""
-    return [("mkstemp", 1), ("replace", 1), ("replace", count)]
+    return [("tempfile.mkstemp", 1), ("os.replace", 1), ("os.replace", count)]
 
 
 @pytest.mark.slow
@@ -359,7 +328,7 @@ def test_evaluate_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path: Pa
             same = old if now["metrics.json"] == old["metrics.json"] else new
             assert {name: same[name] for name in now} == now, (call, nth)
             assert set(now) == set(old), (call, nth)
-        if call == "mkstemp":
+        if call == "tempfile.mkstemp":
             assert now == old, "a kill before the renames changed an output"
     assert run_in(project, "evaluate", CELL, "--no-tracking") == 0
     assert outputs_of(project) == outputs_of(evaluated)
@@ -424,7 +393,7 @@ def test_report_killed_anywhere_then_rerun_gives_the_same_files(tmp_path: Path, 
         now = report_files(project)
         assert set(now) == set(new), (call, nth)
         assert all(now[path] in (old[path], new[path]) for path in now), (call, nth)  # whole files only
-        if call == "mkstemp":
+        if call == "tempfile.mkstemp":
             assert now == old, "a kill before the renames changed a file"
     assert run_in(project, "report", "--no-tracking") == 0
     assert report_files(project) == new

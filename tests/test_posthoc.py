@@ -21,14 +21,7 @@ from dawsol.evaluation import posthoc
 from dawsol.models import build_model
 from dawsol.protocol import prepare_scoremap
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for these tests, restored afterwards (other tests compare in- and out-of-process runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (backbone, width, input side): small inputs (Inception needs at least 75 px), random weights; any other backbone of

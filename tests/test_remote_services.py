@@ -3,7 +3,6 @@ push / pull round trip through a local-directory remote."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from data_fixtures import digest_tree
 from train_fixtures import PROJECT_ROOT, prepare_tiny_data, write_project
 from workflow_fixtures import copy_project, run_tool
 
@@ -114,14 +114,6 @@ def test_mlflow_server_receives_a_cells_run(tmp_path: Path, mlflow_server) -> No
     assert list((server_dir / "artifacts").rglob("train_log.jsonl"))
 
 
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.mark.slow
 def test_dvc_push_pull_round_trip_through_a_local_remote(tmp_path: Path) -> None:
     project = copy_project(PROJECT_ROOT, tmp_path / "project")
@@ -132,7 +124,7 @@ def test_dvc_push_pull_round_trip_through_a_local_remote(tmp_path: Path) -> None
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
     run_tool(["dawsol", "dvc-yaml"], project)
     run_tool(["dvc", "repro", "prepare_synthetic"], project)
-    prepared = tree_digest(project / "data/synthetic")
+    prepared = digest_tree(project / "data/synthetic")
     assert len(prepared) > 10
 
     remote = tmp_path / "remote"
@@ -144,6 +136,6 @@ def test_dvc_push_pull_round_trip_through_a_local_remote(tmp_path: Path) -> None
     shutil.rmtree(project / "data/synthetic")
     shutil.rmtree(project / ".dvc/cache")
     run_tool(["dvc", "pull", "prepare_synthetic"], project)
-    assert tree_digest(project / "data/synthetic") == prepared
+    assert digest_tree(project / "data/synthetic") == prepared
     status = run_tool(["dvc", "status", "prepare_synthetic"], project).stdout
     assert "changed" not in status

@@ -1,8 +1,10 @@
-"""A tiny synthetic project (params.yaml + prepared data) for the training and evaluation tests."""
+"""A tiny synthetic project (params.yaml + prepared data) for the training and evaluation tests, and `dawsol`
+run in it (in this process, or a subprocess killed at a chosen call)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +100,34 @@ def start(project: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# `dawsol ARGS`, SIGKILLed at the nth call of MODULE.NAME (a point in the middle of its work)
+KILLER = """
+import importlib, os, signal, sys
+from dawsol import cli
+module_name, name = sys.argv[1].rsplit(".", 1)
+module = importlib.import_module(module_name)
+nth, real, calls = int(sys.argv[2]), getattr(module, name), []
+def killing(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+setattr(module, name, killing)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def kill_at(project: Path, function: str, nth: int, *args: str) -> None:
+    """Run ``dawsol ARGS`` in ``project``; SIGKILL it at its ``nth`` call of ``function`` (``module.name``, e.g.
+    ``os.replace``: a point in the middle of its work)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, function, str(nth), *args],
+        cwd=project,
+        env=dawsol_env(project),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

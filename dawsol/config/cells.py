@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from dawsol.errors import DawsolError
 
+__all__ = ["CELL_PATTERN", "MAX_SEED", "Cell", "parse_cell"]
+
 MAX_SEED = 2**32 - 1
 # a cell name, as a regular expression without anchors (also Snakemake's {cell} wildcard constraint)
 CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+(?:-trial[0-9]+)?"

@@ -21,6 +21,20 @@ from dawsol.config.cells import Cell, parse_cell
 from dawsol.config.settings import deep_merge
 from dawsol.errors import DawsolError
 
+__all__ = [
+    "DEFAULT_PARAMS",
+    "PACKAGE_ROOT",
+    "PROJECT_ROOT",
+    "SCHEMA_PATH",
+    "apply_overrides",
+    "check_cell",
+    "check_override_keys",
+    "load_params",
+    "load_schema",
+    "parse_override",
+    "validate_params",
+]
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = PACKAGE_ROOT.parent
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"

@@ -30,6 +30,8 @@ from dawsol.config.settings import (
 from dawsol.errors import DawsolError
 from dawsol.search.space import apply_draws, draw
 
+__all__ = ["grid_cells", "grid_datasets", "grid_imports", "resolve"]
+
 
 def _require(tree: Mapping[str, Any], key: str, where: str, source: str | Path) -> Any:
     if key not in tree:

@@ -13,6 +13,20 @@ from typing import Any
 
 from dawsol.config.cells import Cell, parse_cell
 
+__all__ = [
+    "DA_COMMON_KEYS",
+    "DASettings",
+    "DataSettings",
+    "EvalSettings",
+    "ModelSettings",
+    "Settings",
+    "TrackingSettings",
+    "TrainSettings",
+    "WSOLSettings",
+    "deep_merge",
+    "tree_digest",
+]
+
 DA_COMMON_KEYS = (
     "start_epoch",
     "sample_num_source",

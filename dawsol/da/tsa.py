@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dawsol.distributed import all_gather_cat, all_reduce_sum, global_rows
+from dawsol.threads import pinned_threads
 
 UNIVERSUM, FAKE_TARGET, TRUE_TARGET = 0, 1, 2
 SET_NAMES = ("universum", "fake_target", "true_target")  # the sets by assignment label
@@ -43,12 +44,8 @@ def cpu_single_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with pinned_threads(torch.get_num_threads, torch.set_num_threads):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bmm(a: Tensor, b: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ import logging
 import shutil
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -37,16 +37,23 @@ from dawsol.atomic import atomic_write_text, remove_staging, staging_folder
 from dawsol.config import tree_digest
 from dawsol.data.debs import read_members
 from dawsol.data.download import Remote, download, verify_file
-from dawsol.data.metadata import SPLITS, SplitMetadata, read_split, validate_dataset, write_split
-from dawsol.data.synthetic import ignore_band, install_folder, mask_iou, tight_box, write_png
+from dawsol.data.metadata import SPLITS, validate_dataset
+from dawsol.data.synthetic import (
+    SPLIT_INDEX,
+    STAMP,
+    Composite,
+    holds_benchmark,
+    install_folder,
+    knobs_from_block,
+    mask_iou,
+    write_benchmark,
+)
 from dawsol.errors import DawsolError
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the rendering changes, so that prepared data regenerates
-STAMP = ".dawsol-prepared.json"
 MANIFEST_DIR = Path(__file__).with_name("photos_manifest")
-SPLIT_INDEX = {split: i for i, split in enumerate(SPLITS)}
 PARTIAL_ALPHA = (0.02, 0.98)  # alpha strictly between these is a partial (ignored) pixel
 MAX_PLACEMENT_TRIES = 20
 MAX_OVERLAP_IOU = 0.15
@@ -135,17 +142,9 @@ class PhotosConfig:
     @classmethod
     def from_params(cls, block: Mapping[str, object]) -> PhotosConfig:
         """Build from the ``photos:`` block of params.yaml (every knob is required)."""
-        known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(block) - known), sorted(known - set(block))
-        if unknown:
-            raise DawsolError(f"photos.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-        if missing:
-            raise DawsolError(f"photos.{missing[0]} is missing in params.yaml (see docs/photos.md)")
-        config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
-        for name in ("image_size", "object_scale", "background_zoom"):
-            low, high = getattr(config, name)
-            if low > high:
-                raise DawsolError(f"photos.{name}: [{low}, {high}] must be [min, max]")
+        config = knobs_from_block(
+            cls, block, "photos", "docs/photos.md", ranges=("image_size", "object_scale", "background_zoom")
+        )
         unknown_classes = sorted(set(config.classes) - set(CLASS_SCENES))
         if unknown_classes or len(set(config.classes)) != len(config.classes) or len(config.classes) < 2:
             raise DawsolError(
@@ -397,28 +396,18 @@ def generate(
     sources = split_sources(config, objects, backgrounds)
     stamps = {o.member: decode_stamp(members[o.member], o.member) for o in objects if o.label in config.classes}
     photos = {b.member: decode_background(members[b.member], b.member) for b in backgrounds}
-    for split in SPLITS:
-        meta = SplitMetadata(image_ids=[], labels={})
-        with_masks = split != "train"
-        for label_index, label in enumerate(config.classes):
-            for k in range(config.per_class(split)):
-                rng = np.random.default_rng([config.seed, SPLIT_INDEX[split], label_index, k])
-                image, masks, partial = compose_image(config, label, sources[split], stamps, photos, rng)
-                image_id = f"{split}/{label_index:03d}/{k:05d}.png"
-                write_png(out_dir / image_id, image)
-                meta.image_ids.append(image_id)
-                meta.labels[image_id] = label_index
-                meta.sizes[image_id] = (image.shape[1], image.shape[0])
-                meta.boxes[image_id] = [tight_box(m) for m in masks]
-                if with_masks:
-                    stem = f"masks/{split}/{label_index:03d}/{k:05d}"
-                    meta.masks[image_id] = [f"{stem}_m{i}.png" for i in range(len(masks))]
-                    meta.ignore_masks[image_id] = f"{stem}_ignore.png"
-                    for name, mask in zip(meta.masks[image_id], masks, strict=True):
-                        write_png(out_dir / name, mask.astype(np.uint8) * 255)
-                    ignore = ignore_band(masks, config.ignore_band) | partial
-                    write_png(out_dir / f"{stem}_ignore.png", ignore.astype(np.uint8) * 255)
-        write_split(out_dir / "metadata" / split, meta)
+
+    def compose(split: str, label_index: int, rng: np.random.Generator) -> Composite:
+        return compose_image(config, config.classes[label_index], sources[split], stamps, photos, rng)
+
+    write_benchmark(
+        out_dir,
+        seed=config.seed,
+        num_classes=len(config.classes),
+        per_class=config.per_class,
+        ignore_width=config.ignore_band,
+        compose=compose,
+    )
 
 
 def fetch_package(package: Package, config: PhotosConfig, downloads: Path, archive: Path | None = None) -> Path:
@@ -484,15 +473,7 @@ def read_sources(
 
 def is_prepared(config: PhotosConfig, dataset_dir: Path, manifest_dir: Path = MANIFEST_DIR) -> bool:
     """True if ``dataset_dir`` holds a complete, valid benchmark made with these settings."""
-    try:
-        recorded = json.loads((dataset_dir / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if recorded.get("digest") != config.digest(manifest_dir):
-        return False
-    counts = [len(read_split(dataset_dir / "metadata" / s).image_ids) for s in SPLITS]
-    expected = [len(config.classes) * config.per_class(s) for s in SPLITS]
-    return counts == expected and not validate_dataset(dataset_dir, num_classes=len(config.classes))
+    return holds_benchmark(dataset_dir, config.digest(manifest_dir), len(config.classes), config.per_class)
 
 
 def prepare_photos(

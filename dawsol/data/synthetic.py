@@ -13,7 +13,8 @@ the scene. Every split gets tight boxes; val and test also get OpenImages-style 
 masks and an ignore mask (a band of ``ignore_band`` pixels around each object's border).
 
 Everything is deterministic from ``synthetic.seed``: image ``k`` of class ``c`` in a split
-draws from its own generator seeded by ``(seed, split, c, k)``.
+draws from its own generator seeded by ``(seed, split, c, k)``. The writer of the splits, the check of a
+prepared folder and the reader of the params block serve the photos benchmark too (``photos.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -59,6 +60,29 @@ CONTEXTS = (
 )
 
 
+Knobs = TypeVar("Knobs")
+
+
+def knobs_from_block(
+    cls: type[Knobs], block: Mapping[str, Any], section: str, doc: str, ranges: Sequence[str]
+) -> Knobs:
+    """The dataclass ``cls`` from the ``section:`` block of params.yaml (the synthetic and the photos benchmark):
+    every field required and no other key (a DawsolError names the first, pointing to ``doc``), lists as tuples,
+    each field of ``ranges`` a [min, max] pair."""
+    known = {f.name for f in fields(cls)}
+    unknown, missing = sorted(set(block) - known), sorted(known - set(block))
+    if unknown:
+        raise DawsolError(f"{section}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    if missing:
+        raise DawsolError(f"{section}.{missing[0]} is missing in params.yaml (see {doc})")
+    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+    for name in ranges:
+        low, high = getattr(config, name)
+        if low > high:
+            raise DawsolError(f"{section}.{name}: [{low}, {high}] must be [min, max]")
+    return config
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The generator's knobs: the ``synthetic:`` block of params.yaml."""
@@ -81,19 +105,9 @@ class SyntheticConfig:
     @classmethod
     def from_params(cls, block: Mapping[str, Any]) -> SyntheticConfig:
         """Build from the ``synthetic:`` block of params.yaml (every knob is required)."""
-        known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(block) - known), sorted(known - set(block))
-        if unknown:
-            raise DawsolError(f"synthetic.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-        if missing:
-            raise DawsolError(f"synthetic.{missing[0]} is missing in params.yaml (see docs/synthetic-benchmark.md)")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in block.items()}
-        config = cls(**values)
-        for name in ("image_size", "object_scale", "aspect"):
-            low, high = getattr(config, name)
-            if low > high:
-                raise DawsolError(f"synthetic.{name}: [{low}, {high}] must be [min, max]")
-        return config
+        return knobs_from_block(
+            cls, block, "synthetic", "docs/synthetic-benchmark.md", ranges=("image_size", "object_scale", "aspect")
+        )
 
     def per_class(self, split: str) -> int:
         return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}[split]
@@ -344,15 +358,34 @@ def write_png(path: Path, array: np.ndarray) -> None:
         raise DawsolError(f"{path}: could not write the image (disk full or not writable?)")
 
 
-def generate(config: SyntheticConfig, out_dir: Path) -> None:
-    """Write the whole benchmark (images, masks, metadata) into ``out_dir``."""
+# what a generator makes of one image: the RGB image, its instance masks, and the pixels to ignore besides the band
+# around each mask's border (None: only the band)
+Composite = tuple[np.ndarray, list[np.ndarray], np.ndarray | None]
+
+
+def write_benchmark(
+    out_dir: Path,
+    *,
+    seed: int,
+    num_classes: int,
+    per_class: Callable[[str], int],
+    ignore_width: int,
+    compose: Callable[[str, int, np.random.Generator], Composite],
+) -> None:
+    """Write every split's images, masks and metadata into ``out_dir`` (the synthetic and the photos benchmark).
+
+    Image ``k`` of class ``label`` in ``split`` is ``compose(split, label, rng)`` with its own generator seeded
+    by ``(seed, split, label, k)``; every split gets its boxes (the masks' tight boxes), val and test also the
+    instance masks and an ignore mask (a band of ``ignore_width`` pixels around each mask's border, plus what
+    ``compose`` adds).
+    """
     for split in SPLITS:
         meta = SplitMetadata(image_ids=[], labels={})
         with_masks = split != "train"
-        for label in range(config.num_classes):
-            for k in range(config.per_class(split)):
-                rng = np.random.default_rng([config.seed, SPLIT_INDEX[split], label, k])
-                image, masks = generate_image(config, label, rng)
+        for label in range(num_classes):
+            for k in range(per_class(split)):
+                rng = np.random.default_rng([seed, SPLIT_INDEX[split], label, k])
+                image, masks, also_ignored = compose(split, label, rng)
                 image_id = f"{split}/{label:03d}/{k:05d}.png"
                 write_png(out_dir / image_id, image)
                 meta.image_ids.append(image_id)
@@ -365,26 +398,47 @@ def generate(config: SyntheticConfig, out_dir: Path) -> None:
                     meta.ignore_masks[image_id] = f"{stem}_ignore.png"
                     for name, mask in zip(meta.masks[image_id], masks, strict=True):
                         write_png(out_dir / name, mask.astype(np.uint8) * 255)
-                    write_png(
-                        out_dir / f"{stem}_ignore.png", ignore_band(masks, config.ignore_band).astype(np.uint8) * 255
-                    )
+                    ignore = ignore_band(masks, ignore_width)
+                    if also_ignored is not None:
+                        ignore = ignore | also_ignored
+                    write_png(out_dir / f"{stem}_ignore.png", ignore.astype(np.uint8) * 255)
         write_split(out_dir / "metadata" / split, meta)
+
+
+def generate(config: SyntheticConfig, out_dir: Path) -> None:
+    """Write the whole benchmark (images, masks, metadata) into ``out_dir``."""
+
+    def compose(split: str, label: int, rng: np.random.Generator) -> Composite:
+        return (*generate_image(config, label, rng), None)
+
+    write_benchmark(
+        out_dir,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        per_class=config.per_class,
+        ignore_width=config.ignore_band,
+        compose=compose,
+    )
+
+
+def holds_benchmark(dataset_dir: Path, digest: str, num_classes: int, per_class: Callable[[str], int]) -> bool:
+    """True if ``dataset_dir``'s stamp records ``digest`` and it holds a valid benchmark of ``num_classes``
+    classes with ``per_class(split)`` images each (the synthetic and the photos benchmark); a missing or
+    unreadable stamp is False."""
+    try:
+        recorded = json.loads((dataset_dir / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if recorded.get("digest") != digest:
+        return False
+    counts = [len(read_split(dataset_dir / "metadata" / s).image_ids) for s in SPLITS]
+    expected = [num_classes * per_class(s) for s in SPLITS]
+    return counts == expected and not validate_dataset(dataset_dir, num_classes=num_classes)
 
 
 def is_prepared(config: SyntheticConfig, dataset_dir: Path) -> bool:
     """True if ``dataset_dir`` holds a complete, valid benchmark made with these settings."""
-    stamp = dataset_dir / STAMP
-    if not stamp.is_file():
-        return False
-    try:
-        recorded = json.loads(stamp.read_text())
-    except json.JSONDecodeError:
-        return False
-    if recorded.get("digest") != config.digest():
-        return False
-    counts = [len(read_split(dataset_dir / "metadata" / s).image_ids) for s in SPLITS]
-    expected = [config.num_classes * config.per_class(s) for s in SPLITS]
-    return counts == expected and not validate_dataset(dataset_dir, num_classes=config.num_classes)
+    return holds_benchmark(dataset_dir, config.digest(), config.num_classes, config.per_class)
 
 
 def prepare_synthetic(config: SyntheticConfig, dataset_dir: str | Path) -> bool:

@@ -26,14 +26,14 @@ traced, and a tie falls back to the search, which alone knows cv2's order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from dawsol.protocol.scoremap import check_scoremap
+from dawsol.threads import pinned_threads
 
 # A searched mask whose neighbour below had this many contours is read from connected components
 # (about 0.5 ms whatever the count) rather than traced (about 1 us per contour, with the reductions).
@@ -166,18 +166,6 @@ def _component_boxes(binary: np.ndarray, left: int, top: int, width: int, height
     return boxes, max(areas, key=areas.__getitem__)
 
 
-@contextmanager
-def _opencv_single_threaded() -> Iterator[None]:
-    """Keep OpenCV's connected components on this thread: once its thread pool has run, a process forked
-    later (an evaluation worker) deadlocks in OpenCV, and on one mask the pool costs more CPU than it saves."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
-
-
 def _outer_area(labels: np.ndarray, stats: np.ndarray, component: int) -> float:
     """``cv2.contourArea`` of the outer contour of 0-based ``component`` (traced alone: the same points)."""
     x, y, w, h = stats[component + 1, :4]
@@ -210,7 +198,9 @@ def _distinct_mask_boxes(scoremap: np.ndarray, cam_thresholds: Sequence[float], 
     contours: list[np.ndarray] = []
     from_components: dict[int, tuple[np.ndarray, int]] = {}
     counts = np.ones(len(thresholds), dtype=np.int64)
-    with _opencv_single_threaded():
+    # OpenCV's connected components stay on this thread: once its thread pool has run, a process forked later
+    # (an evaluation worker) deadlocks in OpenCV, and on one mask the pool costs more CPU than it saves.
+    with pinned_threads(cv2.getNumThreads, cv2.setNumThreads):
         for m in searched.tolist():
             crop = image[tops[m] : bottoms[m], lefts[m] : rights[m]]
             binary = np.greater(crop, thresholds[m]).view(np.uint8)
