@@ -90,8 +90,8 @@ def test_a_declaration_the_registry_did_not_read_fails_at_import():
         def mmd_term():
             pass
 
-    with pytest.raises(DawsolError, match="'coral' declared on"):
-        check_declared("DA loss", "coral", DA_LOSSES, "term")(lambda: None)
+    with pytest.raises(DawsolError, match="'coral_probe' declared on"):
+        check_declared("DA loss", "coral_probe", DA_LOSSES, "term")(lambda: None)
 
 
 def test_the_shipped_declarations_are_the_registries():
@@ -114,7 +114,7 @@ import torch
 from dawsol.components.da_losses import register_da_loss
 
 
-@register_da_loss("coral", "DA-WSOL-CORAL")
+@register_da_loss("coral_probe", "DA-WSOL-CORAL (probe)")
 def coral_term(_discriminator, source, target, qualified, progress, schedule):
     def covariance(x):
         centred = x - x.mean(1, keepdim=True)
@@ -134,7 +134,7 @@ from dawsol.components.extractors import register_extractor
 from dawsol.evaluation.posthoc import capture
 
 
-@register_extractor("xgradcam-own", "XGrad-CAM (dawsol)")
+@register_extractor("xgradcam-probe", "XGrad-CAM (probe)")
 def xgradcam(model, images, labels, layer=None):
     c = capture(model, images, labels, layer)
     alpha = (c.gradient * c.activation).sum(dim=(2, 3)) / (c.activation.sum(dim=(2, 3)) + 1e-7)
@@ -154,17 +154,17 @@ import dawsol
 from dawsol.report.tables import DA_NAMES, EXTRACTOR_NAMES
 
 params = load_params("params.yaml")
-params["defaults"]["da"]["coral"] = {"lambda1": 0.3, "lambda2": 2.0}
-params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "xgradcam-own"]
-settings = resolve("synthetic/resnet18/cam-coral/seed0", params)
+params["defaults"]["da"]["coral_probe"] = {"lambda1": 0.3, "lambda2": 2.0}
+params["datasets"]["synthetic"]["eval"]["cam_methods"] = ["cam", "xgradcam-probe"]
+settings = resolve("synthetic/resnet18/cam-coral_probe/seed0", params)
 torch.manual_seed(0)
 loss = DALoss(settings.da, num_classes=4, feature_dim=8)
 out = loss(torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 8), torch.tensor([0, 1]), 0.5)
 model = build_model(settings.model, 4, settings.wsol).eval()
-maps = extractor("xgradcam-own")(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+maps = extractor("xgradcam-probe")(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
 print(json.dumps({
-    "loss": settings.da.loss, "label": DA_NAMES["coral"], "package": dawsol.__file__,
-    "extractor_label": EXTRACTOR_NAMES["xgradcam-own"],
+    "loss": settings.da.loss, "label": DA_NAMES["coral_probe"], "package": dawsol.__file__,
+    "extractor_label": EXTRACTOR_NAMES["xgradcam-probe"],
     "loss_d": float(out.loss_d), "finite": bool(torch.isfinite(out.loss_d)), "maps": list(maps.shape),
     "names": list(DA_LOSSES), "cam_methods": settings.eval.cam_methods,
 }))
@@ -172,20 +172,21 @@ print(json.dumps({
 
 
 def test_a_new_da_loss_and_a_new_extractor_are_one_module_each(tmp_path):
-    """Add CORAL and an extractor as one new module each to a copy of the package: the schema, the resolver, the DA
+    """Add CORAL and XGrad-CAM as one new module each to a copy of the package (under names of their own, so that
+    a developer's own CORAL or XGrad-CAM in the package does not clash): the schema, the resolver, the DA
     loss, the extractor lookup and the report's labels take them with nothing else changed."""
     shutil.copytree(PROJECT / "dawsol", tmp_path / "dawsol", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "workflow"):
         source = PROJECT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    (tmp_path / "dawsol" / "da" / "coral.py").write_text(CORAL)
-    (tmp_path / "dawsol" / "evaluation" / "xgradcam.py").write_text(XGRADCAM)
+    (tmp_path / "dawsol" / "da" / "coral_probe.py").write_text(CORAL)
+    (tmp_path / "dawsol" / "evaluation" / "xgradcam_probe.py").write_text(XGRADCAM)
     env = {"PYTHONPATH": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
     run = subprocess.run([sys.executable, "-c", USE_THEM], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(seen["package"]).is_relative_to(tmp_path)
-    assert seen["loss"] == "coral" and seen["label"] == "DA-WSOL-CORAL" and "coral" in seen["names"]
-    assert seen["extractor_label"] == "XGrad-CAM (dawsol)" and seen["maps"][0] == 2
+    assert seen["loss"] == "coral_probe" and seen["label"] == "DA-WSOL-CORAL (probe)" and "coral_probe" in seen["names"]
+    assert seen["extractor_label"] == "XGrad-CAM (probe)" and seen["maps"][0] == 2
     assert seen["finite"] and seen["loss_d"] >= 0
-    assert "xgradcam-own" in seen["cam_methods"]
+    assert "xgradcam-probe" in seen["cam_methods"]

@@ -353,3 +353,10 @@ def test_a_wrong_override_is_the_params_error_naming_it(params_copy, item, messa
     with pytest.raises(DawsolError) as error:
         apply_overrides(params, "synthetic/resnet18/cam-mmd/seed0", [item])
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_registered_backbone_needs_no_block_of_its_own():
+    params = load_params()
+    del params["backbones"]["vgg16"]
+    settings = resolve("synthetic/vgg16/cam-mmd/seed0", params)
+    assert settings.model.backbone == "vgg16"

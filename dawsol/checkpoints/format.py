@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,22 +93,38 @@ def weights_problem(weights: Mapping[str, torch.Tensor]) -> str | None:
     return f"{len(bad)} of {len(weights)} weights hold NaN or infinite values (e.g. {bad[0]})"
 
 
+def load_plain_file(path: Path, advice: str) -> Any:
+    """What a ``torch.save`` file holds, loaded on the CPU with ``weights_only=True`` and no fallback; a file that is
+    not one, a pickle that needs code to run, or a damaged file is a one-line DawsolError ending in ``advice``."""
+    require_torch_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        needed = re.search(r"GLOBAL ([\w.]+)", text)
+        reason = f"its pickle needs code to run ({needed.group(1)})" if needed else _pickle_reason(text)
+        raise DawsolError(f"{path}: refused, not a plain weights file: {reason}; {advice}") from None
+    except TORCH_LOAD_FAILURES as exc:
+        reason = (str(exc).strip().splitlines() or ["the file ends early"])[0].split(". ")[0].rstrip(".")
+        raise DawsolError(
+            f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]}); {advice}"
+        ) from None
+
+
+def _pickle_reason(text: str) -> str:
+    """The useful line of torch's weights-only error message."""
+    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if match:
+        return match.group(1).strip()[:160]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "unsupported content")[:160]
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything else is a one-line DawsolError."""
     if not path.is_file():
         raise DawsolError(f"{path}: no checkpoint (run: dawsol train <cell>)")
-    require_torch_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unsupported content"
-        raise DawsolError(
-            f"{path}: refused, it is not a plain weights checkpoint (weights_only: {reason[:160]}); "
-            "delete it and retrain, or only load files you trust"
-        ) from None
-    except TORCH_LOAD_FAILURES as exc:
-        reason = (str(exc).strip().splitlines() or [f"{type(exc).__name__}, {path.stat().st_size} bytes"])[0]
-        raise DawsolError(f"{path}: unreadable checkpoint ({reason[:160]}); delete it and retrain") from None
+    state = load_plain_file(path, "delete it and retrain, or only load files you trust")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DawsolError(f"{path}: not a dawsol checkpoint (format {CHECKPOINT_FORMAT}); delete it and retrain")
     problem = _structure_problem(state)

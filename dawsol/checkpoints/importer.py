@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,10 +34,9 @@ import torch
 from torch import Tensor
 
 from dawsol.checkpoints.format import (
-    TORCH_LOAD_FAILURES,
     imported_state,
     load_checkpoint,
-    require_torch_file,
+    load_plain_file,
     save_checkpoint,
     weights_problem,
 )
@@ -207,33 +205,10 @@ def load_weights_file(path: Path) -> dict[str, Any]:
         raise DawsolError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise DawsolError(f"{path}: not a file (give the checkpoint file itself)")
-    require_torch_file(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        needed = re.search(r"GLOBAL ([\w.]+)", text)
-        if needed:
-            raise DawsolError(
-                f"{path}: refused, not a plain weights file: its pickle needs code to run ({needed.group(1)}); "
-                "dawsol loads checkpoints with weights_only=True only"
-            ) from None
-        raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({_pickle_reason(text)})") from None
-    except TORCH_LOAD_FAILURES as exc:
-        reason = (str(exc).strip().splitlines() or ["the file ends early"])[0].split(". ")[0].rstrip(".")
-        raise DawsolError(f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]})") from None
+    loaded = load_plain_file(path, "dawsol loads checkpoints with weights_only=True only")
     if not isinstance(loaded, dict):
         raise DawsolError(f"{path}: holds a {type(loaded).__name__}, not a checkpoint dict")
     return loaded
-
-
-def _pickle_reason(text: str) -> str:
-    """The useful line of torch's weights-only error message."""
-    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    if match:
-        return match.group(1).strip()[:160]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else "unsupported content")[:160]
 
 
 def detect_format(path: Path, top: Mapping[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """The backbone records: each backbone of params.yaml with every fact about it, torch-free.
 
-A backbone is declared once, on its trunk builder in its family's module under ``dawsol.models``
-(``resnet``, ``vgg``, ``inception``, ``efficientnet_lite``)::
+A backbone is declared once, on its trunk builder in its family's module under ``dawsol.models``::
 
     @register_backbone("resnet50", "ResNet50", dropped_heads=("fc.",), target_layer="layer3", ...)
     def resnet50_trunk(request: TrunkRequest) -> Trunk: ...

@@ -3,9 +3,9 @@
 Each trunk maps images to pixel features ``[B, D, h, w]`` (post-ReLU) and names the layers it
 adds to the pretrained network (``new_layers``), which train at the classifier's learning rate
 where the official code does so. Pretrained weights load into the unmodified network first, so
-the state-dict keys stay that network's (e.g. torchvision's ``layer3.0.conv1.weight``). The
-families live in their own modules (``resnet``, ``vgg``, ``inception``, ``efficientnet_lite``),
-each backbone's record in ``dawsol.components.backbones``.
+the state-dict keys stay that network's (e.g. torchvision's ``layer3.0.conv1.weight``). Each
+family lives in a module of its own beside this one, with each backbone declared on its builder
+(``dawsol.components.backbones.register_backbone``).
 """
 
 from __future__ import annotations
