@@ -124,7 +124,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything else is a one-line DawsolError."""
     if not path.is_file():
         raise DawsolError(f"{path}: no checkpoint (run: dawsol train <cell>)")
-    state = load_plain_file(path, "delete it and retrain, or only load files you trust")
+    state = load_plain_file(path, "delete it and retrain")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DawsolError(f"{path}: not a dawsol checkpoint (format {CHECKPOINT_FORMAT}); delete it and retrain")
     problem = _structure_problem(state)
