@@ -10,7 +10,6 @@ as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -20,9 +19,8 @@ from typing import Any
 import pandas as pd
 
 from dawsol import tracking
-from dawsol.atomic import atomic_write_text, remove_leftovers, staged, unstaged
-from dawsol.config import Cell, Settings, grid_cells, grid_imports, resolve, tree_digest
-from dawsol.files import folder_digests
+from dawsol.atomic import atomic_write_text, remove_leftovers, staged
+from dawsol.config import Cell, grid_cells, grid_imports, resolve, tree_digest
 from dawsol.layout import (
     CELLS_DIR,
     FIGURES_DIR,
@@ -36,8 +34,7 @@ from dawsol.layout import (
     split_file,
     train_log_path,
 )
-from dawsol.protocol import metrics_dict
-from dawsol.protocol.evaluator import evaluate_split
+from dawsol.report.baselines import table_baselines
 from dawsol.report.posthoc import posthoc_frame, write_posthoc_tables
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
@@ -85,7 +82,8 @@ def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Tab
     if not cells:
         return {}
     outputs = report_outputs(params, source)
-    remove_leftovers(outputs["tables"] + outputs["figures"] + outputs["plots"])  # what a killed report left
+    written = outputs["tables"] + outputs["figures"] + outputs["plots"] + outputs["baselines"]
+    remove_leftovers(written)  # what a killed report left
     with staged():
         return _write_report(cells, params, source)
 
@@ -101,13 +99,11 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
     for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
         settings = resolve(_first_seed(own)[0], params, source)
-        test_split = split_file(settings.dataset_dir, "test").parent
-        prepared = test_split.is_dir()
-        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {dataset}`)"
-        rows = [frame, baseline_rows(dataset, baseline_metrics(settings))] if prepared else [frame]
+        baselines = table_baselines(settings)
+        rows = [frame, baseline_rows(dataset, baselines.metrics)] if baselines.metrics else [frame]
         table = aggregate(pd.concat(rows, ignore_index=True), dataset)
-        if not prepared:  # a fresh clone: the committed results without the data
-            table = replace(table, notes=(_warn(f"no baseline rows: {unprepared}"),))
+        if baselines.missing:  # a fresh clone without the committed baselines
+            table = replace(table, notes=(_warn(baselines.missing),))
         if len(table.code_versions) > 1:
             log.warning(
                 "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
@@ -136,6 +132,9 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
             _missing(trained, logged, train_log_path, "training log", NOT_IN_GIT["train_log"]),
         )
 
+        test_split = split_file(settings.dataset_dir, "test").parent
+        prepared = test_split.is_dir()
+        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {dataset}`)"
         first = _first_seed(own)
         sampled = [c for c in first if prepared and _cam_samples_path(c).is_file()]
         missing = _missing(first, sampled, _cam_samples_path, "CAM samples", NOT_IN_GIT["cams"]) if prepared else ""
@@ -170,47 +169,6 @@ def _missing(cells: list[Cell], present: list[Cell], path: Callable[[Cell], Path
     if not absent:
         return ""
     return _warn(f"{len(absent)} of {len(cells)} cells without {what} (e.g. {path(absent[0]).as_posix()}): {why}")
-
-
-def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The centre and random baselines on the test split of ``settings``' dataset, evaluated at the cell's
-    size and CAM thresholds (``dawsol metrics --baseline``), so they sit in the table beside the cells.
-
-    Kept in ``runs/baselines/<dataset>/`` under a key of the split's metadata and those settings:
-    a second report (ILSVRC's 50,000 test images) reads them instead of evaluating again.
-    """
-    metadata = split_file(settings.dataset_dir, "test").parent
-    mask_root = settings.data.mask_root
-    ev = settings.eval
-    results = {}
-    for name in ("center", "random"):
-        key = tree_digest(
-            {
-                "baseline": name,
-                "metadata": folder_digests(metadata),
-                "size": settings.data.image_size,
-                "interval": ev.cam_curve_interval,
-                "iou": list(ev.iou_thresholds),
-                "mask_root": mask_root,
-            }
-        )
-        cached = RUNS_DIR / "baselines" / settings.cell.dataset / f"{name}-{key}.json"
-        if cached.is_file():
-            results[name] = json.loads(cached.read_text())
-            continue
-        box, mask = evaluate_split(
-            metadata,
-            mask_root=mask_root,
-            cam_curve_interval=ev.cam_curve_interval,
-            iou_thresholds=ev.iou_thresholds,
-            size=settings.data.image_size,
-            workers=ev.workers,
-            baseline=name,
-        )
-        results[name] = metrics_dict(box, mask, ev.iou_thresholds)
-        with unstaged():  # kept even if the report fails later
-            atomic_write_text(cached, json.dumps(results[name]))
-    return results
 
 
 def _labels(cells: list[Cell]) -> dict[tuple[str, str], str]:
