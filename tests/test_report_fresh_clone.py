@@ -1,7 +1,7 @@
 """`dawsol report` on what a fresh clone has: the committed results, no data, training logs or CAM samples.
 
-The baseline rows, which need the data, come from the committed results/baselines/; the report draws the rest
-and names what is missing.
+What such a report cannot recompute (the baseline rows, the training and CAM figures) is kept as it was; it
+draws the rest and names what is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dawsol.cli import main
 from dawsol.config import load_params
 from dawsol.layout import baselines_path, report_outputs
 
+KEPT = "kept results/figures/synthetic_{}.png: "
 UNPREPARED = "data/synthetic/metadata/test is missing (run `dawsol prepare synthetic`)"
 
 
@@ -41,7 +42,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
 
-def test_a_fresh_clone_keeps_the_committed_baselines(
+def test_a_fresh_clone_keeps_what_it_cannot_recompute_and_says_so(
     fake_results: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -53,11 +54,12 @@ def test_a_fresh_clone_keeps_the_committed_baselines(
     caplog.clear()
 
     assert main(["report", "--no-tracking"]) == 0
-    now = _outputs(fake_results, params)
-    for path, content in full.items():
-        if not path.startswith("results/figures/"):
-            assert now[path] == content, path  # every table, plot and baseline: the same bytes
-    assert not any("baseline" in w for w in _warnings(caplog)), _warnings(caplog)
+    assert _outputs(fake_results, params) == full  # every table, figure, plot and baseline: the same bytes
+    warnings = _warnings(caplog)
+    assert any(w == f"report: {KEPT.format('cams')}{UNPREPARED}" for w in warnings), warnings
+    training = KEPT.format("training") + "9 of 9 cells without training log"
+    assert any(w.startswith(f"report: {training}") and "dvc pull" in w for w in warnings), warnings
+    assert not any("baseline" in w for w in warnings), warnings
     csv = pd.read_csv(fake_results / "results/tables/synthetic.csv")
     assert list(csv["method"])[-2:] == ["center-none", "random-none"]  # from results/baselines/synthetic.json
 
@@ -66,18 +68,20 @@ def test_a_fresh_clone_without_the_committed_results_draws_what_it_can(
     fake_results: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Without the committed baselines, the report says what is missing."""
+    """Where nothing was there before (no baselines, no training or CAM figure), the report says what is missing."""
     assert main(["report", "--no-tracking"]) == 0
     full = _outputs(fake_results, fake_results / "params.yaml")
     _as_a_fresh_clone(fake_results)
     baselines_path("synthetic").unlink()
     figures = fake_results / "results/figures"
+    for kind in ("training", "cams"):
+        (figures / f"synthetic_{kind}.png").unlink()
     caplog.clear()
 
     assert main(["report", "--no-tracking"]) == 0
     warnings = _warnings(caplog)
     assert any(w == f"report: no baseline rows: {UNPREPARED}" for w in warnings), warnings
-    assert any(w.startswith("report: 9 of 9 cells without training log") for w in warnings), warnings
+    assert any(w.startswith("report: no training curves drawn: 9 of 9 cells without training log") for w in warnings)
     assert any(w == f"report: no CAMs drawn: {UNPREPARED}" for w in warnings), warnings
     csv = pd.read_csv(fake_results / "results/tables/synthetic.csv")
     assert list(csv["method"]) == ["cam-none", "cam-mmd", "cam-dann"]  # the cells; the baselines need the data
