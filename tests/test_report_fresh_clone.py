@@ -1,7 +1,7 @@
 """`dawsol report` on what a fresh clone has: the committed results, no data, training logs or CAM samples.
 
-What such a report cannot recompute (the baseline rows, the training and CAM figures) is kept as it was; it
-draws the rest and names what is missing.
+What such a report cannot recompute (the baseline rows, the training and CAM figures, the post-hoc table's
+measured seconds) is kept as it was; it draws the rest and names what is missing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from test_workflow_report import fake_results  # noqa: F401 (a fixture)
 
 from dawsol.cli import main
 from dawsol.config import load_params
-from dawsol.layout import baselines_path, report_outputs
+from dawsol.layout import RESULTS, baselines_path, report_outputs
 
 KEPT = "kept results/figures/synthetic_{}.png: "
 UNPREPARED = "data/synthetic/metadata/test is missing (run `dawsol prepare synthetic`)"
@@ -133,3 +133,32 @@ def test_a_broken_baselines_file_is_a_one_line_error(
     assert err.startswith("dawsol: error: results/baselines/synthetic.json: not a baselines record"), err
     assert "git checkout results/baselines/synthetic.json" in err and "dawsol prepare synthetic" in err
     assert (fake_results / "results/tables/synthetic.md").read_bytes() == tables
+
+
+@pytest.mark.parametrize("profile", [None, "photos"])
+def test_a_fresh_clone_report_changes_no_committed_result(
+    profile: str | None,
+    project_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The repository's own results/ and params.yaml, without data, runs or timing records: a report rewrites every
+    table, plot and baseline with the same bytes and keeps the figures it cannot draw."""
+    shutil.copytree(project_root / RESULTS, tmp_path / RESULTS)
+    shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    dataset = "photos" if profile else "synthetic"
+    outputs = report_outputs(load_params(params, profile), params)
+    drawn = {p.as_posix() for p in outputs["figures"] if p.stem.endswith(("_boxacc", "_pxpr"))}  # by this matplotlib
+    committed = {p.as_posix(): (project_root / p).read_bytes() for group in outputs.values() for p in group}
+    assert f"results/baselines/{dataset}.json" in committed
+
+    assert main(["report", "--no-tracking", *(["--profile", profile] if profile else [])]) == 0
+    for path, content in committed.items():
+        if path not in drawn:
+            assert (tmp_path / path).read_bytes() == content, path
+    warnings = _warnings(caplog)
+    assert any(w.startswith(f"report: kept results/figures/{dataset}_cams.png: data/{dataset}/") for w in warnings)
+    assert any(w.startswith(f"report: kept results/figures/{dataset}_training.png: 9 of 9 cells") for w in warnings)
