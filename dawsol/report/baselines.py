@@ -5,7 +5,7 @@ They are evaluated where the test split is prepared, at the cells' image size an
 split's metadata and those settings, so a second report (ILSVRC's 50,000 test images) does not
 evaluate again, and as a result, ``results/baselines/<dataset>.json`` (``layout.baselines_path``),
 the same bytes while nothing changes. A report without the data (a fresh clone) reads that file,
-so its table keeps the rows it cannot recompute (docs/pipeline.md, "A fresh clone").
+so its table keeps the rows it cannot recompute (docs/pipeline.md, "`dawsol report` on a fresh clone").
 """
 
 from __future__ import annotations
