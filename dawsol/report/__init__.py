@@ -31,10 +31,9 @@ from dawsol.layout import (
     evaluate_outputs,
     method_key,
     report_outputs,
-    split_file,
     train_log_path,
 )
-from dawsol.report.baselines import table_baselines
+from dawsol.report.baselines import missing_test_split, table_baselines
 from dawsol.report.posthoc import posthoc_frame, write_posthoc_tables
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
@@ -151,9 +150,8 @@ def _draw_cams(first: list[Cell], labels: Mapping[tuple[str, str], str], setting
     the test split or any cell's samples (a fresh clone), ``_keep_or_note``."""
     from dawsol.report import figures
 
-    test_split = split_file(settings.dataset_dir, "test").parent
-    if not test_split.is_dir():
-        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {settings.cell.dataset}`)"
+    unprepared = missing_test_split(settings)
+    if unprepared:
         _keep_or_note(path, "no CAMs drawn", unprepared)
         return
     sampled = [c for c in first if _cam_samples_path(c).is_file()]

@@ -38,19 +38,19 @@ def table_baselines(settings: Settings) -> TableBaselines:
     """The baselines of the table of ``settings``' dataset: evaluated (and written to ``results/baselines/``) where
     its test split is prepared, read from that file where it is not, none (saying why) where neither is there."""
     dataset = settings.cell.dataset
-    metadata = split_file(settings.dataset_dir, "test").parent
     path = baselines_path(dataset)
-    if metadata.is_dir():
+    unprepared = missing_test_split(settings)
+    if not unprepared:
         metrics = evaluate_baselines(settings)
         record = {
             "dataset": dataset,
             "settings": _settings(settings),
-            "test_metadata": folder_digests(metadata),  # the split they were evaluated on (sha256 per file)
+            # the split they were evaluated on: the sha256 of each metadata file
+            "test_metadata": folder_digests(split_file(settings.dataset_dir, "test").parent),
             "baselines": metrics,
         }
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         return TableBaselines(metrics)
-    unprepared = f"{metadata.as_posix()} is missing (run `dawsol prepare {dataset}`)"
     if not path.is_file():
         return TableBaselines({}, f"no baseline rows: {unprepared}")
     record = _read(path, dataset)
@@ -62,6 +62,14 @@ def table_baselines(settings: Settings) -> TableBaselines:
         )
     log.info("report: the %s baseline rows from %s (%s)", dataset, path.as_posix(), unprepared)
     return TableBaselines(record["baselines"])
+
+
+def missing_test_split(settings: Settings) -> str:
+    """Why the prepared test split of ``settings``' dataset is not there, and what makes it; "" where it is."""
+    metadata = split_file(settings.dataset_dir, "test").parent
+    if metadata.is_dir():
+        return ""
+    return f"{metadata.as_posix()} is missing (run `dawsol prepare {settings.cell.dataset}`)"
 
 
 def _settings(settings: Settings) -> dict[str, Any]:
