@@ -23,6 +23,8 @@ TABLES_DIR = RESULTS / "tables"
 FIGURES_DIR = RESULTS / "figures"
 PLOTS_DIR = RESULTS / "plots"
 SEARCH_DIR = RESULTS / "search"
+# per dataset: the no-model baselines of its test split, a result a report reads where the data is missing
+BASELINES_DIR = RESULTS / "baselines"
 # per searched dataset: the trials' table and figure, and `<dataset>.tuned.yaml` (its part of params.yaml `tuned`)
 TUNED_FORMAT = "tuned.yaml"
 SEARCH_FORMATS = ("csv", "md", "png", TUNED_FORMAT)
@@ -149,18 +151,26 @@ def read_cell_metrics(cell: Cell, split: str, cells_dir: Path = CELLS_DIR) -> Ce
     return CellMetrics(document, maps)
 
 
+def baselines_path(dataset: str) -> Path:
+    """``results/baselines/<dataset>.json``: the centre and random baselines of the dataset's test split, which
+    ``dawsol report`` writes where the data is prepared and reads where it is not (a fresh clone)."""
+    return BASELINES_DIR / f"{dataset}.json"
+
+
 def method_key(cell: Cell) -> str:
     """A file-name-safe key of a cell's row in the tables: ``<backbone>_<wsol>-<da>``."""
     return f"{cell.backbone}_{cell.method}"
 
 
 def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, list[Path]]:
-    """``dawsol report``'s outputs: tables, figures and DVC plot data per dataset and the reported vs
-    reproduced table, over the grid's cells; a search's table, figure and ``<dataset>.tuned.yaml`` over its trials."""
+    """``dawsol report``'s outputs: tables, figures, DVC plot data and the no-model baselines per dataset and the
+    reported vs reproduced table, over the grid's cells; a search's table, figure and ``<dataset>.tuned.yaml`` over
+    its trials."""
     cells = grid_cells(params, source)
     trained = [c for c in cells if c.trial is None]
-    tables, figures, plots, search = [], [], [], []
+    tables, figures, plots, search, baselines = [], [], [], [], []
     for dataset in dict.fromkeys(c.dataset for c in trained):
+        baselines.append(baselines_path(dataset))
         tables += [TABLES_DIR / f"{dataset}.{fmt}" for fmt in TABLE_FORMATS]
         tables += [TABLES_DIR / f"{dataset}{POSTHOC_SUFFIX}.{fmt}" for fmt in POSTHOC_FORMATS]
         figures += [FIGURES_DIR / f"{dataset}_{kind}.png" for kind in FIGURE_KINDS]
@@ -171,7 +181,7 @@ def report_outputs(params: Mapping[str, Any], source: str | Path) -> dict[str, l
     trial_datasets = dict.fromkeys(c.dataset for c in cells if c.trial is not None)
     if trial_datasets:
         search = [SEARCH_DIR / f"{dataset}.{fmt}" for dataset in trial_datasets for fmt in SEARCH_FORMATS]
-    return {"tables": tables, "figures": figures, "plots": plots, "search": search}
+    return {"tables": tables, "figures": figures, "plots": plots, "search": search, "baselines": baselines}
 
 
 def report_inputs(params: Mapping[str, Any], source: str | Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -74,8 +75,6 @@ def test_report_missing_cell_is_one_line_error(fake_results: Path, capsys: pytes
 
 def test_report_only_supported_columns(fake_results: Path, params_copy: Path) -> None:
     """A dataset without masks has no PxAP / pIoU columns."""
-    import json
-
     for path in (fake_results / "results/cells").rglob("metrics.json"):
         data = json.loads(path.read_text())
         data["splits"]["test"].update({"PxAP": None, "pIoU": None})
@@ -144,8 +143,6 @@ def test_latex_table_compiles(fake_results: Path) -> None:
 
 def test_tables_carry_the_no_model_baselines_of_the_test_split(fake_results: Path, params_copy: Path) -> None:
     """The centre and random rows equal `dawsol metrics --baseline` at the cells' size and thresholds; never bold."""
-    import json
-
     from dawsol.config import resolve
 
     assert main(["report", "--no-tracking"]) == 0
@@ -167,13 +164,29 @@ def test_tables_carry_the_no_model_baselines_of_the_test_split(fake_results: Pat
 def test_the_baselines_are_evaluated_once_per_split_and_settings(
     fake_results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dawsol.report as report
+    """Evaluated where the data is, then read from runs/baselines/; written to results/baselines/ by every report,
+    the same bytes while nothing changes (a rerun does not touch git)."""
+    import dawsol.report.baselines as baselines
 
     calls = []
-    real = report.evaluate_split
-    monkeypatch.setattr(report, "evaluate_split", lambda *a, **k: calls.append(k["baseline"]) or real(*a, **k))
+    real = baselines.evaluate_split
+    monkeypatch.setattr(baselines, "evaluate_split", lambda *a, **k: calls.append(k["baseline"]) or real(*a, **k))
+    result = fake_results / "results/baselines/synthetic.json"
     assert main(["report", "--no-tracking"]) == 0
     first = (fake_results / "results/tables/synthetic.csv").read_text()
+    written = result.read_bytes()
+    record = json.loads(written)
+    assert set(record["baselines"]) == {"center", "random"}
+    assert record["settings"] == {"image_size": 96, "cam_curve_interval": 0.001, "iou_thresholds": [30, 50, 70]}
+    assert set(record["test_metadata"]) >= {"image_ids.txt", "localization.txt"}
+    inode = result.stat().st_ino
+
     assert main(["report", "--no-tracking"]) == 0
     assert calls == ["center", "random"]  # the second report read runs/baselines/
     assert (fake_results / "results/tables/synthetic.csv").read_text() == first
+    assert result.stat().st_ino != inode and result.read_bytes() == written  # rewritten, the same bytes
+
+    shutil.rmtree(fake_results / "runs/baselines")
+    assert main(["report", "--no-tracking"]) == 0
+    assert calls == ["center", "random"] * 2  # evaluated again: the same bytes
+    assert result.read_bytes() == written

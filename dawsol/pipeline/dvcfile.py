@@ -103,13 +103,12 @@ def dvc_stages(params: Mapping[str, Any], source: str | Path, profile: str | Non
     }
     report_outs = report_outputs(params, source)
     report_deps = [data_dirs[d] for d in names] + posix(report_inputs(params, source))
+    committed = report_outs["tables"] + report_outs["plots"] + report_outs["search"] + report_outs["baselines"]
     stages["report"] = {
         "cmd": cli("report", source=source, profile=profile),
         "params": [{params_file: ["grid", "search"]}],
         "deps": report_deps,
-        "outs": [
-            {p: {"cache": False}} for p in posix(report_outs["tables"] + report_outs["plots"] + report_outs["search"])
-        ],
+        "outs": [{p: {"cache": False}} for p in posix(committed)],
         "plots": [{p: {"cache": False}} for p in posix(report_outs["figures"])],
     }
     return {"stages": stages, "plots": _dvc_plots(params, source)}

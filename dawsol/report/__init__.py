@@ -1,16 +1,15 @@
 """``dawsol report``: tables, figures and plot data from the cells' results, and the grid's MLflow runs.
 
 Everything is read from the files the DAG tracks (``results/cells/<cell>/``, ``runs/<cell>/
-train_log.jsonl`` and the prepared test split) and written to the paths
-``dawsol.layout.report_outputs`` declares for Snakemake and DVC. The tables, figures and plot data
-are written beside their paths and renamed together at the end (``dawsol.atomic.staged``), and so
-is the search's part: a failure before then (a bad cell, a full disk, a kill) leaves the old report
-as it was.
+train_log.jsonl`` and the prepared test split; where a fresh clone lacks them, what the last report
+made of them is kept) and written to the paths ``dawsol.layout.report_outputs`` declares for
+Snakemake and DVC. The tables, figures, plot data and baselines are written beside their paths and
+renamed together at the end (``dawsol.atomic.staged``), and so is the search's part: a failure
+before then (a bad cell, a full disk, a kill) leaves the old report as it was.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -20,9 +19,8 @@ from typing import Any
 import pandas as pd
 
 from dawsol import tracking
-from dawsol.atomic import atomic_write_text, remove_leftovers, staged, unstaged
+from dawsol.atomic import atomic_write_text, remove_leftovers, staged
 from dawsol.config import Cell, Settings, grid_cells, grid_imports, resolve, tree_digest
-from dawsol.files import folder_digests
 from dawsol.layout import (
     CELLS_DIR,
     FIGURES_DIR,
@@ -33,11 +31,9 @@ from dawsol.layout import (
     evaluate_outputs,
     method_key,
     report_outputs,
-    split_file,
     train_log_path,
 )
-from dawsol.protocol import metrics_dict
-from dawsol.protocol.evaluator import evaluate_split
+from dawsol.report.baselines import missing_test_split, table_baselines
 from dawsol.report.posthoc import posthoc_frame, write_posthoc_tables
 from dawsol.report.reported import write_comparison
 from dawsol.report.search import SearchResult, write_search
@@ -77,15 +73,18 @@ def build_search(params: Mapping[str, Any], source: str | Path) -> SearchResult 
 
 
 def build_report(params: Mapping[str, Any], source: str | Path) -> dict[str, Table]:
-    """Write every dataset's tables, figures and DVC plot data; return the tables by dataset.
+    """Write every dataset's tables, figures, DVC plot data and no-model baselines; return the tables by dataset.
 
-    Search trials are not rows of these tables (``build_search`` reports them).
+    What a report cannot recompute is kept, not replaced (a fresh clone has no data, training logs or CAM
+    samples): the baseline rows come from ``results/baselines/``, and a figure with nothing to draw stays as
+    it was, the log saying so. Search trials are not rows of these tables (``build_search`` reports them).
     """
     cells = [c for c in grid_cells(params, source) if c.trial is None]
     if not cells:
         return {}
     outputs = report_outputs(params, source)
-    remove_leftovers(outputs["tables"] + outputs["figures"] + outputs["plots"])  # what a killed report left
+    written = outputs["tables"] + outputs["figures"] + outputs["plots"] + outputs["baselines"]
+    remove_leftovers(written)  # what a killed report left
     with staged():
         return _write_report(cells, params, source)
 
@@ -101,13 +100,11 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
     for dataset in dict.fromkeys(c.dataset for c in cells):
         own = [c for c in cells if c.dataset == dataset]
         settings = resolve(_first_seed(own)[0], params, source)
-        test_split = split_file(settings.dataset_dir, "test").parent
-        prepared = test_split.is_dir()
-        unprepared = f"{test_split.as_posix()} is missing (run `dawsol prepare {dataset}`)"
-        rows = [frame, baseline_rows(dataset, baseline_metrics(settings))] if prepared else [frame]
+        baselines = table_baselines(settings)
+        rows = [frame, baseline_rows(dataset, baselines.metrics)] if baselines.metrics else [frame]
         table = aggregate(pd.concat(rows, ignore_index=True), dataset)
-        if not prepared:  # a fresh clone: the committed results without the data
-            table = replace(table, notes=(_warn(f"no baseline rows: {unprepared}"),))
+        if baselines.missing:  # a fresh clone without the committed baselines
+            table = replace(table, notes=(_warn(baselines.missing),))
         if len(table.code_versions) > 1:
             log.warning(
                 "report: the %s table mixes cells of %d code versions (%s); re-run the stale cells "
@@ -128,30 +125,60 @@ def _write_report(cells: list[Cell], params: Mapping[str, Any], source: str | Pa
         figures.plot_box_curves(curves, labels, FIGURES_DIR / f"{dataset}_boxacc.png")
         figures.plot_pixel_pr(curves, labels, FIGURES_DIR / f"{dataset}_pxpr.png")
         trained = [c for c in own if c not in imports]  # an imported cell has no training log
-        logged = [c for c in trained if train_log_path(c).is_file()]
-        figures.plot_training(
-            figures.read_train_logs(logged, RUNS_DIR),
-            labels,
-            FIGURES_DIR / f"{dataset}_training.png",
-            _missing(trained, logged, train_log_path, "training log", NOT_IN_GIT["train_log"]),
-        )
-
-        first = _first_seed(own)
-        sampled = [c for c in first if prepared and _cam_samples_path(c).is_file()]
-        missing = _missing(first, sampled, _cam_samples_path, "CAM samples", NOT_IN_GIT["cams"]) if prepared else ""
-        mask_root = Path(settings.data.mask_root) if settings.data.mask_root else None
-        figures.plot_cams(
-            sampled,
-            [labels[(c.backbone, c.method)] for c in sampled],
-            CELLS_DIR,
-            settings.dataset_dir,
-            mask_root,
-            FIGURES_DIR / f"{dataset}_cams.png",
-            missing if prepared else _warn(f"no CAMs drawn: {unprepared}"),
-        )
+        _draw_training(trained, labels, FIGURES_DIR / f"{dataset}_training.png")
+        _draw_cams(_first_seed(own), labels, settings, FIGURES_DIR / f"{dataset}_cams.png")
         log.info("report: %s (%d cells) -> %s, %s", dataset, len(own), TABLES_DIR, FIGURES_DIR)
     write_comparison(cells, CELLS_DIR, TABLES_DIR)
     return tables
+
+
+def _draw_training(trained: list[Cell], labels: Mapping[tuple[str, str], str], path: Path) -> None:
+    """The training curves of the cells dawsol trained, saying whose logs are missing; where no cell has its log
+    (a fresh clone), ``_keep_or_note``."""
+    from dawsol.report import figures
+
+    logged = [c for c in trained if train_log_path(c).is_file()]
+    missing = _missing(trained, logged, train_log_path, "training log", NOT_IN_GIT["train_log"])
+    if trained and not logged:
+        _keep_or_note(path, "no training curves drawn", missing)
+        return
+    figures.plot_training(figures.read_train_logs(logged, RUNS_DIR), labels, path, _warn(missing))
+
+
+def _draw_cams(first: list[Cell], labels: Mapping[tuple[str, str], str], settings: Settings, path: Path) -> None:
+    """The CAMs of the first seed of each method on the same test images, saying whose samples are missing; without
+    the test split or any cell's samples (a fresh clone), ``_keep_or_note``."""
+    from dawsol.report import figures
+
+    unprepared = missing_test_split(settings)
+    if unprepared:
+        _keep_or_note(path, "no CAMs drawn", unprepared)
+        return
+    sampled = [c for c in first if _cam_samples_path(c).is_file()]
+    missing = _missing(first, sampled, _cam_samples_path, "CAM samples", NOT_IN_GIT["cams"])
+    if not sampled:
+        _keep_or_note(path, "no CAMs drawn", missing)
+        return
+    figures.plot_cams(
+        sampled,
+        [labels[(c.backbone, c.method)] for c in sampled],
+        CELLS_DIR,
+        settings.dataset_dir,
+        Path(settings.data.mask_root) if settings.data.mask_root else None,
+        path,
+        _warn(missing),
+    )
+
+
+def _keep_or_note(path: Path, what: str, why: str) -> None:
+    """A figure with nothing to draw: the one at ``path`` is kept (a result this report cannot draw again, e.g.
+    a committed figure on a fresh clone), and only where there is none, a figure of ``what``: ``why``."""
+    from dawsol.report import figures
+
+    if path.is_file():
+        _warn(f"kept {path.as_posix()}: {why}")
+    else:
+        figures.save_note(path, _warn(f"{what}: {why}"))
 
 
 def _cam_samples_path(cell: Cell) -> Path:
@@ -159,8 +186,9 @@ def _cam_samples_path(cell: Cell) -> Path:
 
 
 def _warn(note: str) -> str:
-    """Log what the report could not draw; return it (for the figure or table that says so)."""
-    log.warning("report: %s", note)
+    """Log what the report could not draw or recompute, if anything; return it (for the figure or table)."""
+    if note:
+        log.warning("report: %s", note)
     return note
 
 
@@ -169,48 +197,7 @@ def _missing(cells: list[Cell], present: list[Cell], path: Callable[[Cell], Path
     absent = [c for c in cells if c not in present]
     if not absent:
         return ""
-    return _warn(f"{len(absent)} of {len(cells)} cells without {what} (e.g. {path(absent[0]).as_posix()}): {why}")
-
-
-def baseline_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The centre and random baselines on the test split of ``settings``' dataset, evaluated at the cell's
-    size and CAM thresholds (``dawsol metrics --baseline``), so they sit in the table beside the cells.
-
-    Kept in ``runs/baselines/<dataset>/`` under a key of the split's metadata and those settings:
-    a second report (ILSVRC's 50,000 test images) reads them instead of evaluating again.
-    """
-    metadata = split_file(settings.dataset_dir, "test").parent
-    mask_root = settings.data.mask_root
-    ev = settings.eval
-    results = {}
-    for name in ("center", "random"):
-        key = tree_digest(
-            {
-                "baseline": name,
-                "metadata": folder_digests(metadata),
-                "size": settings.data.image_size,
-                "interval": ev.cam_curve_interval,
-                "iou": list(ev.iou_thresholds),
-                "mask_root": mask_root,
-            }
-        )
-        cached = RUNS_DIR / "baselines" / settings.cell.dataset / f"{name}-{key}.json"
-        if cached.is_file():
-            results[name] = json.loads(cached.read_text())
-            continue
-        box, mask = evaluate_split(
-            metadata,
-            mask_root=mask_root,
-            cam_curve_interval=ev.cam_curve_interval,
-            iou_thresholds=ev.iou_thresholds,
-            size=settings.data.image_size,
-            workers=ev.workers,
-            baseline=name,
-        )
-        results[name] = metrics_dict(box, mask, ev.iou_thresholds)
-        with unstaged():  # kept even if the report fails later
-            atomic_write_text(cached, json.dumps(results[name]))
-    return results
+    return f"{len(absent)} of {len(cells)} cells without {what} (e.g. {path(absent[0]).as_posix()}): {why}"
 
 
 def _labels(cells: list[Cell]) -> dict[tuple[str, str], str]:

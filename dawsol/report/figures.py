@@ -39,8 +39,8 @@ def _note(fig, note: str) -> None:
         fig.text(0.5, 0, textwrap.fill(note, 110), ha="center", va="top", fontsize=8, color="firebrick")
 
 
-def _save_note(path: Path, note: str) -> None:
-    """A figure of nothing but ``note``, where nothing could be drawn."""
+def save_note(path: Path, note: str) -> None:
+    """A figure of nothing but ``note``, where nothing could be drawn and no figure was there before."""
     fig = _pyplot().figure(figsize=(7, 0.6))
     _note(fig, note)
     _save(fig, path)
@@ -142,10 +142,7 @@ def read_train_logs(cells: Sequence[Cell], runs_dir: Path) -> pd.DataFrame:
 
 def plot_training(logs: pd.DataFrame, labels: Mapping[tuple[str, str], str], path: Path, note: str = "") -> None:
     """Per-epoch losses, training accuracy and validation metrics, mean over seeds per method; ``note`` says
-    which cells' logs are missing (a fresh clone has none)."""
-    if logs.empty and note:
-        _save_note(path, note)
-        return
+    which cells' logs are missing."""
     plt = _pyplot()
     series = [*TRAIN_SERIES, *(f"val_{m}" for m in VAL_SERIES)]
     titles = {
@@ -185,13 +182,12 @@ def plot_cams(
     note: str = "",
 ) -> None:
     """Each method's CAM (one row per cell, and one per post-hoc map a cell has) on the same test images,
-    with the ground truth; ``note`` says which methods' samples are missing (none given: only the note)."""
+    with the ground truth; ``note`` says which methods' samples are missing."""
     import cv2
 
-    plt = _pyplot()
     if not cells:
-        _save_note(path, note or "no cells to draw")
-        return
+        raise ValueError("plot_cams needs at least one cell with CAM samples")
+    plt = _pyplot()
     samples, row_labels = [], []
     for cell, label in zip(cells, labels, strict=True):
         npz = evaluate_outputs(cell, cells_dir)["cam_samples"]

@@ -23,7 +23,7 @@ from dawsol.errors import DawsolError
 from dawsol.layout import OWN_MAPS, read_cell_metrics
 from dawsol.provenance import describe
 
-# the rows of score maps that need no model: what a number is worth (dawsol.report.baseline_metrics)
+# the rows of score maps that need no model: what a number is worth (dawsol.report.baselines)
 BASELINE_BACKBONE = "baseline"
 BASELINE_LABELS = {"center": "Centre baseline (no model)", "random": "Random 16x16 maps (no model)"}
 METRICS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "PxAP", "pIoU")
