@@ -143,8 +143,8 @@ def test_a_fresh_clone_report_changes_no_committed_result(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The repository's own results/ and params.yaml, without data, runs or timing records: a report rewrites every
-    table, plot and baseline with the same bytes and keeps the figures it cannot draw."""
+    """The repository's own results/ (timing records included) and params.yaml, without data or runs: a report
+    rewrites every table, plot and baseline with the same bytes and keeps the figures it cannot draw."""
     shutil.copytree(project_root / RESULTS, tmp_path / RESULTS)
     shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)

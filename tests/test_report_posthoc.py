@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -59,27 +58,3 @@ def test_the_table_has_a_row_per_extractor_and_a_column_group_per_method(tmp_pat
 def test_a_missing_metrics_file_names_the_cell(tmp_path):
     with pytest.raises(DawsolError, match=r"metrics.json: missing \(run `dawsol evaluate synthetic/resnet18"):
         posthoc_frame([parse_cell("synthetic/resnet18/cam-none/seed0")], tmp_path)
-
-
-def test_measured_seconds_are_kept_where_no_cell_has_its_timing_record(tmp_path, caplog):
-    """A clone without results/timing/ keeps the table's measured seconds; a new measurement replaces them."""
-    names = ["synthetic/resnet18/cam-none/seed0", "synthetic/resnet18/cam-mmd/seed0"]
-    for name in names:
-        _write_cell(tmp_path / "cells", name, 50.0, {"scorecam": 60.0})
-    cells = [parse_cell(n) for n in names]
-    md, csv = write_posthoc_tables(posthoc_frame(cells, tmp_path / "cells"), "synthetic", tmp_path / "tables")
-    measured = {md: md.read_bytes(), csv: csv.read_bytes()}
-    shutil.rmtree(tmp_path / "timing")
-
-    write_posthoc_tables(posthoc_frame(cells, tmp_path / "cells"), "synthetic", tmp_path / "tables")
-    assert {path: path.read_bytes() for path in measured} == measured
-    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert warning.startswith(f"report: kept the s / image of the cam, scorecam rows of {csv.as_posix()}")
-
-    (tmp_path / "tables" / "synthetic_posthoc.csv").write_text("not,a\ntable\n")
-    with pytest.raises(DawsolError, match=r"synthetic_posthoc.csv: not a post-hoc table .*git checkout"):
-        write_posthoc_tables(posthoc_frame(cells, tmp_path / "cells"), "synthetic", tmp_path / "tables")
-    csv.unlink()  # nothing to keep: no seconds
-    write_posthoc_tables(posthoc_frame(cells, tmp_path / "cells"), "synthetic", tmp_path / "tables")
-    assert pd.read_csv(csv)["seconds_per_image"].isna().all()
-    assert md.read_text().splitlines()[2].endswith("| – |")

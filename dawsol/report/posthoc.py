@@ -78,37 +78,6 @@ def posthoc_stats(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return stats
 
 
-def _keep_seconds(stats: pd.DataFrame, previous: Path) -> pd.DataFrame:
-    """``stats`` with the seconds per image the table at ``previous`` gave a (backbone, extractor) row where none of
-    its cells has a timing record now: a measurement of the machine that evaluated them (``results/timing/``, which a
-    clone need not have), kept rather than blanked by a report that cannot measure it again."""
-    missing = stats[SECONDS].isna()
-    if not missing.any() or not previous.is_file():
-        return stats
-    try:
-        old = pd.read_csv(previous)
-        recorded = old.dropna(subset=[SECONDS]).groupby(["backbone", "extractor"], sort=False)[SECONDS].first()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError) as exc:
-        raise DawsolError(
-            f"{previous}: not a post-hoc table ({exc!r}); "
-            f"restore it (`git checkout {previous.as_posix()}`) or delete it"
-        ) from None
-    keys = list(zip(stats["backbone"], stats["extractor"], strict=True))
-    kept = [bool(gap) and key in recorded.index for gap, key in zip(missing, keys, strict=True)]
-    if not any(kept):
-        return stats
-    stats = stats.copy()
-    stats.loc[kept, SECONDS] = [recorded[key] for key, keep in zip(keys, kept, strict=True) if keep]
-    rows = dict.fromkeys(extractor for (_, extractor), keep in zip(keys, kept, strict=True) if keep)
-    log.warning(
-        "report: kept the s / image of the %s rows of %s: none of their cells has a timing record "
-        "(`dawsol evaluate` writes results/timing/<cell>.json where it runs)",
-        ", ".join(rows),
-        previous.as_posix(),
-    )
-    return stats
-
-
 def to_markdown(stats: pd.DataFrame, dataset: str) -> str:
     """One row per (backbone, extractor), a column per method x metric, the best mean per column in bold."""
     labels = list(dict.fromkeys(stats["label"]))
@@ -158,7 +127,7 @@ def to_csv(stats: pd.DataFrame) -> str:
 
 def write_posthoc_tables(frame: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
     """Write ``<dataset>_posthoc.{md,csv}`` under ``out_dir``; return the paths."""
-    stats = _keep_seconds(posthoc_stats(frame, dataset), out_dir / f"{dataset}{POSTHOC_SUFFIX}.csv")
+    stats = posthoc_stats(frame, dataset)
     renderers = {"md": lambda: to_markdown(stats, dataset), "csv": lambda: to_csv(stats)}
     paths = []
     for ext in POSTHOC_FORMATS:
