@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from dawsol.components.backbones import BACKBONES
 from dawsol.config import ModelSettings, WSOLSettings
 from dawsol.evaluation import posthoc
 from dawsol.models import build_model
@@ -39,7 +40,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, batch: int, classes:
     """The flags of the model, the batch and the target layer."""
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--pretrained", default="none", help="none or imagenet (efficientnet_lite0's is offline)")
-    parser.add_argument("--width", type=float, default=None, help="resnet18 only (default 0.125; 1.0 elsewhere)")
+    parser.add_argument(
+        "--width", type=float, default=None, help="backbones with a width multiplier (default 0.125; 1.0 elsewhere)"
+    )
     parser.add_argument("--size", type=int, default=64, help="input side in pixels")
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--classes", type=int, default=classes)
@@ -104,7 +107,7 @@ def report(
 ) -> dict[str, Any]:
     """``bench_device`` on the CPU and on CUDA when present, after the flags' defaults (width) and threads."""
     if args.width is None:
-        args.width = 0.125 if args.backbone == "resnet18" else 1.0
+        args.width = 0.125 if BACKBONES[args.backbone].width_multiplier else 1.0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

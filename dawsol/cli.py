@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = build_parser()
+    try:
+        parser = build_parser()  # reads the component registries, which refuse a bad declaration
+    except DawsolError as exc:
+        print(f"dawsol: error: {exc}", file=sys.stderr)
+        return 1
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides after an option (argparse takes positionals in one run only)
         if not isinstance(getattr(args, "overrides", None), list) or any(word.startswith("-") for word in extra):

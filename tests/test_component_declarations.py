@@ -3,6 +3,8 @@ and a new DA loss, extractor or backbone is one module (docs/extending.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import shutil
 import subprocess
@@ -13,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from dawsol.components import check_declared, declared, unique
-from dawsol.components.backbones import BackboneRecord
+from dawsol.components.backbones import BackboneRecord, register_backbone
 from dawsol.components.da_losses import DA_LOSSES, DALossRecord, register_da_loss
+from dawsol.components.extractors import ExtractorRecord, register_extractor
 from dawsol.errors import DawsolError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -77,33 +80,101 @@ def test_a_declaration_that_cannot_be_read_is_a_one_line_error_naming_its_place(
     assert "\n" not in message
 
 
-def test_a_name_declared_twice_is_an_error():
+def test_a_name_declared_twice_is_an_error_naming_both():
     records = [DALossRecord("mmd", "A", "m:a"), DALossRecord("mmd", "B", "m:b")]
-    with pytest.raises(DawsolError, match="DA loss 'mmd' is declared twice"):
-        unique("DA loss", iter(records))
+    with pytest.raises(DawsolError, match="DA loss 'mmd' is declared twice: on m:a and on m:b"):
+        unique("DA loss", iter(records), "term")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('@register_da_loss("deep-coral", "Deep CORAL")\ndef term():\n    pass\n', "does not match"),
+        ('@register_da_loss("coral", "CORAL"\ndef term():\n    pass\n', "not valid Python"),
+    ],
+)
+def test_a_bad_name_or_source_is_a_one_line_error_naming_the_file(tmp_path, source, expected):
+    root = _package(tmp_path / "dawsol", loss=source)
+    with pytest.raises(DawsolError) as error:
+        [d.record(DALossRecord, at="term") for d in declared("dawsol.kit", "register_da_loss", root)]
+    assert str(error.value).startswith("dawsol/kit/loss.py:") and expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_lists_are_read_as_tuples_and_a_package_without_sources_is_an_error(tmp_path):
+    root = _package(
+        tmp_path / "dawsol",
+        family='@register_backbone("n", "N", dropped_heads=["fc."], target_layer="x", torchvision_weights="W")\n'
+        "async def build(request):\n    pass\n",
+    )
+    (record,) = [d.record(BackboneRecord, at="builder") for d in declared("dawsol.kit", "register_backbone", root)]
+    assert record.dropped_heads == ("fc.",) and record.builder == "dawsol.kit.family:build"
+    (tmp_path / "dawsol" / "empty").mkdir()
+    with pytest.raises(DawsolError, match="no Python sources"):
+        list(declared("dawsol.empty", "register_backbone", root))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"torchvision_weights": None}, "one source of ImageNet weights"),
+        ({"imagenet_loader": "load"}, "one source of ImageNet weights"),
+        ({"imagenet_head": "_fc"}, "go together"),
+        ({"target_layer": ""}, "must not be empty"),
+        ({"official_formats": ("da-wsol", "mine")}, "unknown official format"),
+    ],
+)
+def test_a_backbone_record_refuses_what_cannot_work(fields, expected):
+    base = {"dropped_heads": ("fc.",), "target_layer": "layer3", "torchvision_weights": "W"}
+    with pytest.raises(DawsolError, match=expected):
+        BackboneRecord("n", "N", "m:build", **{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("register", "record", "reference"),
+    [
+        (register_backbone, BackboneRecord, "builder"),
+        (register_da_loss, DALossRecord, "term"),
+        (register_extractor, ExtractorRecord, "function"),
+    ],
+)
+def test_each_decorator_takes_its_records_fields_with_their_defaults(register, record, reference):
+    required = object()
+    declared_fields = {
+        name: required if parameter.default is inspect.Parameter.empty else parameter.default
+        for name, parameter in inspect.signature(register).parameters.items()
+    }
+    record_fields = {
+        field.name: required if field.default is dataclasses.MISSING else field.default
+        for field in dataclasses.fields(record)
+        if field.name not in (reference, "library")  # the decorated definition; pytorch-grad-cam's methods only
+    }
+    assert declared_fields == record_fields
 
 
 def test_a_declaration_the_registry_did_not_read_fails_at_import():
-    with pytest.raises(DawsolError, match="not in its registry as that definition"):
+    with pytest.raises(DawsolError, match=r"\('mmd' is dawsol\.da\.mmd:mmd_term's\)"):
 
         @register_da_loss("mmd", "DA-WSOL-MMD", pairs_samples=True)  # the name is taken by dawsol.da.mmd
         def mmd_term():
             pass
 
-    with pytest.raises(DawsolError, match="'coral_probe' declared on"):
+    with pytest.raises(DawsolError, match=r"'coral_probe' declared on .* \(the registry has no 'coral_probe'\)"):
         check_declared("DA loss", "coral_probe", DA_LOSSES, "term")(lambda: None)
 
 
-def test_the_shipped_declarations_are_the_registries():
+def test_the_shipped_components_are_declared_beside_their_code():
     from dawsol.components.backbones import BACKBONES
     from dawsol.components.extractors import EXTRACTORS
 
-    assert {d.reference for d in declared("dawsol.da", "register_da_loss")} == {r.term for r in DA_LOSSES.values()}
-    assert [d.reference for d in declared("dawsol.models", "register_backbone")] == [
-        r.builder for r in BACKBONES.values()
-    ]
-    own = [d.reference for d in declared("dawsol.evaluation", "register_extractor")]
-    assert own == [r.function for r in EXTRACTORS.values() if r.library is None]
+    assert BACKBONES["resnet50"].builder == "dawsol.models.resnet:resnet50_trunk"
+    assert BACKBONES["efficientnet_lite0"].classifier_trunk == "dawsol.models.efficientnet_lite:lite0_classifier_trunk"
+    assert sorted(BACKBONES) == ["efficientnet_lite0", "inception_v3", "resnet18", "resnet50", "vgg16"]
+    assert DA_LOSSES["dann"].discriminator == "dawsol.da.dann:DomainDiscriminator" and DA_LOSSES["mmd"].pairs_samples
+    own = {name: record.function for name, record in EXTRACTORS.items() if record.library is None}
+    assert own == {
+        name: f"dawsol.evaluation.posthoc:{name}" for name in ("cam", "gradcam", "gradcampp", "pcs", "bagcams")
+    }
 
 
 CORAL = '''

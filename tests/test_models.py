@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 import urllib.error
 from functools import cache
 from pathlib import Path
@@ -13,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from http_fixtures import serving
 from tiers import small_backbones_first
 
 from dawsol.config import ModelSettings, TrainSettings, WSOLSettings
@@ -254,11 +252,7 @@ def test_imagenet_weights_download_from_a_server_and_a_bad_one_leaves_nothing(tm
     good = _named_by_hash(served, reference.state_dict())
     bad = served / "resnet18-00000000.pth"
     bad.write_bytes(good.read_bytes())
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(served) as (_, base):
         monkeypatch.setattr(pretrained, "imagenet_url", lambda enum: f"{base}/{bad.name}")
         with pytest.raises(DawsolError, match="cannot download"):
             build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
@@ -268,8 +262,6 @@ def test_imagenet_weights_download_from_a_server_and_a_bad_one_leaves_nothing(tm
         model = build_model(ModelSettings("resnet18", "imagenet", True, 1.0), 4, CAM)
         assert torch.equal(model.trunk.conv1.weight, reference.conv1.weight)
         assert (cache / good.name).read_bytes() == good.read_bytes()
-    finally:
-        server.shutdown()
 
 
 def test_width_only_for_resnet18_and_not_with_imagenet():

@@ -37,7 +37,10 @@ _TRAIN = dataclasses.replace(resolve("synthetic/resnet18/cam-none/seed0", tiny_p
 def _model(backbone: str, method: str, large: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     settings = ModelSettings(
-        backbone=backbone, pretrained="none", large_feature_map=large, width=0.125 if backbone == "resnet18" else 1.0
+        backbone=backbone,
+        pretrained="none",
+        large_feature_map=large,
+        width=0.125 if BACKBONES[backbone].width_multiplier else 1.0,
     )
     return build_model(settings, 5, WSOLSettings(method, MappingProxyType(OPTIONS[method])))
 

@@ -93,9 +93,10 @@ def weights_problem(weights: Mapping[str, torch.Tensor]) -> str | None:
     return f"{len(bad)} of {len(weights)} weights hold NaN or infinite values (e.g. {bad[0]})"
 
 
-def load_plain_file(path: Path, advice: str) -> Any:
-    """What a ``torch.save`` file holds, loaded on the CPU with ``weights_only=True`` and no fallback; a file that is
-    not one, a pickle that needs code to run, or a damaged file is a one-line DawsolError ending in ``advice``."""
+def load_plain_file(path: Path, refused: str, damaged: str) -> Any:
+    """What a ``torch.save`` file holds, loaded on the CPU with ``weights_only=True`` and no fallback; a pickle that
+    needs code to run is a one-line DawsolError ending in the advice ``refused``, a file that is not ``torch.save``
+    output or is damaged one ending in ``damaged``."""
     require_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -103,11 +104,11 @@ def load_plain_file(path: Path, advice: str) -> Any:
         text = str(exc)
         needed = re.search(r"GLOBAL ([\w.]+)", text)
         reason = f"its pickle needs code to run ({needed.group(1)})" if needed else _pickle_reason(text)
-        raise DawsolError(f"{path}: refused, not a plain weights file: {reason}; {advice}") from None
+        raise DawsolError(f"{path}: refused, not a plain weights file: {reason}; {refused}") from None
     except TORCH_LOAD_FAILURES as exc:
         reason = (str(exc).strip().splitlines() or ["the file ends early"])[0].split(". ")[0].rstrip(".")
         raise DawsolError(
-            f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]}); {advice}"
+            f"{path}: unreadable, not a torch.save file or corrupted ({reason[:160]}); {damaged}"
         ) from None
 
 
@@ -124,7 +125,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything else is a one-line DawsolError."""
     if not path.is_file():
         raise DawsolError(f"{path}: no checkpoint (run: dawsol train <cell>)")
-    state = load_plain_file(path, "delete it and retrain")
+    state = load_plain_file(path, refused="delete it and retrain", damaged="delete it and retrain")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DawsolError(f"{path}: not a dawsol checkpoint (format {CHECKPOINT_FORMAT}); delete it and retrain")
     problem = _structure_problem(state)

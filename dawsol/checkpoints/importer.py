@@ -205,7 +205,11 @@ def load_weights_file(path: Path) -> dict[str, Any]:
         raise DawsolError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise DawsolError(f"{path}: not a file (give the checkpoint file itself)")
-    loaded = load_plain_file(path, "dawsol loads checkpoints with weights_only=True only")
+    loaded = load_plain_file(
+        path,
+        refused="dawsol loads checkpoints with weights_only=True only",
+        damaged="download it again, or check it is the checkpoint file itself",
+    )
     if not isinstance(loaded, dict):
         raise DawsolError(f"{path}: holds a {type(loaded).__name__}, not a checkpoint dict")
     return loaded

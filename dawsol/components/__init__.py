@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dawsol.errors import DawsolError
+from dawsol.provenance import PACKAGE_ROOT
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder of the dawsol package
 Declared = TypeVar("Declared")
+CELL_PART = r"[a-z][a-z0-9_]*"  # a backbone's or DA method's name is a part of a cell name (dawsol.config.cells)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def check_name(kind: str, name: str, pattern: str) -> None:
+    """A DawsolError unless ``name`` matches ``pattern`` whole."""
+    if not re.fullmatch(pattern, name):
+        raise DawsolError(f"{kind} name {name!r} does not match {pattern} (it is part of cell names, paths and keys)")
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Declaration:
                 fields[field] = f"{module}:{fields[field]}"
         try:
             return record_type(*self.args, **fields)
-        except TypeError as exc:
+        except (TypeError, DawsolError) as exc:
             raise DawsolError(f"{self.where}: @{self.decorator}(...): {exc}") from None
 
 
@@ -61,13 +70,20 @@ def declared(package: str, decorator: str, root: Path = PACKAGE_ROOT) -> Iterato
     names the file and line of one that is not."""
     parts = package.split(".")
     folder = root.joinpath(*parts[1:])
-    for path in sorted(folder.glob("*.py")):
+    paths = sorted(folder.glob("*.py"))
+    if not paths:
+        raise DawsolError(f"{folder}: no Python sources to read the {decorator} declarations from (a source install)")
+    for path in paths:
         source = path.read_text(encoding="utf-8")
         if f"@{decorator}(" not in source:
             continue
         module = ".".join([*parts, path.stem]) if path.stem != "__init__" else package
-        for node in ast.parse(source, filename=str(path)).body:
-            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        try:
+            body = ast.parse(source, filename=str(path)).body
+        except SyntaxError as exc:
+            raise DawsolError(f"{path.relative_to(root.parent)}:{exc.lineno}: not valid Python ({exc.msg})") from None
+        for node in body:
+            if not isinstance(node, _DEFINITIONS):
                 continue
             for call in node.decorator_list:
                 if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == decorator:
@@ -82,13 +98,18 @@ def declared(package: str, decorator: str, root: Path = PACKAGE_ROOT) -> Iterato
 
 
 def _literal(node: ast.expr, where: str, decorator: str) -> Any:
+    """The value of a literal argument, lists as tuples (a record is immutable)."""
     try:
-        return ast.literal_eval(node)
+        return _tuples(ast.literal_eval(node))
     except ValueError:
         raise DawsolError(
             f"{where}: @{decorator}(...) takes literal arguments only (strings, numbers, tuples), "
             f"not {ast.unparse(node)!r}"
         ) from None
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(item) for item in value) if isinstance(value, list | tuple) else value
 
 
 def check_declared(kind: str, name: str, registry: dict[str, Any], field: str) -> Callable[[Declared], Declared]:
@@ -98,22 +119,27 @@ def check_declared(kind: str, name: str, registry: dict[str, Any], field: str) -
 
     def declare(definition: Declared) -> Declared:
         found = f"{definition.__module__}:{definition.__qualname__}"  # type: ignore[attr-defined]
-        if getattr(registry.get(name), field, None) != found:
+        holder = getattr(registry.get(name), field, None)
+        if holder != found:
+            where = f"{name!r} is {holder}'s" if holder else f"the registry has no {name!r}"
             raise DawsolError(
-                f"{kind} {name!r} declared on {found} is not in its registry as that definition: "
-                "declare it on a module-level definition of its package, with literal arguments (docs/extending.md)"
+                f"{kind} {name!r} declared on {found} is not read from the source ({where}): declare it on a "
+                "module-level definition of its package, with literal arguments, under a name of its own "
+                "(docs/extending.md)"
             )
         return definition
 
     return declare
 
 
-def unique(kind: str, records: Iterator[Any]) -> dict[str, Any]:
-    """``{record.name: record}``; a DawsolError if two records share a name."""
+def unique(kind: str, records: Iterator[Any], field: str) -> dict[str, Any]:
+    """``{record.name: record}``; a DawsolError naming both definitions (each record's ``field``) if two records
+    share a name."""
     registry: dict[str, Any] = {}
     for record in records:
         if record.name in registry:
-            raise DawsolError(f"{kind} {record.name!r} is declared twice")
+            first, second = getattr(registry[record.name], field), getattr(record, field)
+            raise DawsolError(f"{kind} {record.name!r} is declared twice: on {first} and on {second}")
         registry[record.name] = record
     return registry
 

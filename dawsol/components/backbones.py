@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dawsol.components import check_declared, declared, unique
+from dawsol.components import CELL_PART, check_declared, check_name, declared, unique
 from dawsol.errors import DawsolError
 
 Builder = TypeVar("Builder")
@@ -53,12 +53,25 @@ class BackboneRecord:
     official_formats: tuple[str, ...] = ()  # the official checkpoint formats that hold this backbone
 
     def __post_init__(self) -> None:
+        check_name("backbone", self.name, CELL_PART)
         unknown = set(self.official_formats) - {DA_WSOL, WSOLEVALUATION}
         if unknown:
             raise DawsolError(
                 f"backbone {self.name}: unknown official format(s) {sorted(unknown)} "
                 f"(known: {DA_WSOL}, {WSOLEVALUATION})"
             )
+        if (self.torchvision_weights is None) == (self.imagenet_loader is None):
+            raise DawsolError(
+                f"backbone {self.name}: give one source of ImageNet weights, torchvision_weights or imagenet_loader"
+            )
+        if (self.imagenet_head is None) != (self.classifier_trunk is None):
+            raise DawsolError(f"backbone {self.name}: imagenet_head and classifier_trunk go together")
+        if not (self.title and self.target_layer and self.dropped_heads):
+            raise DawsolError(f"backbone {self.name}: title, target_layer and dropped_heads must not be empty")
+        if not all(isinstance(prefix, str) for prefix in self.dropped_heads):
+            raise DawsolError(f"backbone {self.name}: dropped_heads is a tuple of key prefixes (strings)")
+        if len(self.normalization) != 2 or not all(len(part) == 3 for part in self.normalization):
+            raise DawsolError(f"backbone {self.name}: normalization is ((r, g, b) means, (r, g, b) stds)")
 
 
 def register_backbone(
@@ -86,4 +99,5 @@ BACKBONES: dict[str, BackboneRecord] = unique(
         found.record(BackboneRecord, at="builder", local=("imagenet_loader", "classifier_trunk"))
         for found in declared("dawsol.models", "register_backbone")
     ),
+    "builder",
 )

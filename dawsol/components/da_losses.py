@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dawsol.components import check_declared, declared, unique
+from dawsol.components import CELL_PART, check_declared, check_name, declared, unique
 
 Term = TypeVar("Term")
 
@@ -33,6 +33,9 @@ class DALossRecord:
     discriminator: str | None = None  # ``(feature_dim) -> nn.Module``, trained at the classifier's rate
     pairs_samples: bool = False
 
+    def __post_init__(self) -> None:
+        check_name("DA loss", self.name, CELL_PART)
+
 
 def register_da_loss(
     name: str, title: str, *, discriminator: str | None = None, pairs_samples: bool = False
@@ -48,4 +51,5 @@ DA_LOSSES: dict[str, DALossRecord] = unique(
         found.record(DALossRecord, at="term", local=("discriminator",))
         for found in declared("dawsol.da", "register_da_loss")
     ),
+    "term",
 )

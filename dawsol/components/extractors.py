@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dawsol.components import check_declared, declared, unique
+from dawsol.components import check_declared, check_name, declared, unique
 
 Function = TypeVar("Function")
+EXTRACTOR_NAME = r"[a-z][a-z0-9_-]*"  # part of MLflow metric names (``<method>.<split>...``) and file names
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ExtractorRecord:
     function: str  # ``(model, images, labels, layer) -> [B, h, w]``, ``dawsol.evaluation.posthoc.Extractor``
     gradient: bool = True
     library: LibraryMethod | None = None  # pytorch-grad-cam's method, for ``function`` = the library adapter
+
+    def __post_init__(self) -> None:
+        check_name("extractor", self.name, EXTRACTOR_NAME)
 
 
 def register_extractor(name: str, title: str, *, gradient: bool = True) -> Callable[[Function], Function]:
@@ -77,6 +81,7 @@ EXTRACTORS: dict[str, ExtractorRecord] = unique(
         _library("scorecam", "ScoreCAM", LibraryMethod("ScoreCAM", gradients=False, per_channel=True)),
         _library("ablationcam", "AblationCAM", LibraryMethod("AblationCAM", gradients=False, per_channel=True)),
     ),
+    "function",
 )
 # dawsol's own extractors, and pytorch-grad-cam's by name
 OWN_EXTRACTORS = [name for name, record in EXTRACTORS.items() if record.library is None]

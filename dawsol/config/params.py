@@ -20,6 +20,7 @@ from dawsol.components.wsol_methods import WSOL_METHODS
 from dawsol.config.cells import Cell, parse_cell
 from dawsol.config.settings import deep_merge
 from dawsol.errors import DawsolError
+from dawsol.provenance import PACKAGE_ROOT
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -35,7 +36,6 @@ __all__ = [
     "validate_params",
 ]
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = PACKAGE_ROOT.parent
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = Path("params.yaml")

@@ -10,7 +10,6 @@ the model's forward pass, which the other extractors repeat). Written as Markdow
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ from dawsol.errors import DawsolError
 from dawsol.layout import POSTHOC_FORMATS, POSTHOC_SUFFIX, read_cell_metrics, timing_path
 from dawsol.report.tables import BACKBONE_NAMES, DATASET_NAMES, EXTRACTOR_NAMES, as_number, mean_std, method_label
 
-log = logging.getLogger(__name__)
 POSTHOC_METRICS = ("MaxBoxAccV2", "PxAP", "pIoU")
 SECONDS = "seconds_per_image"
 
