@@ -242,6 +242,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_a_new_da_loss_and_a_new_extractor_are_one_module_each(tmp_path):
     """Add CORAL and XGrad-CAM as one new module each to a copy of the package (under names of their own, so that
     a developer's own CORAL or XGrad-CAM in the package does not clash): the schema, the resolver, the DA

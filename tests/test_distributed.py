@@ -174,6 +174,7 @@ def test_one_process_never_relaunches_and_small_last_batches_are_whole(monkeypat
     assert [k for b in other for k in b] != keys  # the order and seeds are per epoch
 
 
+@pytest.mark.slow
 def test_the_launcher_passes_sigterm_on_and_returns_the_exit_code(tmp_path):
     import signal
     import time

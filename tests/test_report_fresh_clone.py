@@ -42,6 +42,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_keeps_what_it_cannot_recompute_and_says_so(
     fake_results: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
@@ -64,6 +65,7 @@ def test_a_fresh_clone_keeps_what_it_cannot_recompute_and_says_so(
     assert list(csv["method"])[-2:] == ["center-none", "random-none"]  # from results/baselines/synthetic.json
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_without_the_committed_results_draws_what_it_can(
     fake_results: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
@@ -97,6 +99,7 @@ def test_a_fresh_clone_without_the_committed_results_draws_what_it_can(
         )
 
 
+@pytest.mark.slow
 def test_committed_baselines_of_other_settings_are_not_shown_and_kept(
     fake_results: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,

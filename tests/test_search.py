@@ -217,6 +217,7 @@ def test_a_trial_without_val_metrics_is_named(tmp_path):
         read_trials([cell], SEARCH, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_search_is_one_mlflow_parent_run_per_method_with_the_trials_nested(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)

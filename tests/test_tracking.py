@@ -203,6 +203,7 @@ def test_ui_on_a_busy_or_invalid_port_is_a_one_line_error(
     assert (f"127.0.0.1:{number}" in err and "pick another --port" in err) or "1..65535" in err
 
 
+@pytest.mark.slow
 def test_tracking_init_command(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dawsol import cli
 
@@ -236,6 +237,7 @@ def test_run_names_put_method_and_seed_first() -> None:
     assert tracking.run_name(parse_cell("cub/resnet50/has-none/seed2-trial7")) == "has-none/seed2-trial7 · cub/resnet50"
 
 
+@pytest.mark.slow
 def test_runs_carry_mlflows_source_user_and_commit_tags_and_the_experiment_a_description(store: str) -> None:
     from dawsol.provenance import code_version
 
@@ -345,6 +347,7 @@ def test_summary_runs_are_replaced_not_added_and_tables_rewritten_not_appended(s
     }
 
 
+@pytest.mark.slow
 def test_a_trainer_taking_the_cell_reuses_an_empty_stale_run_and_ends_the_others(store: str) -> None:
     """A trainer killed before its first checkpoint left its run RUNNING; the next one holds the lock, so
     every RUNNING run of the cell is stale: an empty one with the same settings is reused, the rest end."""

@@ -34,6 +34,7 @@ def _expected(da: str, metric: str) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+@pytest.mark.slow
 def test_report_tables_mean_std_and_bold_best(fake_results: Path) -> None:
     assert main(["report", "--no-tracking"]) == 0
     md = (fake_results / "results/tables/synthetic.md").read_text()
@@ -73,6 +74,7 @@ def test_report_missing_cell_is_one_line_error(fake_results: Path, capsys: pytes
     assert "cam-dann/seed1/metrics.json" in err and "dawsol evaluate synthetic/efficientnet_lite0/cam-dann/seed1" in err
 
 
+@pytest.mark.slow
 def test_report_only_supported_columns(fake_results: Path, params_copy: Path) -> None:
     """A dataset without masks has no PxAP / pIoU columns."""
     for path in (fake_results / "results/cells").rglob("metrics.json"):
@@ -161,6 +163,7 @@ def test_tables_carry_the_no_model_baselines_of_the_test_split(fake_results: Pat
         assert "**" not in row and row.startswith("| — |")
 
 
+@pytest.mark.slow
 def test_the_baselines_are_evaluated_once_per_split_and_settings(
     fake_results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
