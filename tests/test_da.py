@@ -274,7 +274,7 @@ def test_gradient_reversal_flips_the_sign_and_follows_the_schedule():
     torch.testing.assert_close(x.grad, -0.3 * weights)
     assert grl_coefficient(0.0) == 0.0
     assert grl_coefficient(1.0) == pytest.approx(2 / (1 + math.exp(-1)) - 1)  # about 0.46
-    assert grl_coefficient(1.0, "dann") == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert grl_coefficient(1.0, "paper") == pytest.approx(2 / (1 + math.exp(-10)) - 1)
 
 
 def test_dann_discriminator_learns_while_features_get_reversed_gradients():

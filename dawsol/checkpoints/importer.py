@@ -9,10 +9,13 @@ them strictly and writes ``runs/<cell>/checkpoint.pt`` with where they came from
 The renaming (one leading ``module.`` is stripped first):
 
 - every extractor / trunk weight ``n`` -> ``trunk.n``, except:
-  - wsolevaluation VGG16: the file's ``features`` indices skip its removed pools and count its ADL
-    layers; they map onto torchvision's (``VGG_FILE_CONVS`` -> ``VGG_CONVS``), which dawsol keeps;
-  - ADL ResNet50 (an ``adl`` cell): ``layer3`` blocks 0, 2-6 and ``layer4`` blocks 0, 2, 3 -> 0..5 and
-    0..2; a DA-WSOL/BagCAMs ADL extractor's unused ``fc.*`` is dropped;
+  - where the backbone's record names ``official_names``, that function of its family module renames:
+    wsolevaluation VGG16's ``features`` indices skip its removed pools and count its ADL layers and map onto
+    torchvision's (``dawsol.models.vgg.VGG_FILE_CONVS`` -> ``VGG_CONVS``), which dawsol keeps; ADL ResNet50's
+    (an ``adl`` cell) ``layer3`` blocks 0, 2-6 and ``layer4`` blocks 0, 2, 3 -> 0..5 and 0..2
+    (``dawsol.models.resnet.RESNET_ADL_BLOCKS``);
+  - a DA-WSOL/BagCAMs extractor's weights under an ImageNet head the trunk drops (the ADL ResNet50's unused
+    ``fc.*``) are dropped;
 - the classifier -> ``classifier.weight`` [K, D, 1, 1] / ``classifier.bias``: DA's ``fc.*`` as is,
   wsolevaluation's ``fc.*`` (a Linear, [K, D], reshaped) or InceptionV3's ``SPG_A4.*``.
 
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from dawsol.checkpoints.format import (
     save_checkpoint,
     weights_problem,
 )
+from dawsol.components import load
 from dawsol.components.backbones import BACKBONES, DA_WSOL, WSOLEVALUATION
 from dawsol.config import Settings
 from dawsol.errors import DawsolError
@@ -62,23 +65,6 @@ def architectures(fmt: str) -> tuple[str, ...]:
 TRUNK = "trunk."
 MODULE_PREFIX = "module."
 BN_COUNTER = "num_batches_tracked"
-
-# VGG16's 13 convolutions at dawsol's (torchvision's) ``features`` indices, and at the official file's:
-# removed pools are absent there and ADL layers take an index, so the indices depend on both settings.
-VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-VGG_FILE_CONVS: dict[tuple[bool, bool], tuple[int, ...]] = {  # (adl, large_feature_map) -> indices
-    (False, False): VGG_CONVS,
-    (False, True): (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27),
-    (True, False): (0, 2, 5, 7, 10, 12, 14, 18, 20, 22, 26, 28, 30),
-    (True, True): (0, 2, 5, 7, 10, 12, 14, 18, 20, 22, 25, 27, 29),
-}
-# ADL ResNet50: the ADL layers sit inside the official stages, so the file's block indices skip them
-RESNET_ADL_BLOCKS: dict[str, dict[int, int]] = {
-    "layer3": {0: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5},
-    "layer4": {0: 0, 2: 1, 3: 2},
-}
-_STAGE_BLOCK = re.compile(r"^(layer[1-4])\.(\d+)\.(.+)$")
-_VGG_FEATURE = re.compile(r"^features\.(\d+)\.(.+)$")
 
 
 @dataclass(frozen=True)
@@ -330,15 +316,17 @@ def map_names(source: SourceCheckpoint, settings: Settings) -> MappedWeights:
     WSOL method (ADL shifts indices) and ``large_feature_map`` (VGG16's indices)."""
     adl = settings.wsol.method == "adl"
     large = settings.model.large_feature_map
+    record = BACKBONES[source.architecture]
+    rename = load(record.official_names) if record.official_names else None
     mapped = MappedWeights()
     for name, tensor in source.trunk.items():
-        if source.format == DA_WSOL and adl and source.architecture == "resnet50" and name.startswith("fc."):
-            continue  # the unused head of BagCAMs' ADL ResNet50 extractor
-        target = _trunk_name(name, source.architecture, adl, large)
+        if source.format == DA_WSOL and name.startswith(record.dropped_heads):
+            continue  # an ImageNet head the trunk drops: the unused fc.* of BagCAMs' ADL ResNet50 extractor
+        target = rename(name, adl, large) if rename else name
         if target is None:
             mapped.unmapped.append(name)
         else:
-            mapped.state[target] = (name, tensor)
+            mapped.state[TRUNK + target] = (name, tensor)
     classifier = source.classifier
     weight = classifier.weight
     if weight.dim() == 2:
@@ -346,26 +334,6 @@ def map_names(source: SourceCheckpoint, settings: Settings) -> MappedWeights:
     mapped.state["classifier.weight"] = (classifier.weight_name, weight)
     mapped.state["classifier.bias"] = (classifier.bias_name, classifier.bias)
     return mapped
-
-
-def _trunk_name(name: str, architecture: str, adl: bool, large_feature_map: bool) -> str | None:
-    """dawsol's name of the file's trunk weight ``name``; None where it has none."""
-    if architecture == "vgg16":
-        match = _VGG_FEATURE.match(name)
-        if match:
-            file_convs = VGG_FILE_CONVS[(adl, large_feature_map)]
-            index = int(match.group(1))
-            if index not in file_convs:
-                return None
-            return f"{TRUNK}features.{VGG_CONVS[file_convs.index(index)]}.{match.group(2)}"
-    elif architecture == "resnet50" and adl:
-        match = _STAGE_BLOCK.match(name)
-        if match and match.group(1) in RESNET_ADL_BLOCKS:
-            block = RESNET_ADL_BLOCKS[match.group(1)].get(int(match.group(2)))
-            if block is None:
-                return None
-            return f"{TRUNK}{match.group(1)}.{block}.{match.group(3)}"
-    return TRUNK + name
 
 
 def load_strictly(source: SourceCheckpoint, model: WSOLModel, mapped: MappedWeights, settings: Settings) -> None:
@@ -394,24 +362,9 @@ def load_strictly(source: SourceCheckpoint, model: WSOLModel, mapped: MappedWeig
 
 
 def layout_hint(source: SourceCheckpoint, settings: Settings) -> str:
-    """A pointer to the setting that would fit, where the file's names show another layout ('' if none)."""
-    names = source.trunk
-    adl = settings.wsol.method == "adl"
-    large = settings.model.large_feature_map
-    if source.architecture == "vgg16":
-        for file_adl, file_large in VGG_FILE_CONVS:
-            if (file_adl, file_large) == (adl, large):
-                continue
-            conv4_1, conv5_1 = VGG_FILE_CONVS[(file_adl, file_large)][7], VGG_FILE_CONVS[(file_adl, file_large)][10]
-            if f"features.{conv4_1}.weight" in names and f"features.{conv5_1}.weight" in names:
-                return (
-                    f"; its features indices are those of a VGG16 {'with' if file_adl else 'without'} ADL and "
-                    f"large_feature_map {str(file_large).lower()}: check the cell's wsol method and "
-                    "model.large_feature_map"
-                )
-    if source.architecture == "resnet50":
-        if not adl and "layer4.3.conv1.weight" in names:
-            return "; its layer3/layer4 block indices are those of an ADL ResNet50: import it into an adl cell"
-        if adl and "layer4.1.conv1.weight" in names:
-            return "; its layer3/layer4 block indices are those of a ResNet50 without ADL: use a cell of its method"
-    return ""
+    """A pointer to the setting that would fit, where the file's names show another layout ('' if none): the
+    backbone's ``official_hint``."""
+    reference = BACKBONES[source.architecture].official_hint
+    if reference is None:
+        return ""
+    return load(reference)(source.trunk, settings.wsol.method == "adl", settings.model.large_feature_map)

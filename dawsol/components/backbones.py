@@ -51,6 +51,10 @@ class BackboneRecord:
     imagenet_head: str | None = None
     classifier_trunk: str | None = None
     official_formats: tuple[str, ...] = ()  # the official checkpoint formats that hold this backbone
+    # how ``dawsol import-checkpoint`` reads those files' trunk weights, lazy references (default: as they are named):
+    # ``(name, adl, large_feature_map) -> trunk name | None`` and ``(file names, adl, large_feature_map) -> hint``
+    official_names: str | None = None
+    official_hint: str | None = None
 
     def __post_init__(self) -> None:
         check_name("backbone", self.name, CELL_PART)
@@ -87,16 +91,23 @@ def register_backbone(
     imagenet_head: str | None = None,
     classifier_trunk: str | None = None,
     official_formats: tuple[str, ...] = (),
+    official_names: str | None = None,
+    official_hint: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Declares the decorated trunk builder (``dawsol.models.trunk.TrunkBuilder``) as backbone ``name``, with the
-    facts of ``BackboneRecord``; ``imagenet_loader`` and ``classifier_trunk`` name functions of the same module."""
+    facts of ``BackboneRecord``; ``imagenet_loader``, ``classifier_trunk``, ``official_names`` and ``official_hint``
+    name functions of the same module."""
     return check_declared("backbone", name, BACKBONES, "builder")
 
 
 BACKBONES: dict[str, BackboneRecord] = unique(
     "backbone",
     (
-        found.record(BackboneRecord, at="builder", local=("imagenet_loader", "classifier_trunk"))
+        found.record(
+            BackboneRecord,
+            at="builder",
+            local=("imagenet_loader", "classifier_trunk", "official_names", "official_hint"),
+        )
         for found in declared("dawsol.models", "register_backbone")
     ),
     "builder",

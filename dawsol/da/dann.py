@@ -2,7 +2,7 @@
 
 The reversal coefficient follows ``2 / (1 + exp(-gamma p)) - 1`` over training progress p in
 [0, 1]: gamma = 1 in the official code (``grl_schedule: official``, rising to about 0.46) and
-gamma = 10 in the DANN paper (``grl_schedule: dann``).
+gamma = 10 in the DANN paper (``grl_schedule: paper``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from dawsol.components.da_losses import register_da_loss
 from dawsol.distributed import global_denominator
 
-GRL_GAMMA = {"official": 1.0, "dann": 10.0}
+GRL_GAMMA = {"official": 1.0, "paper": 10.0}  # the official code's gamma, and the DANN paper's
 
 
 def grl_coefficient(progress: float, schedule: str = "official") -> float:

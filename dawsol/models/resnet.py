@@ -10,6 +10,9 @@ One trunk serves every WSOL method: ACoL's heads read layer4, SPG's branches lay
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
+
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -17,6 +20,13 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from dawsol.components.backbones import register_backbone
 from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
+
+# ADL ResNet50 in the official files: the ADL layers sit inside the stages, so the block indices skip them
+RESNET_ADL_BLOCKS: dict[str, dict[int, int]] = {
+    "layer3": {0: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5},
+    "layer4": {0: 0, 2: 1, 3: 2},
+}
+_STAGE_BLOCK = re.compile(r"^(layer[1-4])\.(\d+)\.(.+)$")
 
 
 def _block_channels(block: nn.Module) -> int:
@@ -111,6 +121,8 @@ def resnet18_trunk(request: TrunkRequest) -> Trunk:
     target_layer="layer3",  # the official extractors' default
     torchvision_weights="ResNet50_Weights",
     official_formats=("da-wsol", "wsolevaluation"),
+    official_names="official_resnet50_name",
+    official_hint="official_resnet50_hint",
 )
 def resnet50_trunk(request: TrunkRequest) -> Trunk:
     """torchvision's ResNet-50 (one trunk for every variant)."""
@@ -122,3 +134,22 @@ def resnet50_trunk(request: TrunkRequest) -> Trunk:
 def _stride_one_stages(large_feature_map: bool) -> tuple[str, ...]:
     """The stages set to stride 1: layer4, and layer3 with the large map."""
     return ("layer4", "layer3") if large_feature_map else ("layer4",)
+
+
+def official_resnet50_name(name: str, adl: bool, large_feature_map: bool) -> str | None:
+    """The trunk name of an official file's ResNet50 weight ``name``: itself, or with ADL the block index that skips
+    the official stages' ADL children (None for a block the trunk has not)."""
+    match = _STAGE_BLOCK.match(name) if adl else None
+    if not match or match.group(1) not in RESNET_ADL_BLOCKS:
+        return name
+    block = RESNET_ADL_BLOCKS[match.group(1)].get(int(match.group(2)))
+    return None if block is None else f"{match.group(1)}.{block}.{match.group(3)}"
+
+
+def official_resnet50_hint(names: Collection[str], adl: bool, large_feature_map: bool) -> str:
+    """Where an official ResNet50 file's block indices are those of the other WSOL method's: which ('' if none)."""
+    if not adl and "layer4.3.conv1.weight" in names:
+        return "; its layer3/layer4 block indices are those of an ADL ResNet50: import it into an adl cell"
+    if adl and "layer4.1.conv1.weight" in names:
+        return "; its layer3/layer4 block indices are those of a ResNet50 without ADL: use a cell of its method"
+    return ""

@@ -10,6 +10,9 @@ conv4 and conv5 ``SPG_A_1`` and ``SPG_A_2`` and adds ``SPG_A_3`` (D 512) (docs/w
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
+
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -17,6 +20,17 @@ from torch import Tensor, nn
 from dawsol.components.backbones import register_backbone
 from dawsol.models.trunk import Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
+
+# VGG16's 13 convolutions at dawsol's (torchvision's) ``features`` indices, and at wsolevaluation's files':
+# removed pools are absent there and ADL layers take an index, so the indices depend on both settings.
+VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG_FILE_CONVS: dict[tuple[bool, bool], tuple[int, ...]] = {  # (adl, large_feature_map) -> indices
+    (False, False): VGG_CONVS,
+    (False, True): (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27),
+    (True, False): (0, 2, 5, 7, 10, 12, 14, 18, 20, 22, 26, 28, 30),
+    (True, True): (0, 2, 5, 7, 10, 12, 14, 18, 20, 22, 25, 27, 29),
+}
+_FEATURE = re.compile(r"^features\.(\d+)\.(.+)$")
 
 # torchvision's vgg16 ``features`` indices: pool1, pool2, pool3, the ReLU after conv4_3, pool4, the ReLU after
 # conv5_3, pool5; conv4 and conv5 are indices 17-22 and 24-29
@@ -121,6 +135,8 @@ class VGGSPGTrunk(Trunk):
     target_layer="features",
     torchvision_weights="VGG16_Weights",
     official_formats=("wsolevaluation",),
+    official_names="official_vgg16_name",
+    official_hint="official_vgg16_hint",
 )
 def vgg16_trunk(request: TrunkRequest) -> Trunk:
     """VGG16's convolutions with the CAM modifications, or ACoL's or SPG's."""
@@ -136,3 +152,31 @@ def vgg16_trunk(request: TrunkRequest) -> Trunk:
     if request.variant == "spg":
         return VGGSPGTrunk(net.features, request.large_feature_map)
     return VGGTrunk(net.features, request.large_feature_map, request.adl)
+
+
+def official_vgg16_name(name: str, adl: bool, large_feature_map: bool) -> str | None:
+    """The trunk name of an official file's VGG16 weight ``name`` (its ``features`` index at torchvision's); None
+    where the trunk has no such convolution."""
+    match = _FEATURE.match(name)
+    if not match:
+        return name
+    file_convs = VGG_FILE_CONVS[(adl, large_feature_map)]
+    index = int(match.group(1))
+    if index not in file_convs:
+        return None
+    return f"features.{VGG_CONVS[file_convs.index(index)]}.{match.group(2)}"
+
+
+def official_vgg16_hint(names: Collection[str], adl: bool, large_feature_map: bool) -> str:
+    """Where an official VGG16 file's ``features`` indices are another setting's: which ('' if none)."""
+    for file_adl, file_large in VGG_FILE_CONVS:
+        if (file_adl, file_large) == (adl, large_feature_map):
+            continue
+        conv4_1, conv5_1 = VGG_FILE_CONVS[(file_adl, file_large)][7], VGG_FILE_CONVS[(file_adl, file_large)][10]
+        if f"features.{conv4_1}.weight" in names and f"features.{conv5_1}.weight" in names:
+            return (
+                f"; its features indices are those of a VGG16 {'with' if file_adl else 'without'} ADL and "
+                f"large_feature_map {str(file_large).lower()}: check the cell's wsol method and "
+                "model.large_feature_map"
+            )
+    return ""
