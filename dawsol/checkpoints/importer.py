@@ -8,14 +8,10 @@ them strictly and writes ``runs/<cell>/checkpoint.pt`` with where they came from
 
 The renaming (one leading ``module.`` is stripped first):
 
-- every extractor / trunk weight ``n`` -> ``trunk.n``, except:
-  - where the backbone's record names ``official_names``, that function of its family module renames:
-    wsolevaluation VGG16's ``features`` indices skip its removed pools and count its ADL layers and map onto
-    torchvision's (``dawsol.models.vgg.VGG_FILE_CONVS`` -> ``VGG_CONVS``), which dawsol keeps; ADL ResNet50's
-    (an ``adl`` cell) ``layer3`` blocks 0, 2-6 and ``layer4`` blocks 0, 2, 3 -> 0..5 and 0..2
-    (``dawsol.models.resnet.RESNET_ADL_BLOCKS``);
-  - a DA-WSOL/BagCAMs extractor's weights under an ImageNet head the trunk drops (the ADL ResNet50's unused
-    ``fc.*``) are dropped;
+- every extractor / trunk weight ``n`` -> ``trunk.n``, or ``trunk.`` + what the backbone's ``official_names``
+  (a function of its family module) makes of it: VGG16's and ADL ResNet50's official indices, which skip
+  removed pools and count ADL layers, become torchvision's, which dawsol keeps; a weight the official network
+  never uses (BagCAMs' ADL ResNet50 extractor's ``fc.*``) is dropped;
 - the classifier -> ``classifier.weight`` [K, D, 1, 1] / ``classifier.bias``: DA's ``fc.*`` as is,
   wsolevaluation's ``fc.*`` (a Linear, [K, D], reshaped) or InceptionV3's ``SPG_A4.*``.
 
@@ -50,6 +46,7 @@ from dawsol.files import file_digest
 from dawsol.layout import checkpoint_path, resume_path
 from dawsol.models import WSOLModel, build_model
 from dawsol.models.pretrained import misfit
+from dawsol.models.trunk import UNUSED_OFFICIAL_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +317,9 @@ def map_names(source: SourceCheckpoint, settings: Settings) -> MappedWeights:
     rename = load(record.official_names) if record.official_names else None
     mapped = MappedWeights()
     for name, tensor in source.trunk.items():
-        if source.format == DA_WSOL and name.startswith(record.dropped_heads):
-            continue  # an ImageNet head the trunk drops: the unused fc.* of BagCAMs' ADL ResNet50 extractor
         target = rename(name, adl, large) if rename else name
+        if target == UNUSED_OFFICIAL_WEIGHT:
+            continue
         if target is None:
             mapped.unmapped.append(name)
         else:

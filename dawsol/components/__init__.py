@@ -28,7 +28,7 @@ from dawsol.errors import DawsolError
 from dawsol.provenance import PACKAGE_ROOT
 
 Declared = TypeVar("Declared")
-CELL_PART = r"[a-z][a-z0-9_]*"  # a backbone's or DA method's name is a part of a cell name (dawsol.config.cells)
+CELL_PART = r"[a-z][a-z0-9_]*"  # one part of a cell name (dawsol.config.cells builds its pattern from it)
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 

@@ -52,7 +52,8 @@ class BackboneRecord:
     classifier_trunk: str | None = None
     official_formats: tuple[str, ...] = ()  # the official checkpoint formats that hold this backbone
     # how ``dawsol import-checkpoint`` reads those files' trunk weights, lazy references (default: as they are named):
-    # ``(name, adl, large_feature_map) -> trunk name | None`` and ``(file names, adl, large_feature_map) -> hint``
+    # ``(name, adl, large_feature_map) -> trunk name | None (none) | "" (unused)`` and
+    # ``(file names, adl, large_feature_map) -> hint``
     official_names: str | None = None
     official_hint: str | None = None
 

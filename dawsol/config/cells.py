@@ -7,16 +7,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dawsol.components import CELL_PART
 from dawsol.errors import DawsolError
 
 __all__ = ["CELL_PATTERN", "MAX_SEED", "Cell", "parse_cell"]
 
 MAX_SEED = 2**32 - 1
 # a cell name, as a regular expression without anchors (also Snakemake's {cell} wildcard constraint)
-CELL_PATTERN = r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*/[a-z][a-z0-9_]*-[a-z][a-z0-9_]*/seed[0-9]+(?:-trial[0-9]+)?"
+CELL_PATTERN = f"{CELL_PART}/{CELL_PART}/{CELL_PART}-{CELL_PART}/seed[0-9]+(?:-trial[0-9]+)?"
 _CELL_RE = re.compile(
-    r"^(?P<dataset>[a-z][a-z0-9_]*)/(?P<backbone>[a-z][a-z0-9_]*)/"
-    r"(?P<wsol>[a-z][a-z0-9_]*)-(?P<da>[a-z][a-z0-9_]*)/seed(?P<seed>[0-9]+)(?:-trial(?P<trial>[0-9]+))?$"
+    rf"^(?P<dataset>{CELL_PART})/(?P<backbone>{CELL_PART})/"
+    rf"(?P<wsol>{CELL_PART})-(?P<da>{CELL_PART})/seed(?P<seed>[0-9]+)(?:-trial(?P<trial>[0-9]+))?$"
 )
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from dawsol.components.backbones import register_backbone
-from dawsol.models.trunk import Tap, Trunk, TrunkRequest
+from dawsol.models.trunk import UNUSED_OFFICIAL_WEIGHT, Tap, Trunk, TrunkRequest
 from dawsol.wsol.adl import ADL
 
 # ADL ResNet50 in the official files: the ADL layers sit inside the stages, so the block indices skip them
@@ -138,7 +138,10 @@ def _stride_one_stages(large_feature_map: bool) -> tuple[str, ...]:
 
 def official_resnet50_name(name: str, adl: bool, large_feature_map: bool) -> str | None:
     """The trunk name of an official file's ResNet50 weight ``name``: itself, or with ADL the block index that skips
-    the official stages' ADL children (None for a block the trunk has not)."""
+    the official stages' ADL children (None for a block the trunk has not); the unused ``fc.*`` head of BagCAMs' ADL
+    extractor is ``UNUSED_OFFICIAL_WEIGHT``."""
+    if adl and name.startswith("fc."):
+        return UNUSED_OFFICIAL_WEIGHT
     match = _STAGE_BLOCK.match(name) if adl else None
     if not match or match.group(1) not in RESNET_ADL_BLOCKS:
         return name

@@ -107,5 +107,8 @@ class TrunkRequest:
     variant: str = "cam"
 
 
+# what a backbone's ``official_names`` returns for a weight an official file keeps but its network never uses
+UNUSED_OFFICIAL_WEIGHT = ""
+
 # a backbone's trunk builder, declared with ``dawsol.components.backbones.register_backbone``
 TrunkBuilder = Callable[[TrunkRequest], Trunk]
